@@ -1,0 +1,1 @@
+"""aistream: schema-first streaming of LLM generations."""

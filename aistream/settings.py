@@ -1,0 +1,185 @@
+"""Settings: one frozen, validated object; the environment is read here and nowhere else.
+
+Every field can be set from the environment as ``AISTREAM_<FIELD>`` (``AISTREAM_BRIDGE_PORT=9000``,
+``AISTREAM_STALL_TIMEOUT=5``), and command-line flags override the environment. The upstream uses
+the ``openai`` SDK's standard names: ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``. When neither is set
+the embedded simulated model serves every request. Times are in seconds, sizes in bytes or
+characters as named. ``docs/configuration.md`` lists every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+
+ENV_PREFIX = "AISTREAM_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+UpstreamKind = Literal["openai", "simulated"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the generator and the bridge, validated on construction."""
+
+    # --- upstream -------------------------------------------------------------------------
+    base_url: str | None = None
+    """OpenAI-compatible base URL (``OPENAI_BASE_URL``); unset with no api key → simulated."""
+    api_key: str | None = field(default=None, repr=False)
+    """Upstream API key (``OPENAI_API_KEY``). Never leaves the generator, never logged."""
+    model: str = "gpt-4o-mini"
+    """Model asked of a real upstream when a Generate names none."""
+    upstream_max_retries: int = 2
+    """SDK retries of 429/5xx/connection errors, only before the first byte, within the deadline."""
+    simulated_ttft: float = 0.25
+    """Simulated model: delay before its first token."""
+    simulated_tokens_per_s: float = 40.0
+    """Simulated model: tokens per second after the first (0 = as fast as possible)."""
+
+    # --- time limits (seconds) ----------------------------------------------------------------
+    first_token_timeout: float = 30.0
+    """From accepting a Generate to the first token (includes connect and SDK retries)."""
+    stall_timeout: float = 30.0
+    """Longest gap allowed between two tokens."""
+    deadline: float = 300.0
+    """Total time limit of a generation that asks for none."""
+    max_deadline: float = 900.0
+    """Upper bound of a per-request ``timeout_ms``; larger values are clamped to this."""
+    drain_timeout: float = 5.0
+    """On shutdown: how long in-flight generations may finish before they are ended."""
+
+    # --- request limits -------------------------------------------------------------------
+    max_request_id_chars: int = 128
+    max_prompt_chars: int = 100_000
+    max_messages: int = 200
+    max_history_chars: int = 400_000
+    """Total characters of all ``messages`` contents plus the prompt."""
+    max_tokens_cap: int = 4096
+    """Upper bound of ``max_tokens``; a request asking for more gets this."""
+
+    # --- generator ------------------------------------------------------------------------
+    generator_host: str = "127.0.0.1"
+    generator_port: int = 50051
+    stream_buffer: int = 256
+    """ServerEvents queued per gRPC stream before generations wait for the writer."""
+
+    # --- bridge ---------------------------------------------------------------------------
+    bridge_host: str = "127.0.0.1"
+    bridge_port: int = 8080
+    generator_target: str = "127.0.0.1:50051"
+    """Where the bridge finds the generator (``host:port``)."""
+    ws_max_size: int = 1 << 20
+    """Largest incoming WebSocket message; larger ones close the socket with 1009."""
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    """A browser that does not answer a ping within this is gone: its generations are cancelled."""
+    ws_compression: bool = False
+    """permessage-deflate; off by default (it costs ~40% of throughput on token-sized frames)."""
+    ws_send_queue: int = 1024
+    """Frames queued per WebSocket before the bridge stops reading from the generator."""
+    static_dir: Path | None = None
+    """Built web client to serve at ``/``; None → ``webclient/dist`` of this checkout."""
+
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        positive = (
+            "first_token_timeout",
+            "stall_timeout",
+            "deadline",
+            "max_deadline",
+            "ws_max_size",
+            "ws_ping_interval",
+            "ws_ping_timeout",
+            "max_request_id_chars",
+            "max_prompt_chars",
+            "max_messages",
+            "max_history_chars",
+            "max_tokens_cap",
+            "stream_buffer",
+            "ws_send_queue",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("simulated_ttft", "simulated_tokens_per_s", "drain_timeout"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.upstream_max_retries < 0:
+            raise SettingsError("upstream_max_retries must be >= 0")
+        if self.deadline > self.max_deadline:
+            raise SettingsError(
+                f"deadline ({self.deadline}) must not exceed max_deadline ({self.max_deadline})"
+            )
+        for name in ("generator_port", "bridge_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{name} must be a port number 0-65535, got {port}")
+        host, sep, port_text = self.generator_target.rpartition(":")
+        if not sep or not host or not port_text.isdigit():
+            raise SettingsError(
+                f"generator_target must be HOST:PORT, got {self.generator_target!r}"
+            )
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+
+    @property
+    def upstream_kind(self) -> UpstreamKind:
+        """``openai`` when a base URL or API key is configured, else ``simulated``."""
+        return "openai" if (self.base_url or self.api_key) else "simulated"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (``None`` values are ignored), validated again."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``), then ``overrides`` (not None)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, hints[f.name], raw)
+        if "OPENAI_BASE_URL" in env and "base_url" not in values:
+            values["base_url"] = env["OPENAI_BASE_URL"] or None
+        if "OPENAI_API_KEY" in env and "api_key" not in values:
+            values["api_key"] = env["OPENAI_API_KEY"] or None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, hint: Any, raw: str) -> Any:
+    """Convert one environment value to the field's type, or raise SettingsError naming it."""
+    text = raw.strip()
+    try:
+        if hint is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        if hint == Path | None:
+            return Path(text) if text else None
+        if hint == str | None:
+            return text or None
+        return text
+    except ValueError:
+        raise SettingsError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {getattr(hint, '__name__', hint)}"
+        ) from None

@@ -1,0 +1,1 @@
+"""The bridge: a WebSocket server turning browser JSON frames into generator gRPC streams."""

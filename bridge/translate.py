@@ -1,0 +1,299 @@
+"""JSON frames ⇄ protobuf events, driven by the schema. Pure: no I/O, no sockets.
+
+The mapping is read from the message descriptors once, at import; no field is named in this
+module, so a field added to an event in ``proto/`` appears on the wire with no code change::
+
+    ServerEvent(token=Token(request_id="r1", chunk="Hi", seq=0, count=1))
+      ⇄ {"type": "ai:token", "requestId": "r1", "chunk": "Hi", "seq": 0, "count": 1}
+
+* ``type`` is ``"ai:"`` + the name of the envelope's oneof field.
+* Every other key is a field's JSON name (lowerCamelCase).
+* Enum values are lowercase strings without the enum's prefix
+  (``ERROR_CODE_RATE_LIMITED`` → ``"rate_limited"``).
+* Server → client: plain scalars are always present, ``optional`` scalars and message fields
+  only when set. Client → server: every field is optional, unknown keys are ignored (additive
+  evolution), wrong types are refused with a ``FrameError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from aistream import codes
+from aistream.v1 import events_pb2 as pb
+
+__all__ = [
+    "CLIENT_TYPES",
+    "SERVER_TYPES",
+    "FrameError",
+    "decode_client_frame",
+    "encode_server_event",
+    "error_frame",
+]
+
+TYPE_PREFIX = "ai:"
+_UINT32_MAX = (1 << 32) - 1
+
+
+class FrameError(ValueError):
+    """A client frame that cannot be turned into a ClientEvent; ``str()`` is safe to send back."""
+
+    def __init__(self, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+# --- the plans, built from descriptors ----------------------------------------------------------
+
+
+def _enum_names(enum: EnumDescriptor | None) -> dict[int, str]:
+    assert enum is not None
+    prefix = _enum_prefix(enum)
+    return {v.number: v.name.removeprefix(prefix).lower() for v in enum.values}
+
+
+def _enum_prefix(enum: EnumDescriptor) -> str:
+    """``ErrorCode`` → ``ERROR_CODE_`` (the buf STANDARD enum value prefix)."""
+    name = enum.name
+    snake = "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name))
+    return snake.upper() + "_"
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    key: str
+    presence: bool  # emit only when set (optional scalars, messages)
+    repeated: bool
+    to_json: Callable[[Any], Any]
+    from_json: Callable[[Any, str], Any]
+
+
+def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_STRING:
+
+        def decode_string(value: Any, key: str) -> Any:
+            if not isinstance(value, str):
+                raise FrameError(f"{key} must be a string")
+            return value
+
+        return decode_string
+    if kind == FieldDescriptor.TYPE_BOOL:
+
+        def decode_bool(value: Any, key: str) -> Any:
+            if not isinstance(value, bool):
+                raise FrameError(f"{key} must be true or false")
+            return value
+
+        return decode_bool
+    if kind in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):
+
+        def decode_uint32(value: Any, key: str) -> Any:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value <= _UINT32_MAX
+            ):
+                raise FrameError(f"{key} must be a whole number from 0 to {_UINT32_MAX}")
+            return value
+
+        return decode_uint32
+    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+
+        def decode_number(value: Any, key: str) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise FrameError(f"{key} must be a number")
+            if not math.isfinite(value):
+                raise FrameError(f"{key} must be a finite number")
+            return float(value)
+
+        return decode_number
+    if kind == FieldDescriptor.TYPE_ENUM:
+        names = _enum_names(field.enum_type)
+        numbers = {name: number for number, name in names.items() if number != 0}
+        allowed = ", ".join(sorted(numbers))
+
+        def decode_enum(value: Any, key: str) -> Any:
+            if not isinstance(value, str) or value not in numbers:
+                raise FrameError(f"{key} must be one of {allowed}")
+            return numbers[value]
+
+        return decode_enum
+    raise TypeError(f"no JSON mapping for field {field.full_name} of type {kind}")
+
+
+def _scalar_encoder(field: FieldDescriptor) -> Callable[[Any], Any]:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        names = _enum_names(field.enum_type)
+        return lambda value: names.get(value, "unspecified")
+    return lambda value: value
+
+
+def _message_plan(descriptor: Descriptor) -> tuple[_Field, ...]:
+    plan = []
+    to_json: Callable[[Any], Any]
+    from_json: Callable[[Any, str], Any]
+    for field in descriptor.fields:
+        repeated = field.is_repeated
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            assert field.message_type is not None
+            to_json, from_json = _message_codec(field.message_type)
+        else:
+            to_json, from_json = _scalar_encoder(field), _scalar_decoder(field)
+        plan.append(
+            _Field(
+                name=field.name,
+                key=field.json_name,
+                presence=field.has_presence and not repeated,
+                repeated=repeated,
+                to_json=to_json,
+                from_json=from_json,
+            )
+        )
+    return tuple(plan)
+
+
+def _message_codec(
+    descriptor: Descriptor,
+) -> tuple[Callable[[Any], Any], Callable[[Any, str], Any]]:
+    nested = _message_plan(descriptor)
+    cls = _message_class(descriptor)
+
+    def to_json(value: Any) -> Any:
+        return _encode_message(value, nested)
+
+    def from_json(value: Any, key: str) -> Any:
+        return _decode_message(value, key, nested, cls)
+
+    return to_json, from_json
+
+
+def _message_class(descriptor: Descriptor) -> type[Message]:
+    cls: type[Message] = getattr(pb, descriptor.name)
+    return cls
+
+
+def _encode_message(message: Message, plan: tuple[_Field, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in plan:
+        value = getattr(message, field.name)
+        if field.repeated:
+            out[field.key] = [field.to_json(item) for item in value]
+        elif not field.presence or message.HasField(field.name):
+            out[field.key] = field.to_json(value)
+    return out
+
+
+def _decode_message(value: Any, key: str, plan: tuple[_Field, ...], cls: type[Message]) -> Message:
+    if not isinstance(value, dict):
+        raise FrameError(f"{key} must be an object")
+    return cls(**_decode_fields(value, plan, key + "."))
+
+
+def _decode_fields(obj: dict[str, Any], plan: tuple[_Field, ...], prefix: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for field in plan:
+        if field.key not in obj:
+            continue
+        value = obj[field.key]
+        key = prefix + field.key
+        if field.repeated:
+            if not isinstance(value, list):
+                raise FrameError(f"{key} must be an array")
+            kwargs[field.name] = [
+                field.from_json(item, f"{key}[{i}]") for i, item in enumerate(value)
+            ]
+        elif value is None and field.presence:
+            continue  # null = not set, for optional fields
+        else:
+            kwargs[field.name] = field.from_json(value, key)
+    return kwargs
+
+
+def _envelope(descriptor: Any) -> dict[str, tuple[str, tuple[_Field, ...], type[Message]]]:
+    """Frame type → (oneof field name, plan, message class) for an envelope's ``event`` oneof."""
+    envelope: dict[str, tuple[str, tuple[_Field, ...], type[Message]]] = {}
+    for field in descriptor.oneofs_by_name["event"].fields:
+        message = field.message_type
+        envelope[TYPE_PREFIX + field.name] = (
+            field.name,
+            _message_plan(message),
+            _message_class(message),
+        )
+    return envelope
+
+
+_CLIENT = _envelope(pb.ClientEvent.DESCRIPTOR)
+_SERVER = {
+    name: (plan, frame_type)
+    for frame_type, (name, plan, _) in _envelope(pb.ServerEvent.DESCRIPTOR).items()
+}
+
+CLIENT_TYPES: tuple[str, ...] = tuple(_CLIENT)
+"""Frame types a client may send (``ai:generate``, ``ai:cancel``)."""
+SERVER_TYPES: tuple[str, ...] = tuple(frame_type for _, frame_type in _SERVER.values())
+"""Frame types the bridge sends (``ai:start``, ``ai:token``, ``ai:done``, ``ai:error``)."""
+
+
+# --- the public functions -----------------------------------------------------------------------
+
+
+def decode_client_frame(data: str | bytes) -> pb.ClientEvent:
+    """Parse one WebSocket message into a ClientEvent, or raise FrameError saying why not."""
+    if isinstance(data, bytes):
+        raise FrameError("binary frames are not supported: send JSON text frames")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise FrameError("the frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise FrameError("the frame must be a JSON object")
+    raw_id = obj.get("requestId")
+    request_id = raw_id if isinstance(raw_id, str) else ""
+    frame_type = obj.get("type")
+    entry = _CLIENT.get(frame_type) if isinstance(frame_type, str) else None
+    if entry is None:
+        raise FrameError(f"type must be one of {', '.join(CLIENT_TYPES)}", request_id)
+    if not isinstance(raw_id, str):
+        raise FrameError("requestId must be a string", "")
+    name, plan, cls = entry
+    try:
+        event = cls(**_decode_fields(obj, plan, ""))
+    except FrameError as exc:
+        raise FrameError(str(exc), request_id) from None
+    return pb.ClientEvent(**{name: event})  # type: ignore[arg-type]
+
+
+def encode_server_event(event: pb.ServerEvent) -> str:
+    """The JSON text frame of one ServerEvent."""
+    name = event.WhichOneof("event")
+    if name is None:
+        raise ValueError("ServerEvent has no event set")
+    plan, frame_type = _SERVER[name]
+    body = _encode_message(getattr(event, name), plan)
+    return orjson.dumps({"type": frame_type, **body}).decode()
+
+
+def error_frame(
+    code: codes.Code, message: str, request_id: str = "", *, retryable: bool | None = None
+) -> str:
+    """The ``ai:error`` frame for a failure found by the bridge itself."""
+    row = codes.info(code)
+    return encode_server_event(
+        pb.ServerEvent(
+            error=pb.Error(
+                request_id=request_id,
+                code=code,
+                message=message,
+                retryable=row.retryable if retryable is None else retryable,
+            )
+        )
+    )

@@ -1,0 +1,1 @@
+"""The generator: a grpc.aio service streaming LLM generations (see ``docs/architecture.md``)."""

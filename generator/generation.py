@@ -1,0 +1,227 @@
+"""One generation: Start, Tokens, exactly one terminal event. Knows nothing of gRPC.
+
+``Generation.run`` drives an upstream stream under three time limits that aistream decides, not the
+model: the first token must come within ``first_token_timeout`` of acceptance, no gap between
+tokens may exceed ``stall_timeout``, and the whole generation must end within its deadline
+(``deadline`` from settings, lowered by the request's ``timeout_ms``, clamped to ``max_deadline``).
+Only a stream the upstream really finished ends in ``Done``; everything else ends in ``Error``.
+
+``Generation.end`` ends it from outside (cancel, client gone, shutdown): the terminal event is
+queued at once, and the owner cancels the task, which closes the upstream request on its way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+from aistream import codes
+from aistream.settings import Settings
+from aistream.v1 import events_pb2 as pb
+from generator.outbox import Outbox
+from generator.upstream import Delta, Role, Upstream, UpstreamFailure, UpstreamRequest
+
+__all__ = ["Generation", "upstream_request"]
+
+log = logging.getLogger(__name__)
+
+_ROLES: dict[int, Role] = {
+    pb.ROLE_SYSTEM: "system",
+    pb.ROLE_USER: "user",
+    pb.ROLE_ASSISTANT: "assistant",
+}
+_FINISH_REASONS = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+    "function_call": pb.FINISH_REASON_TOOL_CALLS,
+}
+
+
+def upstream_request(generate: pb.Generate, settings: Settings) -> UpstreamRequest:
+    """The upstream request for a (validated) Generate: history, then the prompt as user turn."""
+    messages: list[tuple[Role, str]] = [(_ROLES[m.role], m.content) for m in generate.messages]
+    if generate.prompt:
+        messages.append(("user", generate.prompt))
+    max_tokens = settings.max_tokens_cap
+    if generate.HasField("max_tokens"):
+        max_tokens = min(generate.max_tokens, max_tokens)
+    return UpstreamRequest(
+        request_id=generate.request_id,
+        messages=tuple(messages),
+        model=generate.model or None,
+        max_tokens=max_tokens,
+        temperature=generate.temperature if generate.HasField("temperature") else None,
+    )
+
+
+class Generation:
+    """The state and task body of one accepted Generate."""
+
+    __slots__ = (
+        "_outbox",
+        "_settings",
+        "_upstream",
+        "deadline",
+        "ended",
+        "first_token_at",
+        "prompt_tokens",
+        "request",
+        "request_id",
+        "started_at",
+        "tokens",
+    )
+
+    def __init__(
+        self, generate: pb.Generate, upstream: Upstream, settings: Settings, outbox: Outbox
+    ) -> None:
+        self.request_id = generate.request_id
+        self.request = upstream_request(generate, settings)
+        self._upstream = upstream
+        self._settings = settings
+        self._outbox = outbox
+        loop = asyncio.get_running_loop()
+        self.started_at = loop.time()
+        limit = settings.deadline
+        if generate.HasField("timeout_ms"):
+            limit = min(generate.timeout_ms / 1000, settings.max_deadline)
+        self.deadline = self.started_at + limit
+        self.first_token_at: float | None = None
+        self.tokens = 0
+        self.prompt_tokens = math.ceil(sum(len(text) for _, text in self.request.messages) / 4)
+        self.ended = False
+
+    def start(self) -> None:
+        """Queue the Start event (before the task runs, so it precedes everything else)."""
+        model = self._upstream.model_name(self.request.model)
+        self._outbox.put(pb.ServerEvent(start=pb.Start(request_id=self.request_id, model=model)))
+
+    def end(self, code: codes.Code, message: str, *, retryable: bool | None = None) -> bool:
+        """End the generation from outside with an Error; False if it had already ended."""
+        if self.ended:
+            return False
+        self._finish_error(code, message, retryable)
+        return True
+
+    async def run(self) -> None:
+        """Stream the upstream answer to the outbox and end with exactly one terminal event."""
+        loop = asyncio.get_running_loop()
+        finish: str | None = None
+        reported: tuple[int, int] | None = None
+        try:
+            async with asyncio.timeout(None) as timer:
+                timer.reschedule(
+                    min(self.deadline, self.started_at + self._settings.first_token_timeout)
+                )
+                async with self._upstream.stream(self.request) as deltas:
+                    async for delta in deltas:
+                        if delta.count:
+                            await self._token(delta, timer)
+                        if delta.finish_reason is not None:
+                            finish = delta.finish_reason
+                        if delta.prompt_tokens is not None and delta.completion_tokens is not None:
+                            reported = (delta.prompt_tokens, delta.completion_tokens)
+        except UpstreamFailure as failure:
+            self._finish_error(failure.code, failure.message, failure.retryable)
+            return
+        except TimeoutError:
+            if timer.expired():
+                self._finish_error(pb.ERROR_CODE_TIMEOUT, self._timeout_message(loop.time()), None)
+                return
+            log.exception("generation failed request_id=%s", self.request_id)
+            self._finish_error(pb.ERROR_CODE_INTERNAL, "internal error", None)
+            return
+        except Exception:
+            log.exception("generation failed request_id=%s", self.request_id)
+            self._finish_error(pb.ERROR_CODE_INTERNAL, "internal error", None)
+            return
+        self._finish_done(finish, reported)
+
+    async def _token(self, delta: Delta, timer: asyncio.Timeout) -> None:
+        loop = asyncio.get_running_loop()
+        if self.first_token_at is None:
+            self.first_token_at = loop.time()
+        if self.ended:
+            return
+        seq = self.tokens
+        self.tokens += delta.count
+        # Waiting for the outbox (a slow reader) is not the upstream stalling: only the
+        # total deadline applies while we wait.
+        timer.reschedule(self.deadline)
+        await self._outbox.put_token(self.request_id, delta.text, seq, delta.count)
+        timer.reschedule(min(self.deadline, loop.time() + self._settings.stall_timeout))
+
+    def _timeout_message(self, now: float) -> str:
+        if now >= self.deadline:
+            return f"the generation exceeded its time limit of {self._limit_text()}"
+        if self.first_token_at is None:
+            return f"no first token within {self._settings.first_token_timeout:g}s"
+        return f"the upstream stalled for more than {self._settings.stall_timeout:g}s"
+
+    def _limit_text(self) -> str:
+        return f"{self.deadline - self.started_at:g}s"
+
+    def _usage(self, reported: tuple[int, int] | None) -> pb.Usage:
+        if reported is not None:
+            return pb.Usage(
+                prompt_tokens=reported[0],
+                completion_tokens=reported[1],
+                source=pb.USAGE_SOURCE_UPSTREAM,
+            )
+        return pb.Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.tokens,
+            source=pb.USAGE_SOURCE_ESTIMATED,
+        )
+
+    def _elapsed_ms(self, since: float | None) -> int:
+        if since is None:
+            return 0
+        return max(0, round((since - self.started_at) * 1000))
+
+    def _finish_done(self, finish: str | None, reported: tuple[int, int] | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        now = asyncio.get_running_loop().time()
+        reason = _FINISH_REASONS.get(finish or "", pb.FINISH_REASON_UNSPECIFIED)
+        self._outbox.put(
+            pb.ServerEvent(
+                done=pb.Done(
+                    request_id=self.request_id,
+                    finish_reason=reason,
+                    usage=self._usage(reported),
+                    ttft_ms=self._elapsed_ms(self.first_token_at),
+                    duration_ms=self._elapsed_ms(now),
+                )
+            )
+        )
+        log.info("done request_id=%s tokens=%d finish=%s", self.request_id, self.tokens, finish)
+
+    def _finish_error(self, code: codes.Code, message: str, retryable: bool | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        now = asyncio.get_running_loop().time()
+        row = codes.info(code)
+        self._outbox.put(
+            pb.ServerEvent(
+                error=pb.Error(
+                    request_id=self.request_id,
+                    code=code,
+                    message=message,
+                    retryable=row.retryable if retryable is None else retryable,
+                    usage=self._usage(None),
+                    duration_ms=self._elapsed_ms(now),
+                )
+            )
+        )
+        log.info(
+            "ended request_id=%s code=%s tokens=%d: %s",
+            self.request_id,
+            row.json,
+            self.tokens,
+            message,
+        )

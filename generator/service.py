@@ -1,0 +1,189 @@
+"""The ``aistream.v1.Generator/Stream`` handler: many generations on one bidi gRPC stream.
+
+One ``StreamSession`` per call reads ClientEvents, starts and cancels generations keyed by request
+id, and the handler writes the session's outbox to the call. When the call ends for any reason —
+the client cancels, disconnects or dies — grpc.aio cancels the handler (``CancelledError``; note
+that ``context.cancelled()`` does not report it): the ``finally`` block then cancels every task the
+session spawned and awaits them, so every upstream request is closed before the handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from aistream import codes
+from aistream.settings import Settings
+from aistream.v1 import events_pb2 as pb
+from aistream.v1 import generator_pb2_grpc
+from aistream.validation import InvalidRequest, check_cancel, check_generate
+from generator.generation import Generation
+from generator.outbox import Outbox
+from generator.upstream import Upstream
+
+__all__ = ["GeneratorService", "StreamSession"]
+
+log = logging.getLogger(__name__)
+
+
+def _rejection(request_id: str, code: codes.Code, message: str) -> pb.ServerEvent:
+    return pb.ServerEvent(
+        error=pb.Error(
+            request_id=request_id, code=code, message=message, retryable=codes.info(code).retryable
+        )
+    )
+
+
+class StreamSession:
+    """The generations of one gRPC call, keyed by request id."""
+
+    def __init__(self, upstream: Upstream, settings: Settings, peer: str) -> None:
+        self.outbox = Outbox(settings.stream_buffer)
+        self._upstream = upstream
+        self._settings = settings
+        self._peer = peer
+        self._running: dict[str, tuple[Generation, asyncio.Task[None]]] = {}
+        self._accepting = True
+        self._reading_done = False
+        self._idle = asyncio.Event()  # no generation running
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        """How many generations are running."""
+        return len(self._running)
+
+    def finished(self) -> bool:
+        """The client is done sending, every generation has ended and the outbox is drained."""
+        return self._reading_done and not self._running and not len(self.outbox)
+
+    async def read(self, requests: AsyncIterator[pb.ClientEvent]) -> None:
+        """Apply every ClientEvent of the call until the client half-closes."""
+        try:
+            async for event in requests:
+                self.apply(event)
+        finally:
+            self._reading_done = True
+            self.outbox.wake()
+
+    def apply(self, event: pb.ClientEvent) -> None:
+        """Apply one ClientEvent: start, ignore (running id), cancel, or reject it."""
+        kind = event.WhichOneof("event")
+        try:
+            if kind == "generate":
+                check_generate(event.generate, self._settings)
+                self._generate(event.generate)
+            elif kind == "cancel":
+                check_cancel(event.cancel, self._settings)
+                self.cancel(event.cancel.request_id)
+            else:
+                raise InvalidRequest("the event must be generate or cancel")
+        except InvalidRequest as exc:
+            log.info("rejected request_id=%s peer=%s: %s", exc.request_id, self._peer, exc)
+            self.outbox.put(_rejection(exc.request_id, pb.ERROR_CODE_INVALID_REQUEST, str(exc)))
+
+    def _generate(self, generate: pb.Generate) -> None:
+        request_id = generate.request_id
+        if request_id in self._running:
+            log.info("duplicate generate ignored request_id=%s", request_id)
+            return
+        if not self._accepting:
+            self.outbox.put(
+                _rejection(request_id, pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down")
+            )
+            return
+        generation = Generation(generate, self._upstream, self._settings, self.outbox)
+        generation.start()
+        task = asyncio.create_task(generation.run(), name=f"generation {request_id}")
+        self._running[request_id] = (generation, task)
+        self._idle.clear()
+        task.add_done_callback(lambda _: self._forget(request_id, task))
+        log.info(
+            "start request_id=%s model=%s peer=%s",
+            request_id,
+            generation.request.model or "-",
+            self._peer,
+        )
+
+    def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
+        entry = self._running.get(request_id)
+        if entry is not None and entry[1] is task:
+            del self._running[request_id]
+        if not self._running:
+            self._idle.set()
+            self.outbox.wake()
+
+    def cancel(self, request_id: str) -> None:
+        """Stop one generation: Error(cancelled) now, its upstream closed as its task unwinds."""
+        self._end(request_id, pb.ERROR_CODE_CANCELLED, "cancelled by the client")
+
+    def _end(self, request_id: str, code: codes.Code, message: str) -> None:
+        entry = self._running.pop(request_id, None)
+        if entry is None:
+            return  # unknown or finished: a harmless no-op
+        generation, task = entry
+        generation.end(code, message)
+        task.cancel()
+        if not self._running:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new generations, let running ones finish for ``timeout`` s, then end them."""
+        self._accepting = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            for request_id in list(self._running):
+                self._end(request_id, pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down")
+
+    async def close(self) -> None:
+        """Cancel every task of the session and wait until each has closed its upstream."""
+        tasks = [task for _, task in self._running.values()]
+        self._running.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class GeneratorService(generator_pb2_grpc.GeneratorServicer):
+    """The gRPC servicer: one StreamSession per call."""
+
+    def __init__(self, upstream: Upstream, settings: Settings) -> None:
+        self._upstream = upstream
+        self._settings = settings
+        self._sessions: set[StreamSession] = set()
+
+    @property
+    def running(self) -> int:
+        """Generations running across all calls."""
+        return sum(session.running for session in self._sessions)
+
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[pb.ClientEvent],
+        context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEvent],
+    ) -> AsyncIterator[pb.ServerEvent]:
+        """Serve one bidirectional stream until the client half-closes or the call ends."""
+        session = StreamSession(self._upstream, self._settings, context.peer())
+        self._sessions.add(session)
+        reader = asyncio.create_task(session.read(request_iterator), name="stream reader")
+        try:
+            while not session.finished():
+                event = await session.outbox.get()
+                if event is not None:
+                    yield event
+            await reader  # surfaces a reader failure, if any
+        finally:
+            # Also reached on CancelledError when the client cancels or vanishes.
+            reader.cancel()
+            await session.close()
+            self._sessions.discard(session)
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new generations on every call; end what is still running after ``timeout``."""
+        await asyncio.gather(*(session.drain(timeout) for session in list(self._sessions)))

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Regenerate every generated package from proto/ with buf (local plugins only).
+#   aistream/v1/       protobuf messages, .pyi stubs, grpcio stubs   (hot path)
+#   aistream_client/   betterproto2 dataclasses + clients             (SDK)
+# Usage: scripts/generate.sh [OUTPUT_ROOT]   (default: the repository root)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root}
+export PATH="$root/.venv/bin:$PATH"
+cd "$root"
+rm -rf "$out/aistream_client"
+find "$out/aistream/v1" -name '*_pb2*.py*' -delete 2>/dev/null || true
+buf generate --output "$out"
