@@ -78,11 +78,17 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def _until_signalled(extra: asyncio.Future[Any] | None = None) -> None:
+def _stop_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM; installed before anything starts listening."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until_stopped(stop: asyncio.Event, extra: asyncio.Future[Any] | None = None) -> None:
+    """Wait for a stop signal, or for ``extra`` to complete."""
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if extra is not None:
         waiters.append(extra)
@@ -109,6 +115,7 @@ def _stdin_closed() -> asyncio.Future[None]:
 async def _run_generator(settings: Settings, exit_with_parent: bool) -> None:
     from generator.server import GeneratorServer
 
+    stop = _stop_signals()
     server = GeneratorServer(settings)
     port = await server.start()
     if server.upstream.kind == "simulated":
@@ -117,26 +124,28 @@ async def _run_generator(settings: Settings, exit_with_parent: bool) -> None:
         f"aistream generator listening on {settings.generator_host}:{port} "
         f"(upstream: {server.upstream.kind})"
     )
-    await _until_signalled(_stdin_closed() if exit_with_parent else None)
+    await _until_stopped(stop, _stdin_closed() if exit_with_parent else None)
     await server.stop()
 
 
 async def _run_bridge(settings: Settings) -> None:
     from bridge.server import WS_PATH, BridgeServer
 
+    stop = _stop_signals()
     server = BridgeServer(settings)
     port = await server.start()
     _say(
         f"aistream bridge listening on http://{settings.bridge_host}:{port}/ "
         f"(websocket ws://{settings.bridge_host}:{port}{WS_PATH})"
     )
-    await _until_signalled()
+    await _until_stopped(stop)
     await server.stop()
 
 
 async def _run_up(settings: Settings) -> None:
     from bridge.server import BridgeServer
 
+    stop = _stop_signals()
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -168,7 +177,7 @@ async def _run_up(settings: Settings) -> None:
     )
     _say(f"aistream is up: open {url}{label}")
     exited = asyncio.ensure_future(child.wait())
-    await _until_signalled(exited)
+    await _until_stopped(stop, exited)
     await bridge.stop()
     if child.returncode is None:
         child.terminate()
@@ -188,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # websockets logs every connection and HTTP request at INFO; ours say what matters.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.root.level))
     if args.command == "generator":
         asyncio.run(_run_generator(settings, args.exit_with_parent))
     elif args.command == "bridge":

@@ -60,8 +60,11 @@ class Settings:
 
     # --- request limits -------------------------------------------------------------------
     max_request_id_chars: int = 128
+    """Longest request id accepted."""
     max_prompt_chars: int = 100_000
+    """Longest prompt accepted, in characters."""
     max_messages: int = 200
+    """Most history messages accepted in one Generate."""
     max_history_chars: int = 400_000
     """Total characters of all ``messages`` contents plus the prompt."""
     max_tokens_cap: int = 4096
@@ -69,20 +72,27 @@ class Settings:
 
     # --- generator ------------------------------------------------------------------------
     generator_host: str = "127.0.0.1"
+    """Address the generator listens on."""
     generator_port: int = 50051
+    """Port the generator listens on (0: any free port, printed at start)."""
     stream_buffer: int = 256
     """ServerEvents queued per gRPC stream before generations wait for the writer."""
 
     # --- bridge ---------------------------------------------------------------------------
     bridge_host: str = "127.0.0.1"
+    """Address the bridge listens on."""
     bridge_port: int = 8080
+    """Port of the bridge: WebSocket at /ws, web client at / (0: any free port)."""
     generator_target: str = "127.0.0.1:50051"
     """Where the bridge finds the generator (``host:port``)."""
     ws_max_size: int = 1 << 20
     """Largest incoming WebSocket message; larger ones close the socket with 1009."""
     ws_ping_interval: float = 20.0
+    """Seconds between keepalive pings to each browser."""
     ws_ping_timeout: float = 20.0
     """A browser that does not answer a ping within this is gone: its generations are cancelled."""
+    ws_close_timeout: float = 2.0
+    """How long a closing handshake may take before the socket is dropped."""
     ws_compression: bool = False
     """permessage-deflate; off by default (it costs ~40% of throughput on token-sized frames)."""
     ws_send_queue: int = 1024
@@ -91,6 +101,7 @@ class Settings:
     """Built web client to serve at ``/``; None → ``webclient/dist`` of this checkout."""
 
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR (logs go to stderr)."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -101,6 +112,7 @@ class Settings:
             "ws_max_size",
             "ws_ping_interval",
             "ws_ping_timeout",
+            "ws_close_timeout",
             "max_request_id_chars",
             "max_prompt_chars",
             "max_messages",

@@ -93,6 +93,7 @@ class BridgeServer:
             max_size=s.ws_max_size,
             ping_interval=s.ws_ping_interval,
             ping_timeout=s.ws_ping_timeout,
+            close_timeout=s.ws_close_timeout,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(

@@ -31,7 +31,6 @@ class GeneratorStub:
 
     The server also serves the standard grpc.health.v1.Health service and
     server reflection.
-    buf:lint:ignore SERVICE_SUFFIX
     """
 
     def __init__(self, channel):
@@ -53,7 +52,6 @@ class GeneratorServicer:
 
     The server also serves the standard grpc.health.v1.Health service and
     server reflection.
-    buf:lint:ignore SERVICE_SUFFIX
     """
 
     def Stream(self, request_iterator, context):
@@ -67,10 +65,6 @@ class GeneratorServicer:
         dying) cancels every generation still running on it and closes their
         upstream HTTP requests; no further events are sent. When the server itself
         shuts down, running generations end with Error(UNAVAILABLE, retryable).
-
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,7 +92,6 @@ class Generator:
 
     The server also serves the standard grpc.health.v1.Health service and
     server reflection.
-    buf:lint:ignore SERVICE_SUFFIX
     """
 
     @staticmethod

@@ -593,7 +593,6 @@ class GeneratorSyncStub:
 
     The server also serves the standard grpc.health.v1.Health service and
     server reflection.
-    buf:lint:ignore SERVICE_SUFFIX
     """
 
     def __init__(self, channel: grpc.Channel):
@@ -611,10 +610,6 @@ class GeneratorSyncStub:
         dying) cancels every generation still running on it and closes their
         upstream HTTP requests; no further events are sent. When the server itself
         shuts down, running generations end with Error(UNAVAILABLE, retryable).
-
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
         yield from self._channel.stream_stream(
@@ -631,7 +626,6 @@ class GeneratorStub(betterproto2_grpclib.ServiceStub):
 
     The server also serves the standard grpc.health.v1.Health service and
     server reflection.
-    buf:lint:ignore SERVICE_SUFFIX
     """
 
     async def stream(
@@ -653,10 +647,6 @@ class GeneratorStub(betterproto2_grpclib.ServiceStub):
         dying) cancels every generation still running on it and closes their
         upstream HTTP requests; no further events are sent. When the server itself
         shuts down, running generations end with Error(UNAVAILABLE, retryable).
-
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
         async for response in self._stream_stream(

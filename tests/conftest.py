@@ -1,0 +1,371 @@
+"""Shared fixtures: real servers on 127.0.0.1 port 0, recording clients, the lifecycle checker.
+
+Every conversation a test has with the bridge or the generator is recorded by the client that had
+it, and ``_check_every_conversation`` (autouse) runs the one lifecycle checker over all of them
+when the test ends: start → token* → exactly one terminal per generation, nothing after, no gaps in
+``seq``, every start or rejection answering a generate that was sent.
+
+Times in tests are multiples of ``UNIT`` seconds; set ``AISTREAM_TEST_TIME_SCALE`` (default 1) to
+stretch them on a slow machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from aistream.lifecycle import Lifecycle
+from aistream.settings import Settings
+from aistream.testing.fake_upstream import FakeUpstream, Script
+from aistream.v1 import events_pb2 as pb
+from aistream.v1 import generator_pb2_grpc
+from bridge.server import WS_PATH, BridgeServer
+from generator.server import GeneratorServer
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = float(os.environ.get("AISTREAM_TEST_TIME_SCALE", "1"))
+TERMINAL = ("ai:done", "ai:error")
+
+# --- the lifecycle checker ------------------------------------------------------------------------
+
+
+@dataclass
+class Conversation:
+    """Everything sent and received on one connection, in order."""
+
+    name: str
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    abandoned: bool = False
+    """The test ended the connection mid-stream on purpose: running ids need no terminal."""
+
+
+_conversations: list[Conversation] = []
+
+
+def check_conversation(conversation: Conversation) -> None:
+    """Fail if the conversation breaks a lifecycle guarantee."""
+    lifecycle = Lifecycle(strict=True)
+    for direction, frame in conversation.events:
+        request_id = frame.get("requestId", "")
+        kind = frame.get("type", "")
+        if direction == "sent":
+            # Any frame but a cancel may be answered under its id (a start, or a rejection).
+            if kind != "ai:cancel" and isinstance(request_id, str):
+                lifecycle.expect(request_id)
+            continue
+        assert kind.startswith("ai:"), f"{conversation.name}: frame without ai: type {frame}"
+        lifecycle.observe(kind[3:], request_id, frame.get("seq", 0), frame.get("count", 1))
+    if not conversation.abandoned:
+        assert not lifecycle.running, (
+            f"{conversation.name}: no terminal event for {lifecycle.running}"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _check_every_conversation() -> Iterator[None]:
+    """Run the lifecycle checker over every conversation the test recorded."""
+    _conversations.clear()
+    yield
+    for conversation in _conversations:
+        check_conversation(conversation)
+    _conversations.clear()
+
+
+# --- recording clients ------------------------------------------------------------------------
+
+
+class WsClient:
+    """A browser-protocol client that records its conversation for the checker."""
+
+    def __init__(self, ws: ClientConnection, name: str) -> None:
+        self.ws = ws
+        self.conversation = Conversation(name)
+        _conversations.append(self.conversation)
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        """Send a frame (a dict is JSON-encoded) and record it."""
+        if isinstance(frame, dict):
+            self.conversation.events.append(("sent", frame))
+            await self.ws.send(orjson.dumps(frame).decode())
+            return
+        try:
+            decoded = orjson.loads(frame) if isinstance(frame, str) else None
+        except orjson.JSONDecodeError:
+            decoded = None
+        if isinstance(decoded, dict):
+            self.conversation.events.append(("sent", decoded))
+        await self.ws.send(frame)
+
+    async def generate(self, request_id: str, prompt: str = "hello", **extra: Any) -> None:
+        """Send an ai:generate."""
+        await self.send({"type": "ai:generate", "requestId": request_id, "prompt": prompt, **extra})
+
+    async def cancel(self, request_id: str) -> None:
+        """Send an ai:cancel."""
+        await self.send({"type": "ai:cancel", "requestId": request_id})
+
+    async def recv(self, timeout: float = 5 * UNIT) -> dict[str, Any]:
+        """The next frame, decoded and recorded."""
+        async with asyncio.timeout(timeout):
+            message = await self.ws.recv()
+        frame: dict[str, Any] = orjson.loads(message)
+        self.conversation.events.append(("recv", frame))
+        return frame
+
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5 * UNIT
+    ) -> list[dict[str, Any]]:
+        """Frames received until (and including) the first one matching ``predicate``."""
+        frames = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                frames.append(frame)
+                if predicate(frame):
+                    return frames
+
+    async def finish(self, request_id: str, timeout: float = 5 * UNIT) -> dict[str, Any]:
+        """Read until ``request_id``'s terminal frame and return it."""
+        frames = await self.until(
+            lambda f: f["type"] in TERMINAL and f["requestId"] == request_id, timeout
+        )
+        return frames[-1]
+
+    async def finish_all(
+        self, request_ids: set[str], timeout: float = 10 * UNIT
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Read until every id has ended; frames grouped by request id."""
+        pending = set(request_ids)
+        by_id: dict[str, list[dict[str, Any]]] = {rid: [] for rid in request_ids}
+        async with asyncio.timeout(timeout):
+            while pending:
+                frame = await self.recv(timeout)
+                by_id.setdefault(frame.get("requestId", ""), []).append(frame)
+                if frame["type"] in TERMINAL:
+                    pending.discard(frame["requestId"])
+        return by_id
+
+    def abandon(self) -> None:
+        """Mark the conversation as ended mid-stream on purpose."""
+        self.conversation.abandoned = True
+
+
+class GrpcClient:
+    """A Generator.Stream call that records its conversation (as JSON-like frames)."""
+
+    def __init__(self, channel: grpc.aio.Channel, name: str) -> None:
+        self.call = generator_pb2_grpc.GeneratorStub(channel).Stream()
+        self.conversation = Conversation(name)
+        _conversations.append(self.conversation)
+
+    async def send(self, event: pb.ClientEvent) -> None:
+        """Write one ClientEvent and record it."""
+        kind = event.WhichOneof("event")
+        if kind is not None:
+            body = getattr(event, kind)
+            self.conversation.events.append(
+                ("sent", {"type": f"ai:{kind}", "requestId": body.request_id})
+            )
+        await self.call.write(event)
+
+    async def generate(self, request_id: str, prompt: str = "hello", **extra: Any) -> None:
+        """Write a Generate."""
+        await self.send(
+            pb.ClientEvent(generate=pb.Generate(request_id=request_id, prompt=prompt, **extra))
+        )
+
+    async def cancel(self, request_id: str) -> None:
+        """Write a Cancel."""
+        await self.send(pb.ClientEvent(cancel=pb.Cancel(request_id=request_id)))
+
+    async def recv(self, timeout: float = 5 * UNIT) -> pb.ServerEvent:
+        """The next ServerEvent, recorded."""
+        async with asyncio.timeout(timeout):
+            event = await self.call.read()
+        assert event is not grpc.aio.EOF, "the generator ended the stream"
+        assert isinstance(event, pb.ServerEvent)
+        kind = event.WhichOneof("event")
+        assert kind is not None
+        body = getattr(event, kind)
+        frame = {"type": f"ai:{kind}", "requestId": body.request_id}
+        if kind == "token":
+            frame |= {"seq": body.seq, "count": body.count}
+        self.conversation.events.append(("recv", frame))
+        return event
+
+    async def finish(self, request_id: str, timeout: float = 5 * UNIT) -> pb.ServerEvent:
+        """Read until ``request_id``'s terminal event and return it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.recv(timeout)
+                kind = event.WhichOneof("event")
+                if kind in ("done", "error") and getattr(event, kind).request_id == request_id:
+                    return event
+
+    def abandon(self) -> None:
+        """Mark the conversation as ended mid-stream on purpose."""
+        self.conversation.abandoned = True
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+def settings_for(fake: FakeUpstream | None = None, **overrides: Any) -> Settings:
+    """Settings for an in-process stack on free ports (upstream: ``fake``, else simulated)."""
+    values: dict[str, Any] = {
+        "generator_port": 0,
+        "bridge_port": 0,
+        "simulated_ttft": 0.01,
+        "simulated_tokens_per_s": 500.0,
+        "upstream_max_retries": 0,
+        "first_token_timeout": 5 * UNIT,
+        "stall_timeout": 5 * UNIT,
+        "drain_timeout": 0.5 * UNIT,
+        "ws_ping_interval": 5 * UNIT,
+        "ws_ping_timeout": 5 * UNIT,
+    }
+    if fake is not None:
+        values |= {"base_url": fake.base_url, "api_key": "test-key"}
+    values |= overrides
+    return Settings(**values)
+
+
+@dataclass
+class Stack:
+    """A fake upstream, a generator and a bridge, all in this process, on free ports."""
+
+    fake: FakeUpstream
+    generator: GeneratorServer
+    bridge: BridgeServer
+    _clients: list[ClientConnection] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        """The bridge's WebSocket URL."""
+        return f"ws://127.0.0.1:{self.bridge.port}{WS_PATH}"
+
+    async def client(self, name: str = "ws") -> WsClient:
+        """A new recording WebSocket client connected to the bridge."""
+        ws = await connect(self.ws_url, compression=None)
+        self._clients.append(ws)
+        return WsClient(ws, name)
+
+    async def close(self) -> None:
+        """Close clients, bridge, generator and fake, in that order."""
+        for ws in self._clients:
+            await ws.close()
+        await self.bridge.stop()
+        await self.generator.stop(drain_timeout=0)
+        await self.fake.close()
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    """A fake OpenAI-compatible upstream on a free port."""
+    async with FakeUpstream(Script(tokens=5)) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def make_stack() -> AsyncIterator[StackFactory]:
+    """Build in-process stacks: ``await make_stack(script=Script(...), **settings)``."""
+    stacks: list[Stack] = []
+
+    async def build(script: Script | None = None, **overrides: Any) -> Stack:
+        upstream = FakeUpstream(script or Script(tokens=5))
+        await upstream.start()
+        generator = GeneratorServer(settings_for(upstream, **overrides))
+        gport = await generator.start()
+        bridge = BridgeServer(
+            settings_for(upstream, generator_target=f"127.0.0.1:{gport}", **overrides)
+        )
+        await bridge.start()
+        stack = Stack(upstream, generator, bridge)
+        stacks.append(stack)
+        return stack
+
+    yield build
+    for stack in stacks:
+        await stack.close()
+
+
+@pytest.fixture
+async def stack(make_stack: StackFactory) -> Stack:
+    """One in-process stack with the default fake script (five tokens)."""
+    return await make_stack()
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    """An aistream command running as a child process, with what its ready line said."""
+
+    popen: subprocess.Popen[str]
+    ready: re.Match[str]
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies without any cleanup."""
+        self.popen.kill()
+        self.popen.wait(10)
+
+    def terminate(self) -> int:
+        """SIGTERM and wait; the exit code."""
+        self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(30)
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., Process]]:
+    """Start aistream commands as child processes; every one is stopped after the test."""
+    started: list[Process] = []
+
+    def start(args: list[str], ready: str, env: dict[str, str] | None = None) -> Process:
+        popen_and_match = _spawn(args, ready, env)
+        started.append(popen_and_match)
+        return popen_and_match
+
+    yield start
+    for process in started:
+        if process.popen.poll() is None:
+            process.popen.kill()
+        process.popen.wait(10)
+        for stream in (process.popen.stdin, process.popen.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def _spawn(args: list[str], ready: str, env: dict[str, str] | None) -> Process:
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "aistream", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "AISTREAM_LOG_LEVEL": "WARNING", **(env or {})},
+        cwd=ROOT,
+    )
+    assert popen.stdout is not None
+    line = popen.stdout.readline()
+    match = re.search(ready, line)
+    if match is None:
+        popen.kill()
+        popen.wait()
+        raise AssertionError(f"aistream {args[0]} did not start: {line!r}")
+    return Process(popen, match)

@@ -1,0 +1,92 @@
+"""generator.outbox: bounded memory and token coalescing when the writer falls behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aistream.v1 import events_pb2 as pb
+from generator.outbox import Outbox
+
+
+def _start(rid: str) -> pb.ServerEvent:
+    return pb.ServerEvent(start=pb.Start(request_id=rid))
+
+
+async def test_fifo_when_writer_keeps_up() -> None:
+    """Events come out in order, one token event per put while the writer keeps up."""
+    box = Outbox(capacity=8)
+    box.put(_start("a"))
+    assert (await box.get()) is not None
+    await box.put_token("a", "x", 0, 1)
+    event = await box.get()
+    assert event is not None and event.token.chunk == "x"
+    await box.put_token("a", "y", 1, 1)
+    event = await box.get()
+    assert event is not None and (event.token.chunk, event.token.seq) == ("y", 1)
+
+
+async def test_tokens_coalesce_while_waiting() -> None:
+    """Tokens of one id merge into the waiting token event: seq of the first, count grows."""
+    box = Outbox(capacity=8)
+    for i, text in enumerate(["a", "b", "c"]):
+        await box.put_token("r", text, i, 1)
+    await box.put_token("s", "z", 0, 1)
+    assert len(box) == 2
+    first = await box.get()
+    assert first is not None
+    assert (first.token.chunk, first.token.seq, first.token.count) == ("abc", 0, 3)
+    await box.put_token("r", "d", 3, 1)  # the merged event left: a new one starts at seq 3
+    await box.get()
+    last = await box.get()
+    assert last is not None and (last.token.chunk, last.token.seq) == ("d", 3)
+
+
+async def test_terminal_stops_merging() -> None:
+    """After a terminal event nothing merges into that id's earlier token event."""
+    box = Outbox(capacity=8)
+    await box.put_token("r", "a", 0, 1)
+    box.put(pb.ServerEvent(done=pb.Done(request_id="r")))
+    box.put(_start("r"))
+    await box.put_token("r", "new", 0, 1)
+    kinds = []
+    while len(box):
+        event = await box.get()
+        assert event is not None
+        kinds.append(event.WhichOneof("event"))
+    assert kinds == ["token", "done", "start", "token"]
+
+
+async def test_full_outbox_makes_new_ids_wait() -> None:
+    """At capacity a token for an id with nothing waiting blocks until the writer takes one."""
+    box = Outbox(capacity=2, max_chunk_chars=4)
+    await box.put_token("a", "1", 0, 1)
+    await box.put_token("b", "1", 0, 1)
+    blocked = asyncio.create_task(box.put_token("c", "1", 0, 1))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    await box.put_token("a", "234", 1, 3)  # still merges: room in a's event
+    assert not blocked.done()
+    await box.get()
+    await asyncio.wait_for(blocked, 1)
+    assert len(box) == 2
+
+
+async def test_chunk_limit_bounds_each_event() -> None:
+    """A waiting token event never grows past max_chunk_chars; the next put waits instead."""
+    box = Outbox(capacity=1, max_chunk_chars=3)
+    await box.put_token("a", "12", 0, 2)
+    blocked = asyncio.create_task(box.put_token("a", "34", 2, 2))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    event = await box.get()
+    assert event is not None and event.token.chunk == "12"
+    await asyncio.wait_for(blocked, 1)
+
+
+async def test_wake_returns_none() -> None:
+    """wake() releases a waiting get with None."""
+    box = Outbox(capacity=1)
+    waiter = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    box.wake()
+    assert await asyncio.wait_for(waiter, 1) is None

@@ -1,0 +1,75 @@
+"""aistream.settings: one validated object, environment read in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aistream.settings import Settings, SettingsError
+
+
+def test_defaults_are_simulated() -> None:
+    """With no upstream configured the simulated model serves."""
+    assert Settings.from_env({}).upstream_kind == "simulated"
+
+
+def test_openai_env_names_select_the_real_upstream() -> None:
+    """OPENAI_BASE_URL / OPENAI_API_KEY configure the openai upstream."""
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "OPENAI_API_KEY": "sk-secret-1"}
+    s = Settings.from_env(env)
+    assert (s.upstream_kind, s.base_url, s.api_key) == (
+        "openai",
+        env["OPENAI_BASE_URL"],
+        "sk-secret-1",
+    )
+    assert "sk-secret-1" not in repr(s)  # the key is never printed
+
+
+def test_prefixed_env_and_overrides() -> None:
+    """AISTREAM_* fields are parsed by type; explicit overrides win; None overrides are ignored."""
+    s = Settings.from_env(
+        {
+            "AISTREAM_BRIDGE_PORT": "9000",
+            "AISTREAM_STALL_TIMEOUT": "2.5",
+            "AISTREAM_WS_COMPRESSION": "yes",
+            "AISTREAM_STATIC_DIR": "/tmp/x",
+        },
+        bridge_port=None,
+        stall_timeout=1.0,
+    )
+    assert (s.bridge_port, s.stall_timeout, s.ws_compression, s.static_dir) == (
+        9000,
+        1.0,
+        True,
+        Path("/tmp/x"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AISTREAM_BRIDGE_PORT": "eighty"}, "AISTREAM_BRIDGE_PORT"),
+        ({"AISTREAM_BRIDGE_PORT": "70000"}, "bridge_port"),
+        ({"AISTREAM_STALL_TIMEOUT": "0"}, "stall_timeout"),
+        ({"AISTREAM_DEADLINE": "1000"}, "deadline"),
+        ({"AISTREAM_GENERATOR_TARGET": "nowhere"}, "generator_target"),
+        ({"OPENAI_BASE_URL": "ftp://x"}, "base_url"),
+        ({"AISTREAM_WS_COMPRESSION": "maybe"}, "AISTREAM_WS_COMPRESSION"),
+    ],
+)
+def test_invalid_values_name_the_setting(env: dict[str, str], message: str) -> None:
+    """A bad value raises SettingsError naming the setting."""
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/configuration.md has a row for every Settings field and its environment name."""
+    import dataclasses
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    for f in dataclasses.fields(Settings):
+        assert f"| `{f.name}` | `AISTREAM_{f.name.upper()}` |" in text, f.name

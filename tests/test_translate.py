@@ -1,0 +1,213 @@
+"""bridge.translate: the schema-driven JSON ⇄ protobuf mapping, without sockets."""
+
+from __future__ import annotations
+
+import contextlib
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aistream.v1 import events_pb2 as pb
+from bridge.translate import (
+    CLIENT_TYPES,
+    SERVER_TYPES,
+    FrameError,
+    decode_client_frame,
+    encode_server_event,
+    error_frame,
+)
+
+
+def test_frame_types_follow_the_schema_oneofs() -> None:
+    """Frame types are "ai:" + each envelope's oneof field names."""
+    assert CLIENT_TYPES == ("ai:generate", "ai:cancel")
+    assert SERVER_TYPES == ("ai:start", "ai:token", "ai:done", "ai:error")
+
+
+def test_core_protocol_generate_decodes() -> None:
+    """The seed protocol's generate frame (type, requestId, prompt only) decodes unchanged."""
+    event = decode_client_frame('{"type":"ai:generate","requestId":"r1","prompt":"hi"}')
+    assert event.WhichOneof("event") == "generate"
+    assert event.generate.request_id == "r1"
+    assert event.generate.prompt == "hi"
+    assert not event.generate.HasField("max_tokens")
+
+
+def test_additive_generate_fields_decode() -> None:
+    """messages, model, maxTokens, temperature and timeoutMs map to their fields."""
+    frame = {
+        "type": "ai:generate",
+        "requestId": "r1",
+        "prompt": "and then?",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+        ],
+        "model": "m",
+        "maxTokens": 7,
+        "temperature": 0.5,
+        "timeoutMs": 1500,
+        "futureField": {"ignored": True},
+    }
+    g = decode_client_frame(orjson.dumps(frame).decode()).generate
+    assert [(m.role, m.content) for m in g.messages] == [
+        (pb.ROLE_SYSTEM, "be brief"),
+        (pb.ROLE_USER, "hi"),
+        (pb.ROLE_ASSISTANT, "hello"),
+    ]
+    assert (g.model, g.max_tokens, g.temperature, g.timeout_ms) == ("m", 7, 0.5, 1500)
+
+
+def test_cancel_decodes() -> None:
+    """ai:cancel carries only the request id."""
+    event = decode_client_frame('{"type":"ai:cancel","requestId":"r9"}')
+    assert event.WhichOneof("event") == "cancel"
+    assert event.cancel.request_id == "r9"
+
+
+@pytest.mark.parametrize(
+    ("frame", "message", "request_id"),
+    [
+        (b'{"type":"ai:generate"}', "binary frames are not supported", ""),
+        ("not json", "not valid JSON", ""),
+        ("[1, 2]", "must be a JSON object", ""),
+        ('"text"', "must be a JSON object", ""),
+        ('{"type":"ai:launch","requestId":"r1"}', "type must be one of", "r1"),
+        ('{"requestId":"r1"}', "type must be one of", "r1"),
+        ('{"type":"ai:generate","prompt":"x"}', "requestId must be a string", ""),
+        ('{"type":"ai:generate","requestId":5}', "requestId must be a string", ""),
+        ('{"type":"ai:generate","requestId":"r1","prompt":5}', "prompt must be a string", "r1"),
+        ('{"type":"ai:generate","requestId":"r1","maxTokens":"5"}', "maxTokens must be", "r1"),
+        ('{"type":"ai:generate","requestId":"r1","maxTokens":-1}', "maxTokens must be", "r1"),
+        ('{"type":"ai:generate","requestId":"r1","maxTokens":true}', "maxTokens must be", "r1"),
+        ('{"type":"ai:generate","requestId":"r1","temperature":"hot"}', "temperature must", "r1"),
+        (
+            '{"type":"ai:generate","requestId":"r1","messages":{}}',
+            "messages must be an array",
+            "r1",
+        ),
+        (
+            '{"type":"ai:generate","requestId":"r1","messages":[1]}',
+            "messages[0] must be an object",
+            "r1",
+        ),
+        (
+            '{"type":"ai:generate","requestId":"r1","messages":[{"role":"god","content":"x"}]}',
+            "messages[0].role must be one of assistant, system, user",
+            "r1",
+        ),
+    ],
+)
+def test_bad_frames_raise_frame_error_naming_the_problem(
+    frame: str | bytes, message: str, request_id: str
+) -> None:
+    """Each malformed frame raises FrameError with a safe message and the id when readable."""
+    with pytest.raises(FrameError) as info:
+        decode_client_frame(frame)
+    assert message in str(info.value)
+    assert info.value.request_id == request_id
+
+
+def test_deeply_nested_json_is_a_frame_error() -> None:
+    """JSON nested beyond the parser's limit is refused, not a crash."""
+    with pytest.raises(FrameError):
+        decode_client_frame("[" * 100_000 + "]" * 100_000)
+
+
+def test_token_frame_has_core_and_additive_fields() -> None:
+    """ai:token carries requestId and chunk (core) plus seq and count."""
+    frame = orjson.loads(
+        encode_server_event(
+            pb.ServerEvent(token=pb.Token(request_id="r", chunk="Hi", seq=0, count=1))
+        )
+    )
+    assert frame == {"type": "ai:token", "requestId": "r", "chunk": "Hi", "seq": 0, "count": 1}
+
+
+def test_done_frame_maps_enums_and_nested_usage() -> None:
+    """Enums become lowercase names without prefix; usage is a nested camelCase object."""
+    event = pb.ServerEvent(
+        done=pb.Done(
+            request_id="r",
+            finish_reason=pb.FINISH_REASON_LENGTH,
+            usage=pb.Usage(prompt_tokens=3, completion_tokens=9, source=pb.USAGE_SOURCE_UPSTREAM),
+            ttft_ms=12,
+            duration_ms=40,
+        )
+    )
+    assert orjson.loads(encode_server_event(event)) == {
+        "type": "ai:done",
+        "requestId": "r",
+        "finishReason": "length",
+        "usage": {"promptTokens": 3, "completionTokens": 9, "source": "upstream"},
+        "ttftMs": 12,
+        "durationMs": 40,
+    }
+
+
+def test_error_frame_has_code_message_and_retryable() -> None:
+    """ai:error carries the JSON code from the table and its default retryable."""
+    frame = orjson.loads(error_frame(pb.ERROR_CODE_RATE_LIMITED, "slow down", "r"))
+    assert frame["type"] == "ai:error"
+    assert (frame["requestId"], frame["code"], frame["message"]) == (
+        "r",
+        "rate_limited",
+        "slow down",
+    )
+    assert frame["retryable"] is True
+    assert "usage" not in frame  # message fields appear only when set
+
+
+def test_start_frame() -> None:
+    """ai:start carries the model name."""
+    frame = orjson.loads(
+        encode_server_event(
+            pb.ServerEvent(start=pb.Start(request_id="r", model="aistream-simulated"))
+        )
+    )
+    assert frame == {"type": "ai:start", "requestId": "r", "model": "aistream-simulated"}
+
+
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_decoder_never_raises_anything_but_frame_error(data: str | bytes) -> None:
+    """Arbitrary input decodes to a ClientEvent or raises FrameError, never anything else."""
+    try:
+        event = decode_client_frame(data)
+    except FrameError as exc:
+        assert str(exc)
+        orjson.loads(error_frame(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id))
+    else:
+        assert event.WhichOneof("event") in ("generate", "cancel")
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.sampled_from(["ai:generate", "ai:cancel", "ai:other", 3]),
+    st.dictionaries(
+        st.sampled_from(
+            ["requestId", "prompt", "messages", "model", "maxTokens", "temperature", "timeoutMs"]
+        ),
+        _json_values,
+    ),
+)
+def test_structured_frames_never_crash_the_decoder(
+    frame_type: object, fields: dict[str, object]
+) -> None:
+    """Objects with the right keys but any values decode or raise FrameError."""
+    with contextlib.suppress(FrameError):
+        decode_client_frame(orjson.dumps({"type": frame_type, **fields}).decode())
