@@ -219,6 +219,21 @@ async def test_closing_the_sdk_stream_is_recorded_promptly(
     await fake.wait_for(lambda: fake.connections == 0)
 
 
+async def test_cancelling_a_request_waiting_for_headers_is_recorded(
+    fake: FakeUpstream, client: openai.AsyncOpenAI
+) -> None:
+    """A request cancelled while the fake holds back its headers ends as client_closed."""
+    fake.script = Script(headers_delay=60)
+    request = asyncio.create_task(_stream(client))
+    [record] = await fake.wait_requests(1)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert (await fake.wait_closed(record, timeout=2 * SCALE)).outcome == "client_closed"
+    assert record.status is None
+    assert record.headers_sent_at is None
+
+
 async def test_stream_close_method_is_recorded(
     fake: FakeUpstream, client: openai.AsyncOpenAI
 ) -> None:
@@ -285,9 +300,9 @@ async def test_timings_are_honoured(fake: FakeUpstream, client: openai.AsyncOpen
     assert record.headers_sent_at is not None
     assert record.first_token_at is not None
     assert record.finished_at is not None
-    assert record.headers_sent_at - record.received_at >= 0.05
-    assert record.first_token_at - record.headers_sent_at >= 0.05
-    assert record.finished_at - record.first_token_at >= 0.04
+    assert record.headers_sent_at - record.received_at >= 0.049
+    assert record.first_token_at - record.headers_sent_at >= 0.049
+    assert record.finished_at - record.first_token_at >= 0.039
 
 
 async def test_many_tokens_at_full_speed(fake: FakeUpstream) -> None:

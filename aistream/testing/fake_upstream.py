@@ -6,6 +6,14 @@ with ``"stream": true`` answers chunks in the chat-completions format, as the re
 stalled, reset, malformed, or with an error event). Every request gets a ``RequestRecord`` saying
 what arrived, what was sent and how the response ended, including whether the client closed the
 connection while the response was in progress (``active()`` is the list of "ghost generations").
+A reader task per connection sees the client's EOF or reset at once, even while the fake is
+sleeping or stalled; so a client that half-closes its side counts as gone. Non-streaming requests
+get a 400, unknown paths a 404 (both recorded)::
+
+    async with FakeUpstream(Script(tokens=3, interval=0.01)) as fake:
+        ...  # point a client at fake.base_url
+        await fake.wait_idle()  # no ghost generations
+        assert [r.outcome for r in fake.records] == ["completed"]
 
 A request picks its script in this order:
 
@@ -43,7 +51,7 @@ from typing import Any, Literal, Self
 
 import orjson
 
-__all__ = ["FakeUpstream", "Outcome", "RequestRecord", "Script", "ScriptFor", "main"]
+__all__ = ["DIRECTIVE", "FakeUpstream", "Outcome", "RequestRecord", "Script", "ScriptFor", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +139,8 @@ class Script:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], base: Script | None = None) -> Script:
         """Build a script from a JSON object, its keys overriding ``base`` (default: defaults)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a script is a JSON object, not {type(data).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         changes: dict[str, Any] = {}
         for name, value in data.items():
@@ -969,7 +979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:
         script = Script.from_json(json.loads(args.script)) if args.script else Script()
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError) as exc:
         parser.error(f"--script: {exc}")
     return asyncio.run(_run(args.host, args.port, script))
 
