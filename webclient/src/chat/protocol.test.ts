@@ -1,0 +1,146 @@
+import { describe, expect, it } from "vitest";
+
+import { encodeClientFrame, parseServerFrame, quoteFrame } from "./protocol.ts";
+
+const ok = (data: unknown) => {
+  const result = parseServerFrame(data);
+  if (!result.ok) throw new Error(`expected a frame, got: ${result.reason}`);
+  return result;
+};
+
+describe("parseServerFrame", () => {
+  it("reads every server frame type with its fields", () => {
+    expect(ok('{"type":"ai:start","requestId":"r1","model":"m"}').frame).toEqual({
+      type: "ai:start",
+      requestId: "r1",
+      model: "m",
+    });
+    expect(ok('{"type":"ai:token","requestId":"r1","chunk":"hi","seq":3,"count":2}').frame).toEqual(
+      {
+        type: "ai:token",
+        requestId: "r1",
+        chunk: "hi",
+        seq: 3,
+        count: 2,
+      },
+    );
+    const done = {
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "length",
+      usage: { promptTokens: 5, completionTokens: 7, source: "estimated" },
+      ttftMs: 12,
+      durationMs: 340,
+    };
+    expect(ok(JSON.stringify(done))).toEqual({ ok: true, frame: done, missing: [], warnings: [] });
+    const error = {
+      type: "ai:error",
+      requestId: "r1",
+      code: "rate_limited",
+      message: "slow down",
+      retryable: true,
+      durationMs: 0,
+    };
+    expect(ok(JSON.stringify(error)).frame).toEqual(error);
+  });
+
+  it("reads the core protocol's minimal frames, noting the absent keys", () => {
+    const token = ok('{"type":"ai:token","requestId":"r1","chunk":"a"}');
+    expect(token.frame).toMatchObject({ chunk: "a", seq: 0, count: 0 });
+    expect(token.missing).toEqual(["seq", "count"]);
+    expect(ok('{"type":"ai:done","requestId":"r1"}').warnings).toEqual([]);
+    expect(ok('{"type":"ai:error","requestId":"r1","message":"x"}').frame).toMatchObject({
+      message: "x",
+      retryable: false,
+    });
+  });
+
+  it.each([
+    [new ArrayBuffer(4), "binary frame, expected JSON text"],
+    ["{not json", "not valid JSON"],
+    ["[1,2]", "not a JSON object"],
+    ['"ai:token"', "not a JSON object"],
+    ['{"requestId":"r1"}', 'no "type"'],
+    ['{"type":"ai:generate","requestId":"r1"}', 'unknown type "ai:generate"'],
+    ['{"type":"ai:token","chunk":"a"}', 'no string "requestId"'],
+    ['{"type":"ai:token","requestId":"","chunk":"a"}', 'empty "requestId"'],
+    ['{"type":"ai:token","requestId":"r1","chunk":5}', 'no string "chunk"'],
+  ])("refuses %s (%s)", (data, reason) => {
+    expect(parseServerFrame(data)).toEqual({ ok: false, reason });
+  });
+
+  it("keeps a frame with a bad optional field, with a warning", () => {
+    const result = ok(
+      '{"type":"ai:error","requestId":"r1","code":"brand_new","message":"m","retryable":"yes","usage":7}',
+    );
+    expect(result.frame).toEqual({
+      type: "ai:error",
+      requestId: "r1",
+      message: "m",
+      retryable: false,
+      durationMs: 0,
+    });
+    expect(result.warnings).toEqual([
+      '"retryable" is not a boolean',
+      '"code" has unknown value "brand_new"',
+      '"usage" is not an object',
+    ]);
+  });
+
+  it('reads an enum\'s zero value "unspecified" as absent, quietly', () => {
+    const result = ok(
+      '{"type":"ai:done","requestId":"r1","finishReason":"unspecified","ttftMs":1,"durationMs":2,' +
+        '"usage":{"promptTokens":1,"completionTokens":2,"source":"unspecified"}}',
+    );
+    expect(result.frame).toEqual({
+      type: "ai:done",
+      requestId: "r1",
+      ttftMs: 1,
+      durationMs: 2,
+      usage: { promptTokens: 1, completionTokens: 2 },
+    });
+    expect(result.warnings).toEqual([]);
+  });
+
+  it("treats a non-integer seq as absent", () => {
+    const result = ok('{"type":"ai:token","requestId":"r1","chunk":"a","seq":-1,"count":1}');
+    expect(result.missing).toContain("seq");
+    expect(result.warnings).toEqual(['"seq" is not a non-negative integer']);
+  });
+
+  it("accepts an ai:error without a request id (a rejected frame)", () => {
+    expect(
+      ok('{"type":"ai:error","requestId":"","code":"invalid_request","message":"bad"}').frame,
+    ).toMatchObject({
+      requestId: "",
+      code: "invalid_request",
+    });
+  });
+});
+
+describe("encodeClientFrame", () => {
+  it("writes the frame as JSON with its JSON names", () => {
+    const text = encodeClientFrame({
+      type: "ai:generate",
+      requestId: "r1",
+      prompt: "hi",
+      messages: [{ role: "user", content: "q" }],
+      maxTokens: 5,
+    });
+    expect(JSON.parse(text)).toEqual({
+      type: "ai:generate",
+      requestId: "r1",
+      prompt: "hi",
+      messages: [{ role: "user", content: "q" }],
+      maxTokens: 5,
+    });
+  });
+});
+
+describe("quoteFrame", () => {
+  it("quotes text, cuts long frames and names binary ones", () => {
+    expect(quoteFrame('{"a":1}')).toBe('{"a":1}');
+    expect(quoteFrame("x".repeat(500))).toBe(`${"x".repeat(200)}…`);
+    expect(quoteFrame(new ArrayBuffer(3))).toBe("<binary frame, 3 bytes>");
+  });
+});

@@ -1,0 +1,666 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+
+import { makeStore } from "../test/fakeSocket.ts";
+
+beforeEach(() => {
+  vi.useFakeTimers();
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+/** A store whose socket is already open. */
+function connected(options: Parameters<typeof makeStore>[0] = {}) {
+  const t = makeStore(options);
+  t.store.connect();
+  t.socket.open();
+  return t;
+}
+
+describe("connection", () => {
+  it("opens the URL it was given and shows connecting, then connected", () => {
+    const t = makeStore();
+    expect(t.state.connection).toBe("connecting");
+    t.store.connect();
+    expect(t.socket.url).toBe("ws://bridge.test/ws");
+    expect(t.state.connection).toBe("connecting");
+    t.socket.open();
+    expect(t.state.connection).toBe("connected");
+  });
+
+  it("connects once however often connect() is called", () => {
+    const t = makeStore();
+    t.store.connect();
+    t.store.connect();
+    expect(t.sockets).toHaveLength(1);
+  });
+
+  it("closes the socket on dispose and does not reconnect", () => {
+    const t = connected();
+    t.store.dispose();
+    expect(t.socket.closedByClient).toEqual({ code: 1000, reason: "page closed" });
+    t.socket.drop(1000);
+    vi.advanceTimersByTime(60_000);
+    expect(t.sockets).toHaveLength(1);
+  });
+});
+
+describe("a generation", () => {
+  it("sends ai:generate with the prompt and a fresh request id", () => {
+    const t = connected();
+    const id = t.store.send("  hello  ");
+    expect(id).toBe("r1");
+    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r1", prompt: "hello" }]);
+    expect(t.request("r1")).toMatchObject({
+      status: "streaming",
+      queued: false,
+      text: "",
+      prompt: "hello",
+    });
+    expect(t.state.order).toEqual(["r1"]);
+  });
+
+  it("ignores an empty prompt", () => {
+    const t = connected();
+    expect(t.store.send("   \n")).toBeUndefined();
+    expect(t.socket.sent).toEqual([]);
+  });
+
+  it("appends chunks in order and publishes them on the next animation frame only", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "simulated-echo" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "Hel", seq: 0, count: 1 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "lo", seq: 1, count: 1 });
+    expect(t.request("r1").text).toBe(""); // not yet published
+    t.flush();
+    expect(t.request("r1")).toMatchObject({
+      text: "Hello",
+      tokens: 2,
+      model: "simulated-echo",
+      started: true,
+    });
+  });
+
+  it("counts coalesced tokens and expects seq + count next", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "a b c", seq: 0, count: 3 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: " d", seq: 3, count: 0 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: " e", seq: 4, count: 1 });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ text: "a b c d e", tokens: 5 });
+    expect(t.state.protocolErrors).toEqual([]);
+  });
+
+  it("ends done with finish reason, usage and the server's timings", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "x", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "stop",
+      usage: { promptTokens: 4, completionTokens: 1, source: "estimated" },
+      ttftMs: 120,
+      durationMs: 480,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({
+      status: "done",
+      text: "x",
+      finishReason: "stop",
+      usage: { promptTokens: 4, completionTokens: 1, source: "estimated" },
+      timings: { ttftMs: 120, durationMs: 480 },
+    });
+    expect(t.request("r1").timings.endedAt).toBeTypeOf("number");
+  });
+
+  it("ends in error with the server's code, message and retryable", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "par", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "timeout",
+      message: "no token for 30 s",
+      retryable: true,
+      durationMs: 30_000,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({
+      status: "error",
+      text: "par",
+      error: { code: "timeout", message: "no token for 30 s", retryable: true },
+    });
+  });
+
+  it("shows a rejected generate (no ai:start) as an error, with a default message if none came", () => {
+    const t = connected();
+    t.store.send("hi");
+    // An older bridge's frame: no message, no durationMs.
+    t.socket.receive(
+      '{"type":"ai:error","requestId":"r1","code":"too_many_requests","retryable":true}',
+    );
+    t.flush();
+    expect(t.request("r1").error).toEqual({
+      code: "too_many_requests",
+      message: "Too many answers are being generated at once.",
+      retryable: true,
+    });
+  });
+
+  it("shows an ai:error with code cancelled as stopped, not failed", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "so far", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "cancelled",
+      message: "cancelled",
+      retryable: false,
+      durationMs: 0,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "cancelled", text: "so far" });
+    expect(t.request("r1").error).toBeUndefined();
+  });
+
+  it("runs several generations at once, each with its own text", () => {
+    const t = connected();
+    t.store.send("a");
+    t.store.send("b");
+    t.socket.receive({ type: "ai:start", requestId: "r2", model: "m" });
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r2", chunk: "B", seq: 0, count: 1 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "A", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r2",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "streaming", text: "A" });
+    expect(t.request("r2")).toMatchObject({ status: "done", text: "B" });
+  });
+
+  it("keeps the identity of requests that did not change", () => {
+    const t = connected();
+    t.store.send("a");
+    t.store.send("b");
+    const before = t.state;
+    t.socket.receive({ type: "ai:start", requestId: "r2", model: "m" });
+    t.flush();
+    expect(t.state).not.toBe(before);
+    expect(t.state.requests["r1"]).toBe(before.requests["r1"]);
+    expect(t.state.requests["r2"]).not.toBe(before.requests["r2"]);
+    expect(t.state.order).toBe(before.order);
+  });
+});
+
+describe("stop", () => {
+  it("sends ai:cancel, shows cancelled at once and keeps the text received so far", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "Once upon", seq: 0, count: 1 });
+    t.store.stop("r1"); // before the token was even painted
+    expect(t.socket.frames.at(-1)).toEqual({ type: "ai:cancel", requestId: "r1" });
+    expect(t.request("r1")).toMatchObject({ status: "cancelled", text: "Once upon" });
+  });
+
+  it("drops tokens still in flight quietly and takes usage from the bridge's cancelled error", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "kept", seq: 0, count: 1 });
+    t.store.stop("r1");
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: " late", seq: 1, count: 1 });
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "cancelled",
+      message: "cancelled by the client",
+      retryable: false,
+      usage: { promptTokens: 2, completionTokens: 2, source: "estimated" },
+      durationMs: 90,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({
+      status: "cancelled",
+      text: "kept",
+      usage: { completionTokens: 2 },
+      timings: { durationMs: 90 },
+    });
+    expect(t.state.protocolErrors).toEqual([]);
+  });
+
+  it("stays stopped when the answer finished just as Stop was pressed", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.store.stop("r1");
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.flush();
+    expect(t.request("r1").status).toBe("cancelled");
+    expect(t.state.protocolErrors).toEqual([]);
+  });
+
+  it("takes a queued generate back without sending anything", () => {
+    const t = makeStore();
+    t.store.connect();
+    t.store.send("hi");
+    t.store.stop("r1");
+    t.socket.open();
+    expect(t.socket.sent).toEqual([]);
+    expect(t.request("r1")).toMatchObject({ status: "cancelled", queued: false });
+  });
+
+  it("does nothing for an answer that already ended", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "internal",
+      message: "x",
+      retryable: false,
+      durationMs: 0,
+    });
+    t.flush();
+    t.store.stop("r1");
+    t.store.stop("nope");
+    expect(t.socket.frames.map((f) => f.type)).toEqual(["ai:generate"]);
+    expect(t.request("r1").status).toBe("error");
+  });
+});
+
+describe("history", () => {
+  it("sends the completed turns as messages with a follow-up", () => {
+    const t = connected();
+    t.store.send("What is 2+2?");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "4", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    // No flush: the history comes from the store's own state, not from what was painted.
+    t.store.send("And times 3?");
+    expect(t.socket.frames.at(-1)).toEqual({
+      type: "ai:generate",
+      requestId: "r2",
+      prompt: "And times 3?",
+      messages: [
+        { role: "user", content: "What is 2+2?" },
+        { role: "assistant", content: "4" },
+      ],
+    });
+    expect(t.request("r2").messages).toHaveLength(2);
+  });
+
+  it("leaves out failed, streaming and empty stopped turns, keeps stopped text", () => {
+    const t = connected();
+    t.store.send("fails");
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "internal",
+      message: "x",
+      retryable: false,
+      durationMs: 0,
+    });
+    t.store.send("still streaming");
+    t.store.send("stopped with text");
+    t.socket.receive({ type: "ai:start", requestId: "r3", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r3", chunk: "partial", seq: 0, count: 1 });
+    t.store.stop("r3");
+    t.store.send("stopped empty");
+    t.store.stop("r4");
+    t.store.send("next");
+    expect(t.socket.frames.at(-1)).toMatchObject({
+      requestId: "r5",
+      messages: [
+        { role: "user", content: "stopped with text" },
+        { role: "assistant", content: "partial" },
+      ],
+    });
+  });
+});
+
+describe("retry", () => {
+  it("sends the same prompt and history under a new id, in the failed one's place", () => {
+    const t = connected();
+    t.store.send("first");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "one", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.store.send("second");
+    t.store.send("third");
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r2",
+      code: "rate_limited",
+      message: "later",
+      retryable: true,
+      durationMs: 0,
+    });
+    t.flush();
+    const sentBefore = t.socket.frames.find((f) => f.requestId === "r2");
+    const id = t.store.retry("r2");
+    expect(id).toBe("r4");
+    const resent = t.socket.frames.at(-1);
+    expect(resent).toEqual({ ...sentBefore, requestId: "r4" });
+    expect(t.state.order).toEqual(["r1", "r4", "r3"]);
+    expect(t.state.requests["r2"]).toBeUndefined();
+    expect(t.request("r4")).toMatchObject({ status: "streaming", retryOf: "r2", prompt: "second" });
+  });
+
+  it("only retries failed requests", () => {
+    const t = connected();
+    t.store.send("hi");
+    expect(t.store.retry("r1")).toBeUndefined();
+    expect(t.store.retry("unknown")).toBeUndefined();
+  });
+});
+
+describe("protocol errors", () => {
+  function streaming() {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "a", seq: 0, count: 1 });
+    return t;
+  }
+
+  it("reports a seq gap naming the frame, and still shows the chunk", () => {
+    const t = streaming();
+    const frame = '{"type":"ai:token","requestId":"r1","chunk":"c","seq":2,"count":1}';
+    t.socket.receive(frame);
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "d", seq: 3, count: 1 });
+    t.flush();
+    expect(t.request("r1").text).toBe("acd");
+    expect(t.state.protocolErrors).toEqual([
+      { message: 'ai:token for "r1": seq 2, expected 1 (gap)', frame },
+    ]);
+    expect(t.warnings).toEqual([`aistream: ai:token for "r1": seq 2, expected 1 (gap): ${frame}`]);
+  });
+
+  it("reports and drops a duplicate token", () => {
+    const t = streaming();
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "a", seq: 0, count: 1 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "b", seq: 1, count: 1 });
+    t.flush();
+    expect(t.request("r1").text).toBe("ab");
+    expect(t.state.protocolErrors.map((e) => e.message)).toEqual([
+      'ai:token for "r1": seq 0, expected 1 (duplicate, dropped)',
+    ]);
+  });
+
+  it("reports frames for an unknown id, after the end, and a second start", () => {
+    const t = streaming();
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "ghost", chunk: "boo", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "late", seq: 1, count: 1 });
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "internal",
+      message: "m",
+      retryable: false,
+      durationMs: 0,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "done", text: "a" });
+    expect(t.state.protocolErrors.map((e) => e.message)).toEqual([
+      'ai:start for "r1": a second ai:start',
+      'ai:token for "ghost": unknown request id',
+      'ai:token for "r1" after the request ended',
+      'ai:error for "r1" after the request ended',
+    ]);
+    expect(t.state.protocolErrors[1]!.frame).toContain('"chunk":"boo"');
+  });
+
+  it("reports a token before ai:start but keeps its text", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "early", seq: 0, count: 1 });
+    t.flush();
+    expect(t.request("r1").text).toBe("early");
+    expect(t.state.protocolErrors.map((e) => e.message)).toEqual([
+      'ai:token for "r1": a token before ai:start',
+    ]);
+  });
+
+  it("reports malformed frames with the frame quoted and goes on", () => {
+    const t = streaming();
+    t.socket.receive("{oops");
+    t.socket.receive('{"type":"ai:teleport","requestId":"r1"}');
+    t.socket.onmessage?.(new MessageEvent("message", { data: new ArrayBuffer(2) }));
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "b", seq: 1, count: 1 });
+    t.flush();
+    expect(t.request("r1").text).toBe("ab");
+    expect(t.state.protocolErrors).toEqual([
+      { message: "malformed frame (not valid JSON)", frame: "{oops" },
+      {
+        message: 'malformed frame (unknown type "ai:teleport")',
+        frame: '{"type":"ai:teleport","requestId":"r1"}',
+      },
+      {
+        message: "malformed frame (binary frame, expected JSON text)",
+        frame: "<binary frame, 2 bytes>",
+      },
+    ]);
+  });
+
+  it("applies a terminal frame with an unknown code, reporting the code", () => {
+    const t = streaming();
+    t.socket.receive(
+      '{"type":"ai:error","requestId":"r1","code":"quantum_flux","message":"odd","retryable":true}',
+    );
+    t.flush();
+    expect(t.request("r1")).toMatchObject({
+      status: "error",
+      error: { code: "internal", message: "odd" },
+    });
+    expect(t.state.protocolErrors.map((e) => e.message)).toEqual([
+      'ai:error for "r1": "code" has unknown value "quantum_flux", ignored',
+    ]);
+  });
+
+  it("reports an ai:error that names no request", () => {
+    const t = connected();
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "",
+      code: "invalid_request",
+      message: "bad frame",
+      retryable: false,
+      durationMs: 0,
+    });
+    t.flush();
+    expect(t.state.protocolErrors.map((e) => e.message)).toEqual([
+      "ai:error without a request id: invalid_request: bad frame",
+    ]);
+  });
+
+  it("keeps only the most recent reports", () => {
+    const t = connected({ maxProtocolErrors: 3 });
+    for (let i = 0; i < 5; i++) t.socket.receive(`bad ${i}`);
+    t.flush();
+    expect(t.state.protocolErrors.map((e) => e.frame)).toEqual(["bad 2", "bad 3", "bad 4"]);
+  });
+});
+
+describe("reconnect", () => {
+  it("marks generations in flight as interrupted (retryable) and leaves the others alone", () => {
+    const t = connected();
+    t.store.send("finished");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.store.send("in flight");
+    t.socket.receive({ type: "ai:start", requestId: "r2", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r2", chunk: "half", seq: 0, count: 1 });
+    t.store.send("stopped");
+    t.store.stop("r3");
+    t.socket.drop();
+    expect(t.state.connection).toBe("reconnecting");
+    expect(t.request("r1").status).toBe("done");
+    expect(t.request("r2")).toMatchObject({
+      status: "error",
+      text: "half",
+      error: { code: "interrupted", retryable: true },
+    });
+    expect(t.request("r3").status).toBe("cancelled");
+  });
+
+  it("reconnects with exponential backoff until the socket opens", () => {
+    const t = connected();
+    t.socket.drop();
+    const waits: number[] = [];
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const count = t.sockets.length;
+      let waited = 0;
+      while (t.sockets.length === count) {
+        vi.advanceTimersByTime(100);
+        waited += 100;
+      }
+      waits.push(waited);
+      if (attempt < 3) t.socket.drop(); // the bridge is still down
+    }
+    expect(waits).toEqual([500, 1000, 2000, 4000]);
+    expect(t.state.connection).toBe("reconnecting");
+    t.socket.open();
+    expect(t.state.connection).toBe("connected");
+  });
+
+  it("starts the backoff over after a connection that stayed up", () => {
+    const t = connected();
+    t.socket.drop();
+    vi.advanceTimersByTime(500);
+    t.socket.drop();
+    vi.advanceTimersByTime(1000);
+    t.socket.open();
+    vi.advanceTimersByTime(10_000); // stable for a while
+    t.socket.drop();
+    vi.advanceTimersByTime(499);
+    expect(t.sockets).toHaveLength(3);
+    vi.advanceTimersByTime(1);
+    expect(t.sockets).toHaveLength(4);
+  });
+
+  it("keeps backing off when connections open and drop at once", () => {
+    const t = connected();
+    t.socket.drop();
+    vi.advanceTimersByTime(500);
+    t.socket.open();
+    t.socket.drop();
+    vi.advanceTimersByTime(999);
+    expect(t.sockets).toHaveLength(2);
+    vi.advanceTimersByTime(1);
+    expect(t.sockets).toHaveLength(3);
+  });
+
+  it("says connecting, not reconnecting, until the first connection opened", () => {
+    const t = makeStore();
+    t.store.connect();
+    t.socket.drop();
+    expect(t.state.connection).toBe("connecting");
+  });
+
+  it("queues questions asked while disconnected and sends them on open", () => {
+    const t = makeStore();
+    t.store.connect();
+    t.store.send("early");
+    expect(t.request("r1")).toMatchObject({ status: "streaming", queued: true });
+    t.socket.open();
+    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r1", prompt: "early" }]);
+    expect(t.request("r1").queued).toBe(false);
+  });
+
+  it("reconnects at once, without waiting for the backoff, when a question is asked", () => {
+    const t = connected();
+    t.socket.drop();
+    expect(t.sockets).toHaveLength(1);
+    t.store.send("now please");
+    expect(t.sockets).toHaveLength(2);
+    t.socket.open();
+    expect(t.socket.frames).toEqual([
+      { type: "ai:generate", requestId: "r1", prompt: "now please" },
+    ]);
+  });
+
+  it("retries an interrupted generation on the new connection", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.drop();
+    const retried = t.store.retry("r1");
+    t.socket.open();
+    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: retried, prompt: "hi" }]);
+  });
+
+  it("ignores whatever an old socket says after it was replaced", () => {
+    const t = connected();
+    const old = t.socket;
+    t.socket.drop();
+    vi.advanceTimersByTime(500);
+    t.socket.open();
+    t.store.send("hi");
+    old.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    old.drop();
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "streaming", started: false });
+    expect(t.state.connection).toBe("connected");
+  });
+
+  it("treats a socket that cannot even be created as a failed attempt", () => {
+    let calls = 0;
+    const t = makeStore({
+      socketFactory: () => {
+        calls += 1;
+        throw new SyntaxError("bad url");
+      },
+    });
+    t.store.connect();
+    vi.advanceTimersByTime(500);
+    expect(calls).toBe(2);
+    expect(t.warnings[0]).toContain("cannot open ws://bridge.test/ws");
+  });
+});
