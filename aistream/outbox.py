@@ -1,14 +1,21 @@
-"""The outbox: the bounded queue of ServerEvents between a stream's generations and its writer.
+"""The outbox: a bounded, coalescing queue of ServerEvents between producers and one writer.
 
-Memory stays bounded whatever the reader does: at most ``capacity`` events wait, each token
-event holding at most ``max_chunk_chars`` characters. When the writer falls behind, tokens for a
-request id that still has a token event waiting are appended to that event (its ``count`` grows,
-its ``seq`` stays the first token's), so a slow hop receives fewer, larger frames instead of an
-ever longer queue; only when that event is full does a generation wait for room.
+The generator has one per gRPC stream (generations produce, the gRPC writer consumes); the bridge
+has one per WebSocket (the gRPC relay produces, the socket sender consumes).
 
-Start and terminal events are never refused and never wait: each generation puts at most one of
-each, so they are bounded by the number of generations. After a terminal event no token of that
-id merges into an earlier one; the generation itself stops putting tokens once it has ended.
+Memory stays bounded whatever the reader does. When the writer falls behind, a token for a request
+id whose previous token event is still waiting is appended to that event (its ``count`` grows, its
+``seq`` stays the first token's), so a slow hop receives fewer, larger frames instead of an ever
+longer queue. Two ways to respect the bounds:
+
+* ``put_token`` (generator) waits for room: at most ``capacity`` events wait, each token event
+  holding at most ``max_chunk_chars`` characters.
+* ``offer`` (bridge) never waits: it refuses an event that would take the queued bytes past
+  ``max_bytes``, and the caller applies its policy (slow consumer).
+
+``put`` queues a start or terminal event without waiting (each generation puts at most one of each,
+so they are bounded by the number of generations). After a terminal event no later token of that
+id merges into an earlier one.
 """
 
 from __future__ import annotations
@@ -18,56 +25,134 @@ from collections import deque
 
 from aistream.v1 import events_pb2 as pb
 
-__all__ = ["Outbox"]
+__all__ = ["EVENT_OVERHEAD", "Outbox"]
+
+EVENT_OVERHEAD = 128
+"""Bytes counted per queued event on top of its text (object and framing overhead)."""
+
+
+def _request_id(event: pb.ServerEvent) -> str:
+    kind = event.WhichOneof("event")
+    request_id: str = getattr(event, kind).request_id if kind else ""
+    return request_id
+
+
+def _size(event: pb.ServerEvent) -> int:
+    kind = event.WhichOneof("event")
+    if kind == "token":
+        return EVENT_OVERHEAD + len(event.token.chunk)
+    if kind == "error":
+        return EVENT_OVERHEAD + len(event.error.message)
+    return EVENT_OVERHEAD
 
 
 class Outbox:
-    """Bounded, coalescing FIFO of ServerEvents for one gRPC stream."""
+    """Bounded, coalescing FIFO of ServerEvents."""
 
-    __slots__ = ("_capacity", "_events", "_has_events", "_has_room", "_max_chunk", "_waiting")
+    __slots__ = (
+        "_capacity",
+        "_empty",
+        "_events",
+        "_has_events",
+        "_has_room",
+        "_max_bytes",
+        "_max_chunk",
+        "_waiting",
+        "bytes",
+        "peak_bytes",
+    )
 
-    def __init__(self, capacity: int, max_chunk_chars: int = 4096) -> None:
+    def __init__(
+        self, capacity: int, max_chunk_chars: int = 4096, max_bytes: int | None = None
+    ) -> None:
         self._capacity = capacity
         self._max_chunk = max_chunk_chars
+        self._max_bytes = max_bytes
         self._events: deque[pb.ServerEvent] = deque()
         # request id → its token event still in the queue (appended to while it waits)
         self._waiting: dict[str, pb.ServerEvent] = {}
         self._has_events = asyncio.Event()
         self._has_room = asyncio.Event()
         self._has_room.set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.bytes = 0
+        """Bytes queued now (text plus EVENT_OVERHEAD per event)."""
+        self.peak_bytes = 0
+        """The most bytes ever queued at once."""
 
     def __len__(self) -> int:
         return len(self._events)
 
-    def put(self, event: pb.ServerEvent) -> None:
-        """Queue a start or terminal event (never waits)."""
+    def _append(self, event: pb.ServerEvent, size: int) -> None:
         self._events.append(event)
+        self._empty.clear()
+        self._grow(size)
         self._has_events.set()
-        if event.WhichOneof("event") != "token":
-            # Anything after this event for its id must not merge into an earlier token.
-            request_id = getattr(event, event.WhichOneof("event") or "start").request_id
-            self._waiting.pop(request_id, None)
+        if len(self._events) >= self._capacity:
+            self._has_room.clear()
+
+    def _grow(self, size: int) -> None:
+        self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+    def put(self, event: pb.ServerEvent) -> None:
+        """Queue a start or terminal event (never waits, never refused)."""
+        self._waiting.pop(_request_id(event), None)
+        self._append(event, _size(event))
+
+    def _merge(self, request_id: str, text: str, seq: int, count: int) -> bool:
+        """Append to the id's waiting token event if it is contiguous and has room."""
+        waiting = self._waiting.get(request_id)
+        if waiting is None:
+            return False
+        token = waiting.token
+        if token.seq + max(token.count, 1) != seq or len(token.chunk) + len(text) > self._max_chunk:
+            return False
+        token.chunk += text
+        token.count = max(token.count, 1) + max(count, 1)
+        self._grow(len(text))
+        return True
 
     async def put_token(self, request_id: str, text: str, seq: int, count: int) -> None:
         """Queue ``count`` tokens of ``text`` starting at ``seq``, merging or waiting for room."""
-        while True:
-            waiting = self._waiting.get(request_id)
-            if waiting is not None and len(waiting.token.chunk) + len(text) <= self._max_chunk:
-                token = waiting.token
-                token.chunk += text
-                token.count += count
-                return
+        while not self._merge(request_id, text, seq, count):
             if len(self._events) < self._capacity:
                 event = pb.ServerEvent(
                     token=pb.Token(request_id=request_id, chunk=text, seq=seq, count=count)
                 )
-                self._events.append(event)
                 self._waiting[request_id] = event
-                self._has_events.set()
-                if len(self._events) >= self._capacity:
-                    self._has_room.clear()
+                self._append(event, EVENT_OVERHEAD + len(text))
                 return
             await self._has_room.wait()
+
+    def offer(self, event: pb.ServerEvent) -> bool:
+        """Queue any event without waiting; False (nothing queued) if it would pass max_bytes."""
+        kind = event.WhichOneof("event")
+        size = _size(event)
+        if self._max_bytes is not None and self.bytes + size > self._max_bytes:
+            return False
+        if kind == "token":
+            token = event.token
+            if self._merge(token.request_id, token.chunk, token.seq, token.count):
+                return True
+            self._waiting[token.request_id] = event
+            self._append(event, size)
+        else:
+            self.put(event)
+        return True
+
+    def clear(self) -> None:
+        """Drop everything queued."""
+        self._events.clear()
+        self._waiting.clear()
+        self.bytes = 0
+        self._has_room.set()
+        self._empty.set()
+
+    async def drained(self) -> None:
+        """Until the queue is empty (every event taken by ``get``)."""
+        await self._empty.wait()
 
     def wake(self) -> None:
         """Make a waiting ``get`` return None, so its caller can look at its own state again."""
@@ -81,10 +166,13 @@ class Outbox:
             if not self._events:
                 return None
         event = self._events.popleft()
+        self.bytes -= _size(event)
         if event.WhichOneof("event") == "token":
             request_id = event.token.request_id
             if self._waiting.get(request_id) is event:
                 del self._waiting[request_id]
         if len(self._events) < self._capacity:
             self._has_room.set()
+        if not self._events:
+            self._empty.set()
         return event

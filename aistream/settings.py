@@ -77,6 +77,10 @@ class Settings:
     """Port the generator listens on (0: any free port, printed at start)."""
     stream_buffer: int = 256
     """ServerEvents queued per gRPC stream before generations wait for the writer."""
+    max_generations: int = 2000
+    """Generations running at once in the generator process; more → ``too_many_requests``."""
+    max_generations_per_stream: int = 1000
+    """Generations running at once on one gRPC stream; more → ``too_many_requests``."""
 
     # --- bridge ---------------------------------------------------------------------------
     bridge_host: str = "127.0.0.1"
@@ -95,10 +99,42 @@ class Settings:
     """How long a closing handshake may take before the socket is dropped."""
     ws_compression: bool = False
     """permessage-deflate; off by default (it costs ~40% of throughput on token-sized frames)."""
-    ws_send_queue: int = 1024
-    """Frames queued per WebSocket before the bridge stops reading from the generator."""
+    ws_send_buffer: int = 960 * 1024
+    """Bytes of frames queued for one WebSocket (plus at most 32 KiB in its socket buffer).
+    A client that lets more pile up is a slow consumer: its generations end with
+    ``slow_consumer`` and the socket is closed with 1008."""
+    max_connections: int = 20_000
+    """WebSocket connections at once; more are refused with HTTP 503."""
+    max_generations_per_connection: int = 32
+    """Generations running at once on one WebSocket; more → ``too_many_requests``."""
+    frames_per_second: float = 50.0
+    """Frames a WebSocket may send per second on average (cancels of running ids are free)."""
+    frames_burst: int = 100
+    """Frames a WebSocket may send in a burst above ``frames_per_second``."""
     static_dir: Path | None = None
     """Built web client to serve at ``/``; None → ``webclient/dist`` of this checkout."""
+
+    # --- access control ---------------------------------------------------------------------
+    allowed_origins: tuple[str, ...] = ()
+    """Origins (``https://app.example``) allowed to open the WebSocket besides the bridge's own
+    origin and localhost; comma-separated in the environment. Others get HTTP 403."""
+    auth_token: str | None = field(default=None, repr=False)
+    """If set, browsers must present it: cookie ``aistream_token``, query ``?token=``, or the
+    WebSocket subprotocol ``aistream.token.<token>``. Otherwise HTTP 401."""
+    grpc_token: str | None = field(default=None, repr=False)
+    """If set, gRPC calls must carry ``authorization: Bearer <token>`` (the bridge sends it)."""
+    tls_cert: Path | None = None
+    """Generator: PEM certificate chain; with ``tls_key`` the gRPC port speaks TLS."""
+    tls_key: Path | None = None
+    """Generator: PEM private key of ``tls_cert``."""
+    tls_client_ca: Path | None = None
+    """Generator: PEM CA; if set, gRPC clients must present a certificate it signed (mutual TLS)."""
+    generator_tls_ca: Path | None = None
+    """Bridge: PEM CA to verify the generator with; if set, the bridge connects with TLS."""
+    generator_tls_cert: Path | None = None
+    """Bridge: PEM client certificate for mutual TLS with the generator."""
+    generator_tls_key: Path | None = None
+    """Bridge: PEM private key of ``generator_tls_cert``."""
 
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING or ERROR (logs go to stderr)."""
@@ -119,7 +155,13 @@ class Settings:
             "max_history_chars",
             "max_tokens_cap",
             "stream_buffer",
-            "ws_send_queue",
+            "ws_send_buffer",
+            "max_generations",
+            "max_generations_per_stream",
+            "max_connections",
+            "max_generations_per_connection",
+            "frames_per_second",
+            "frames_burst",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -142,6 +184,12 @@ class Settings:
             raise SettingsError(
                 f"generator_target must be HOST:PORT, got {self.generator_target!r}"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("tls_cert and tls_key must be set together")
+        if (self.generator_tls_cert is None) != (self.generator_tls_key is None):
+            raise SettingsError("generator_tls_cert and generator_tls_key must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingsError("tls_client_ca needs tls_cert and tls_key")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise SettingsError(f"base_url must be an http(s) URL, got {self.base_url!r}")
 
@@ -190,6 +238,8 @@ def _parse(name: str, hint: Any, raw: str) -> Any:
             return Path(text) if text else None
         if hint == str | None:
             return text or None
+        if hint == tuple[str, ...]:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
         return text
     except ValueError:
         raise SettingsError(

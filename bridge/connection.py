@@ -1,7 +1,9 @@
 """One browser connection: WebSocket frames in and out, one gRPC stream to the generator.
 
 Reading side: each text frame is decoded by ``translate`` and validated; a bad frame is answered in
-place with ``ai:error`` (``invalid_request``) and nothing else is touched. A Generate for an id
+place with ``ai:error`` (``invalid_request``) and nothing else is touched. Frames beyond the
+connection's rate (``frames_per_second``, ``frames_burst``) and generations beyond its concurrency
+(``max_generations_per_connection``) get ``too_many_requests`` (retryable). A Generate for an id
 already in flight is dropped (idempotent retries); a Cancel for an id not in flight is a no-op.
 
 gRPC side: the stream is opened lazily, on the first Generate, so an idle connection costs no
@@ -10,15 +12,19 @@ generator resources. Events from the generator are relayed in order; the bridge'
 is unreachable), every id in flight on it gets ``ai:error`` ``unavailable`` (retryable) and the
 next Generate opens a new stream; the channel reconnects with backoff on its own.
 
-Writing side: frames go through a bounded queue written to the socket by one sender task, so a
-client that stops reading stops the relay (and, through gRPC flow control, the generator) instead
-of growing a buffer. When the socket closes or its pings go unanswered, the gRPC call is cancelled,
-which makes the generator close every upstream request of this connection.
+Writing side: events wait in an ``Outbox`` (tokens of one id coalesce while they wait) written to
+the socket by one sender task, so the relay never blocks on a slow client. If the queued bytes
+would pass ``ws_send_buffer``, the client is a slow consumer: the gRPC call is cancelled (closing
+the connection's upstreams), its generations end with ``slow_consumer`` as far as the socket still
+takes frames, and the socket is closed with 1008. When the socket closes or its pings go
+unanswered, the gRPC call is cancelled, which makes the generator close every upstream request of
+this connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 
@@ -26,18 +32,39 @@ import grpc
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from aistream import codes
 from aistream.lifecycle import Lifecycle, LifecycleViolation
+from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
 from aistream.validation import InvalidRequest, check_cancel, check_generate
 from bridge import translate
+from bridge.ratelimit import TokenBucket
 
 __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
 _Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEvent]
+
+
+def _error(code: codes.Code, message: str, request_id: str = "") -> pb.ServerEvent:
+    return pb.ServerEvent(
+        error=pb.Error(
+            request_id=request_id,
+            code=code,
+            message=message,
+            retryable=codes.info(code).retryable,
+        )
+    )
+
+
+class _Refused(Exception):
+    """A well-formed frame this connection will not serve now (answered with ``event``)."""
+
+    def __init__(self, event: pb.ServerEvent) -> None:
+        self.event = event
 
 
 class Connection:
@@ -48,16 +75,29 @@ class Connection:
         websocket: ServerConnection,
         stub: generator_pb2_grpc.GeneratorStub,
         settings: Settings,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.websocket = websocket
         self.id = uuid.uuid4().hex[:8]
         self._stub = stub
         self._settings = settings
+        self._metadata = metadata
         self._lifecycle = Lifecycle()
         self._in_flight: dict[str, _Call] = {}  # request id → the call it was sent on
         self._call: _Call | None = None
         self._relays: set[asyncio.Task[None]] = set()
-        self._outgoing: asyncio.Queue[str] = asyncio.Queue(settings.ws_send_queue)
+        self.outbox = Outbox(capacity=1 << 30, max_bytes=settings.ws_send_buffer)
+        loop = asyncio.get_running_loop()
+        self._rate = TokenBucket(settings.frames_per_second, settings.frames_burst, loop.time())
+        self._accepting = True
+        self._ending = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Generations this connection has running."""
+        return len(self._in_flight)
 
     async def serve(self) -> None:
         """Run the connection until the socket closes, then cancel everything it started."""
@@ -85,38 +125,63 @@ class Connection:
     async def _on_frame(self, message: str | bytes) -> None:
         try:
             event = translate.decode_client_frame(message)
-            kind = event.WhichOneof("event")
-            if kind == "generate":
-                check_generate(event.generate, self._settings)
-                request_id = event.generate.request_id
-                if request_id in self._in_flight:
-                    log.info(
-                        "duplicate generate ignored request_id=%s conn=%s", request_id, self.id
-                    )
-                    return
-            else:
-                check_cancel(event.cancel, self._settings)
-                request_id = event.cancel.request_id
-                if request_id not in self._in_flight:
-                    return  # unknown or finished: a harmless no-op
+            request_id = self._admit(event)
         except (translate.FrameError, InvalidRequest) as exc:
             log.info("bad frame conn=%s request_id=%s: %s", self.id, exc.request_id, exc)
-            await self._outgoing.put(
-                translate.error_frame(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id)
-            )
+            self._queue(_error(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id))
             return
+        except _Refused as refused:
+            self._queue(refused.event)
+            return
+        if request_id is None:
+            return  # nothing to do: a duplicate generate, or a cancel for an id not in flight
         call = self._ensure_call()
-        if kind == "generate":
+        if event.WhichOneof("event") == "generate":
             self._in_flight[request_id] = call
+            self._idle.clear()
         try:
             await call.write(event)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             # The relay task sees the call end too and answers every id in flight on it.
             log.debug("write to generator failed conn=%s: %r", self.id, exc)
 
+    def _admit(self, event: pb.ClientEvent) -> str | None:
+        """Check one decoded frame against the limits; the id to forward, or None to drop it."""
+        if event.WhichOneof("event") == "cancel":
+            check_cancel(event.cancel, self._settings)
+            request_id = event.cancel.request_id
+            if request_id not in self._in_flight:
+                return None  # unknown or finished: a harmless no-op
+            self._rate.take(asyncio.get_running_loop().time())  # cancels are never refused
+            return request_id
+        generate = event.generate
+        check_generate(generate, self._settings)
+        request_id = generate.request_id
+        if not self._rate.take(asyncio.get_running_loop().time()):
+            raise _Refused(
+                _error(pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id)
+            )
+        if request_id in self._in_flight:
+            log.info("duplicate generate ignored request_id=%s conn=%s", request_id, self.id)
+            return None
+        if not self._accepting:
+            raise _Refused(
+                _error(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
+            )
+        if len(self._in_flight) >= self._settings.max_generations_per_connection:
+            limit = self._settings.max_generations_per_connection
+            raise _Refused(
+                _error(
+                    pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                    f"at most {limit} generations at once per connection",
+                    request_id,
+                )
+            )
+        return request_id
+
     def _ensure_call(self) -> _Call:
         if self._call is None or self._call.done():
-            call: _Call = self._stub.Stream()
+            call: _Call = self._stub.Stream(metadata=self._metadata)
             self._call = call
             relay = asyncio.create_task(self._relay(call), name=f"relay {self.id}")
             self._relays.add(relay)
@@ -130,27 +195,22 @@ class Connection:
         reason = "the generator closed the stream"
         try:
             async for event in call:
-                await self._forward(event)
+                self._forward(event)
         except grpc.aio.AioRpcError as exc:
-            reason = f"{exc.code().name}"
-            log.warning("generator stream failed conn=%s: %s", self.id, exc.code().name)
+            reason = exc.code().name
+            if not self._ending:
+                log.warning("generator stream failed conn=%s: %s", self.id, reason)
         finally:
             if self._call is call:
                 self._call = None
-        lost = [rid for rid, c in self._in_flight.items() if c is call]
-        for request_id in lost:
-            del self._in_flight[request_id]
-            if self._lifecycle.is_running(request_id):
-                self._lifecycle.observe("error", request_id)
-            await self._outgoing.put(
-                translate.error_frame(
-                    pb.ERROR_CODE_UNAVAILABLE, "the generator is unavailable", request_id
-                )
-            )
-        if lost:
-            log.info("%d generations lost with the stream conn=%s (%s)", len(lost), self.id, reason)
+        self._end_in_flight(
+            [rid for rid, c in self._in_flight.items() if c is call],
+            pb.ERROR_CODE_UNAVAILABLE,
+            "the generator is unavailable",
+            reason,
+        )
 
-    async def _forward(self, event: pb.ServerEvent) -> None:
+    def _forward(self, event: pb.ServerEvent) -> None:
         kind = event.WhichOneof("event")
         if kind is None:
             return
@@ -165,13 +225,99 @@ class Connection:
             log.error("dropped out-of-order event conn=%s: %s", self.id, exc)
             return
         if kind in ("done", "error"):
-            self._in_flight.pop(request_id, None)
-        await self._outgoing.put(translate.encode_server_event(event))
+            self._forget(request_id)
+        self._queue(event)
+
+    def _forget(self, request_id: str) -> None:
+        self._in_flight.pop(request_id, None)
+        if not self._in_flight:
+            self._idle.set()
+
+    def _queue(self, event: pb.ServerEvent) -> None:
+        if self._ending:
+            return
+        if not self.outbox.offer(event):
+            self._slow_consumer()
+
+    def _end_in_flight(
+        self, request_ids: list[str], code: codes.Code, message: str, reason: str
+    ) -> None:
+        for request_id in request_ids:
+            self._forget(request_id)
+            if self._lifecycle.is_running(request_id):
+                self._lifecycle.observe("error", request_id)
+            self._queue(_error(code, message, request_id))
+        if request_ids:
+            log.info(
+                "%d generations ended conn=%s code=%s (%s)",
+                len(request_ids),
+                self.id,
+                codes.json_code(code),
+                reason,
+            )
 
     async def _send_frames(self) -> None:
         while True:
-            frame = await self._outgoing.get()
+            event = await self.outbox.get()
+            if event is None:
+                continue
             try:
-                await self.websocket.send(frame)
+                await self.websocket.send(translate.encode_server_event(event))
             except ConnectionClosed:
                 return
+
+    # --- ending the connection ------------------------------------------------------------------
+
+    def _slow_consumer(self) -> None:
+        """The client let more than ws_send_buffer pile up: end its generations, close 1008."""
+        if self._ending:
+            return
+        log.warning("slow consumer conn=%s: %d bytes queued, closing", self.id, self.outbox.bytes)
+        self._close_with(
+            pb.ERROR_CODE_SLOW_CONSUMER,
+            "the client did not read fast enough",
+            "slow_consumer",
+            drop_queued=True,
+        )
+
+    def _close_with(
+        self, code: codes.Code, message: str, reason: str, *, drop_queued: bool
+    ) -> None:
+        """End every generation in flight with ``code``, then close the socket."""
+        self._ending = True
+        if self._call is not None:
+            self._call.cancel()  # closes every upstream of this connection
+        if drop_queued:
+            self.outbox.clear()
+        for request_id in list(self._in_flight):
+            self._forget(request_id)
+            if self._lifecycle.is_running(request_id):
+                self._lifecycle.observe("error", request_id)
+            self.outbox.put(_error(code, message, request_id))
+        close_code = codes.info(code).close_code or codes.CloseCode.INTERNAL_ERROR
+        goodbye = asyncio.create_task(self._say_goodbye(close_code, reason))
+        self._relays.add(goodbye)
+        goodbye.add_done_callback(self._relays.discard)
+
+    async def _say_goodbye(self, close_code: int, reason: str) -> None:
+        """Let the sender write what is queued (for at most ws_close_timeout), then close."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.ws_close_timeout):
+                await self.outbox.drained()
+        with contextlib.suppress(ConnectionClosed):
+            await self.websocket.close(close_code, reason)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Refuse new generations, let running ones finish for ``drain_timeout`` s, then end the
+        rest with ``unavailable`` (retryable) and close the socket with 1012."""
+        self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                await self._idle.wait()
+        self._close_with(
+            pb.ERROR_CODE_UNAVAILABLE,
+            "the server is shutting down",
+            "service restart",
+            drop_queued=False,
+        )
+        await asyncio.gather(*self._relays, return_exceptions=True)

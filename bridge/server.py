@@ -7,18 +7,22 @@ each connection opens its own stream on it when it first generates.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
 import mimetypes
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from aistream.settings import Settings
 from aistream.v1 import generator_pb2_grpc
+from bridge.access import TOKEN_SUBPROTOCOL_PREFIX, check_handshake
 from bridge.connection import Connection
 
 __all__ = ["WS_PATH", "BridgeServer", "default_static_dir"]
@@ -26,6 +30,8 @@ __all__ = ["WS_PATH", "BridgeServer", "default_static_dir"]
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
+SUBPROTOCOL = "aistream.v1"
+"""Chosen when a client offers it (optional: clients that offer none get none)."""
 
 _CHANNEL_OPTIONS = [
     # Come back quickly when the generator restarts (gRPC's default backoff grows to 120 s).
@@ -35,6 +41,35 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
+
+
+def generator_channel(settings: Settings) -> grpc.aio.Channel:
+    """The channel to the generator: TLS when ``generator_tls_ca`` is set, plain otherwise."""
+    if settings.generator_tls_ca is None:
+        return grpc.aio.insecure_channel(settings.generator_target, options=_CHANNEL_OPTIONS)
+    key = cert = None
+    if settings.generator_tls_cert is not None and settings.generator_tls_key is not None:
+        cert = settings.generator_tls_cert.read_bytes()
+        key = settings.generator_tls_key.read_bytes()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.generator_tls_ca.read_bytes(),
+        private_key=key,
+        certificate_chain=cert,
+    )
+    return grpc.aio.secure_channel(settings.generator_target, credentials, options=_CHANNEL_OPTIONS)
+
+
+def _select_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """Pick ``aistream.v1`` if offered, else echo a token subprotocol (browsers require an
+    answer when they offered any)."""
+    if SUBPROTOCOL in offered:
+        return Subprotocol(SUBPROTOCOL)
+    for protocol in offered:
+        if protocol.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            return protocol
+    return None
 
 
 def default_static_dir() -> Path:
@@ -73,10 +108,11 @@ class BridgeServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.static_dir = settings.static_dir or default_static_dir()
-        self._channel = grpc.aio.insecure_channel(
-            settings.generator_target, options=_CHANNEL_OPTIONS
-        )
+        self._channel = generator_channel(settings)
         self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if settings.grpc_token is not None:
+            self._metadata = (("authorization", f"Bearer {settings.grpc_token}"),)
         self._server: Server | None = None
         self.connections: set[Connection] = set()
         self.port = 0
@@ -89,6 +125,7 @@ class BridgeServer:
             s.bridge_host,
             s.bridge_port,
             process_request=self._process_request,
+            select_subprotocol=_select_subprotocol,
             compression="deflate" if s.ws_compression else None,
             max_size=s.ws_max_size,
             ping_interval=s.ws_ping_interval,
@@ -104,13 +141,48 @@ class BridgeServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == WS_PATH:
-            return None  # go on with the WebSocket handshake
+            return self._admit(request)
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
         return static_response(self.static_dir, request.path)
 
+    def _admit(self, request: Request) -> Response | None:
+        """None lets the WebSocket handshake go on; a Response refuses it."""
+        s = self.settings
+        headers = request.headers
+        verdict = check_handshake(
+            path=request.path,
+            origin=headers.get("Origin"),
+            host=headers.get("Host"),
+            cookie=headers.get("Cookie"),
+            subprotocols=[
+                p.strip()
+                for value in headers.get_all("Sec-WebSocket-Protocol")
+                for p in value.split(",")
+            ],
+            allowed_origins=s.allowed_origins,
+            auth_token=s.auth_token,
+        )
+        if not verdict.allowed:
+            log.warning(
+                "handshake refused (%d %s) origin=%s",
+                verdict.status,
+                verdict.reason,
+                headers.get("Origin"),
+            )
+            status = http.HTTPStatus(verdict.status)
+            return _response(status, f"{verdict.reason}\n".encode(), "text/plain; charset=utf-8")
+        if len(self.connections) >= s.max_connections:
+            log.warning("handshake refused: %d connections open", len(self.connections))
+            return _response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                b"too many connections\n",
+                "text/plain; charset=utf-8",
+            )
+        return None
+
     async def _handle(self, websocket: ServerConnection) -> None:
-        connection = Connection(websocket, self._stub, self.settings)
+        connection = Connection(websocket, self._stub, self.settings, self._metadata)
         self.connections.add(connection)
         log.info("connection %s opened from %s", connection.id, websocket.remote_address)
         try:
@@ -119,10 +191,14 @@ class BridgeServer:
             self.connections.discard(connection)
             log.info("connection %s closed", connection.id)
 
-    async def stop(self) -> None:
-        """Close every socket (1001 going away), cancel their streams, close the channel."""
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Graceful shutdown: stop accepting, let in-flight generations finish for
+        ``drain_timeout`` s (default: settings), end the rest with a retryable ``unavailable``,
+        close every socket with 1012 (service restart), then close the gRPC channel."""
+        timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         if self._server is not None:
-            self._server.close()
+            self._server.close(close_connections=False)
+            await asyncio.gather(*(c.shutdown(timeout) for c in list(self.connections)))
             await self._server.wait_closed()
         await self._channel.close(None)
         log.info("bridge stopped")

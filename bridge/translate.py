@@ -9,7 +9,8 @@ module, so a field added to an event in ``proto/`` appears on the wire with no c
 * ``type`` is ``"ai:"`` + the name of the envelope's oneof field.
 * Every other key is a field's JSON name (lowerCamelCase).
 * Enum values are lowercase strings without the enum's prefix
-  (``ERROR_CODE_RATE_LIMITED`` → ``"rate_limited"``).
+  (``ERROR_CODE_RATE_LIMITED`` → ``"rate_limited"``); the zero ``*_UNSPECIFIED`` value is never
+  sent (the key is absent).
 * Server → client: plain scalars are always present, ``optional`` scalars and message fields
   only when set. Client → server: every field is optional, unknown keys are ignored (additive
   evolution), wrong types are refused with a ``FrameError`` naming the key.
@@ -72,6 +73,7 @@ class _Field:
     key: str
     presence: bool  # emit only when set (optional scalars, messages)
     repeated: bool
+    enum: bool
     to_json: Callable[[Any], Any]
     from_json: Callable[[Any, str], Any]
 
@@ -133,7 +135,7 @@ def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
 def _scalar_encoder(field: FieldDescriptor) -> Callable[[Any], Any]:
     if field.type == FieldDescriptor.TYPE_ENUM:
         names = _enum_names(field.enum_type)
-        return lambda value: names.get(value, "unspecified")
+        return lambda value: names.get(value)
     return lambda value: value
 
 
@@ -154,6 +156,7 @@ def _message_plan(descriptor: Descriptor) -> tuple[_Field, ...]:
                 key=field.json_name,
                 presence=field.has_presence and not repeated,
                 repeated=repeated,
+                enum=field.type == FieldDescriptor.TYPE_ENUM,
                 to_json=to_json,
                 from_json=from_json,
             )
@@ -187,6 +190,8 @@ def _encode_message(message: Message, plan: tuple[_Field, ...]) -> dict[str, Any
         value = getattr(message, field.name)
         if field.repeated:
             out[field.key] = [field.to_json(item) for item in value]
+        elif field.enum and not value:
+            continue  # *_UNSPECIFIED is never sent: the key is absent
         elif not field.presence or message.HasField(field.name):
             out[field.key] = field.to_json(value)
     return out

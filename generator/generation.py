@@ -17,9 +17,9 @@ import logging
 import math
 
 from aistream import codes
+from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
-from generator.outbox import Outbox
 from generator.upstream import Delta, Role, Upstream, UpstreamFailure, UpstreamRequest
 
 __all__ = ["Generation", "upstream_request"]
@@ -123,6 +123,9 @@ class Generation:
                             finish = delta.finish_reason
                         if delta.prompt_tokens is not None and delta.completion_tokens is not None:
                             reported = (delta.prompt_tokens, delta.completion_tokens)
+                    # The upstream finished: say so now, before the response is released
+                    # (which may wait briefly for the connection to be reusable).
+                    self._finish_done(finish, reported)
         except UpstreamFailure as failure:
             self._finish_error(failure.code, failure.message, failure.retryable)
             return
@@ -136,8 +139,6 @@ class Generation:
         except Exception:
             log.exception("generation failed request_id=%s", self.request_id)
             self._finish_error(pb.ERROR_CODE_INTERNAL, "internal error", None)
-            return
-        self._finish_done(finish, reported)
 
     async def _token(self, delta: Delta, timer: asyncio.Timeout) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,8 @@ text is logged with the request id and never put into a failure's message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -31,6 +33,7 @@ __all__ = ["OpenAIUpstream", "map_sdk_error", "parse_chunk"]
 log = logging.getLogger(__name__)
 
 _DONE = b"[DONE]"
+_REUSE_WAIT = 0.05  # seconds to wait for the end of a finished body, for connection reuse
 
 
 def parse_chunk(data: bytes) -> Delta:
@@ -177,7 +180,17 @@ class _ChatStream:
     ) -> None:
         # Closes the HTTP response (and with it the connection, when the body was not read to
         # the end). Runs on every exit, cancellation included.
-        if self._manager is not None:
+        if self._manager is None:
+            return
+        try:
+            if exc_type is None and self._done and self._bytes is not None:
+                # After [DONE] only the body's end is left: read it (briefly) so the
+                # connection goes back to the pool instead of being closed.
+                with contextlib.suppress(TimeoutError, openai.OpenAIError, httpx2.HTTPError):
+                    async with asyncio.timeout(_REUSE_WAIT):
+                        async for _ in self._bytes:
+                            pass
+        finally:
             await self._manager.__aexit__(exc_type, exc, tb)
 
     async def _deltas(self) -> AsyncIterator[Delta]:

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from aistream.settings import Settings
 from aistream.v1 import generator_pb2, generator_pb2_grpc
+from generator.auth import TokenAuthInterceptor
 from generator.openai_upstream import OpenAIUpstream
 from generator.service import GeneratorService
 from generator.simulated import SimulatedUpstream
@@ -54,7 +55,10 @@ class GeneratorServer:
         self.upstream = upstream if upstream is not None else make_upstream(settings)
         self.service = GeneratorService(self.upstream, settings)
         self._health = HealthServicer()
-        self._server = grpc.aio.server(options=_OPTIONS)
+        interceptors = []
+        if settings.grpc_token is not None:
+            interceptors.append(TokenAuthInterceptor(settings.grpc_token))
+        self._server = grpc.aio.server(options=_OPTIONS, interceptors=interceptors)
         generator_pb2_grpc.add_GeneratorServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -69,16 +73,26 @@ class GeneratorServer:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
-        address = f"{self.settings.generator_host}:{self.settings.generator_port}"
-        self.port = self._server.add_insecure_port(address)
+        s = self.settings
+        address = f"{s.generator_host}:{s.generator_port}"
+        if s.tls_cert is not None and s.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                root_certificates=s.tls_client_ca.read_bytes() if s.tls_client_ca else None,
+                require_client_auth=s.tls_client_ca is not None,
+            )
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         await self._server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "generator listening on %s:%d upstream=%s",
-            self.settings.generator_host,
+            "generator listening on %s:%d upstream=%s tls=%s",
+            s.generator_host,
             self.port,
             self.upstream.kind,
+            "mutual" if s.tls_client_ca else "on" if s.tls_cert else "off",
         )
         return self.port
 

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from aistream import codes
+from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
 from aistream.validation import InvalidRequest, check_cancel, check_generate
 from generator.generation import Generation
-from generator.outbox import Outbox
 from generator.upstream import Upstream
 
 __all__ = ["GeneratorService", "StreamSession"]
@@ -37,11 +37,24 @@ def _rejection(request_id: str, code: codes.Code, message: str) -> pb.ServerEven
     )
 
 
+class Capacity:
+    """How many generations the whole process runs, against ``max_generations``."""
+
+    __slots__ = ("limit", "running")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+
+
 class StreamSession:
     """The generations of one gRPC call, keyed by request id."""
 
-    def __init__(self, upstream: Upstream, settings: Settings, peer: str) -> None:
+    def __init__(
+        self, upstream: Upstream, settings: Settings, peer: str, capacity: Capacity
+    ) -> None:
         self.outbox = Outbox(settings.stream_buffer)
+        self._capacity = capacity
         self._upstream = upstream
         self._settings = settings
         self._peer = peer
@@ -95,10 +108,16 @@ class StreamSession:
                 _rejection(request_id, pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down")
             )
             return
+        refusal = self._over_capacity()
+        if refusal is not None:
+            log.warning("refused request_id=%s peer=%s: %s", request_id, self._peer, refusal)
+            self.outbox.put(_rejection(request_id, pb.ERROR_CODE_TOO_MANY_REQUESTS, refusal))
+            return
         generation = Generation(generate, self._upstream, self._settings, self.outbox)
         generation.start()
         task = asyncio.create_task(generation.run(), name=f"generation {request_id}")
         self._running[request_id] = (generation, task)
+        self._capacity.running += 1
         self._idle.clear()
         task.add_done_callback(lambda _: self._forget(request_id, task))
         log.info(
@@ -108,7 +127,16 @@ class StreamSession:
             self._peer,
         )
 
+    def _over_capacity(self) -> str | None:
+        """Why a new generation cannot start now, or None if it can."""
+        if len(self._running) >= self._settings.max_generations_per_stream:
+            return f"at most {self._settings.max_generations_per_stream} generations per stream"
+        if self._capacity.running >= self._capacity.limit:
+            return "the server is at its generation limit; try again shortly"
+        return None
+
     def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
+        self._capacity.running -= 1
         entry = self._running.get(request_id)
         if entry is not None and entry[1] is task:
             del self._running[request_id]
@@ -157,11 +185,12 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self._upstream = upstream
         self._settings = settings
         self._sessions: set[StreamSession] = set()
+        self._capacity = Capacity(settings.max_generations)
 
     @property
     def running(self) -> int:
-        """Generations running across all calls."""
-        return sum(session.running for session in self._sessions)
+        """Generation tasks not yet finished, across all calls."""
+        return self._capacity.running
 
     async def Stream(
         self,
@@ -169,7 +198,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEvent],
     ) -> AsyncIterator[pb.ServerEvent]:
         """Serve one bidirectional stream until the client half-closes or the call ends."""
-        session = StreamSession(self._upstream, self._settings, context.peer())
+        session = StreamSession(self._upstream, self._settings, context.peer(), self._capacity)
         self._sessions.add(session)
         reader = asyncio.create_task(session.read(request_iterator), name="stream reader")
         try:

@@ -264,12 +264,21 @@ class Stack:
         return WsClient(ws, name)
 
     async def close(self) -> None:
-        """Close clients, bridge, generator and fake, in that order."""
+        """Close clients, bridge, generator; then check no upstream connection was left open."""
         for ws in self._clients:
             await ws.close()
-        await self.bridge.stop()
+        await self.bridge.stop(drain_timeout=0)
         await self.generator.stop(drain_timeout=0)
-        await self.fake.close()
+        try:
+            # No ghost generations: every response ended and the generator's pool is closed.
+            await self.fake.wait_for(lambda: not self.fake.active() and not self.fake.connections)
+        except TimeoutError:
+            pytest.fail(
+                f"upstream left open: {len(self.fake.active())} responses, "
+                f"{self.fake.connections} connections"
+            )
+        finally:
+            await self.fake.close()
 
 
 StackFactory = Callable[..., Awaitable[Stack]]

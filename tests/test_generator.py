@@ -38,6 +38,8 @@ async def gen(fake: FakeUpstream) -> AsyncIterator[Gen]:
     for server, channel in started:
         await channel.close(None)
         await server.stop(drain_timeout=0)
+    # No ghost generations: every upstream response ended, every connection closed.
+    await fake.wait_for(lambda: not fake.active() and not fake.connections)
 
 
 def kind(event: pb.ServerEvent) -> str:
@@ -380,3 +382,24 @@ async def test_shutdown_ends_running_generations_retryable(fake: FakeUpstream, g
     assert (end.error.code, end.error.retryable) == (pb.ERROR_CODE_UNAVAILABLE, True)
     await stopping
     assert (await fake.wait_closed(fake.records[0])).outcome == "client_closed"
+
+
+async def test_429_retry_after_is_honoured_before_the_first_token(
+    fake: FakeUpstream, gen: Gen
+) -> None:
+    """A 429 with Retry-After is retried after that delay; a 429 that persists ends rate_limited."""
+    answers = iter([Script(status=429, retry_after=0.2), Script(tokens=2)])
+    fake.script_for = lambda body: next(answers, None)
+    _, channel = await gen(upstream_max_retries=1)
+    client = GrpcClient(channel, "grpc")
+    await client.generate("r1")
+    assert (await client.finish("r1")).WhichOneof("event") == "done"
+    first, second = fake.records
+    assert (first.status, second.status) == (429, 200)
+    assert second.received_at - first.received_at >= 0.2
+    fake.script = Script(status=429, retry_after=0.01)
+    await client.generate("r2")
+    end = await client.finish("r2")
+    assert (end.error.code, end.error.retryable) == (pb.ERROR_CODE_RATE_LIMITED, True)
+    assert [r.status for r in fake.records[2:]] == [429, 429]  # one try + one retry
+    client.call.cancel()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aistream.outbox import Outbox
 from aistream.v1 import events_pb2 as pb
-from generator.outbox import Outbox
 
 
 def _start(rid: str) -> pb.ServerEvent:

@@ -4,6 +4,7 @@ and the ``aistream`` command's start-up line and graceful exit."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 
@@ -44,6 +45,7 @@ async def test_killing_the_bridge_closes_the_upstreams(
         assert [r.outcome for r in fake.records] == ["client_closed", "client_closed"]
         lag = max(r.client_closed_at or 0 for r in fake.records) - killed_at
         assert lag < 1.0 * UNIT, f"upstreams closed {lag * 1000:.0f} ms after the kill"
+        await fake.wait_for(lambda: fake.connections == 0)
     finally:
         await generator.stop(drain_timeout=0)
 
@@ -74,6 +76,7 @@ async def test_generator_killed_then_back(fake: FakeUpstream, processes: Spawn) 
                 )
             # the generator dying closed its upstream connections too
             await fake.wait_idle(2 * UNIT)
+            await fake.wait_for(lambda: fake.connections == 0)
             # while it is down, requests fail fast and the socket stays usable
             await client.generate("down")
             assert (await client.finish("down"))["code"] == "unavailable"
@@ -132,3 +135,32 @@ def test_cli_rejects_bad_settings(command: str, processes: Spawn) -> None:
     )
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+async def test_sigterm_on_the_bridge_drains_and_closes_1012(
+    fake: FakeUpstream, processes: Spawn
+) -> None:
+    """SIGTERM on `aistream bridge`: the running generation ends retryable after the drain, the
+    socket closes with 1012, the upstream is closed and the process exits 0."""
+    fake.script = Script(tokens=10_000, interval=0.01)
+    generator = GeneratorServer(settings_for(fake))
+    port = await generator.start()
+    try:
+        bridge = processes(
+            ["bridge", "--port", "0", "--generator", f"127.0.0.1:{port}"],
+            BRIDGE_READY,
+            {"AISTREAM_DRAIN_TIMEOUT": str(0.3 * UNIT)},
+        )
+        async with connect(f"ws://127.0.0.1:{bridge.ready[1]}/ws") as ws:
+            client = WsClient(ws, "ws")
+            await client.generate("r1")
+            await client.until(lambda f: f["type"] == "ai:token")
+            bridge.popen.send_signal(signal.SIGTERM)
+            end = await client.finish("r1")
+            assert (end["code"], end["retryable"]) == ("unavailable", True)
+            await ws.wait_closed()
+            assert ws.close_code == 1012
+        assert await asyncio.to_thread(bridge.popen.wait, 30) == 0
+        await fake.wait_idle(2 * UNIT)
+    finally:
+        await generator.stop(drain_timeout=0)

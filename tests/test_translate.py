@@ -211,3 +211,10 @@ def test_structured_frames_never_crash_the_decoder(
     """Objects with the right keys but any values decode or raise FrameError."""
     with contextlib.suppress(FrameError):
         decode_client_frame(orjson.dumps({"type": frame_type, **fields}).decode())
+
+
+def test_unspecified_enums_are_absent() -> None:
+    """A zero (*_UNSPECIFIED) enum is left out of the frame, never sent as "unspecified"."""
+    frame = orjson.loads(encode_server_event(pb.ServerEvent(done=pb.Done(request_id="r"))))
+    assert "finishReason" not in frame
+    assert frame["requestId"] == "r"
