@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from aistream.settings import Settings, SettingsError
 
@@ -170,6 +171,8 @@ async def _run_up(settings: Settings) -> None:
     bridge = BridgeServer(settings.replace(generator_target=f"{match[1]}:{match[2]}"))
     port = await bridge.start()
     url = f"http://{settings.bridge_host}:{port}/"
+    if settings.auth_token:
+        url += f"?token={quote(settings.auth_token)}"  # the page hands it on to its socket
     if not (bridge.static_dir / "index.html").is_file():
         log.warning("web client not built: run `npm run build` in webclient/ (or scripts/run.sh)")
     label = (

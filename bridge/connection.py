@@ -47,6 +47,7 @@ __all__ = ["Connection"]
 log = logging.getLogger(__name__)
 
 _Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEvent]
+_FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
 
 
 def _error(code: codes.Code, message: str, request_id: str = "") -> pb.ServerEvent:
@@ -283,24 +284,43 @@ class Connection:
     def _close_with(
         self, code: codes.Code, message: str, reason: str, *, drop_queued: bool
     ) -> None:
-        """End every generation in flight with ``code``, then close the socket."""
+        """End every generation in flight with ``code``, then close the socket.
+
+        ``drop_queued``: the queue is dropped and the final errors are written straight to the
+        socket (a slow consumer); otherwise they go after what is queued (a graceful shutdown).
+        """
         self._ending = True
         if self._call is not None:
             self._call.cancel()  # closes every upstream of this connection
-        if drop_queued:
-            self.outbox.clear()
+        finals = []
         for request_id in list(self._in_flight):
             self._forget(request_id)
             if self._lifecycle.is_running(request_id):
                 self._lifecycle.observe("error", request_id)
-            self.outbox.put(_error(code, message, request_id))
+            finals.append(_error(code, message, request_id))
+        if drop_queued:
+            self.outbox.clear()
+        else:
+            for event in finals:
+                self.outbox.put(event)
+            finals = []
         close_code = codes.info(code).close_code or codes.CloseCode.INTERNAL_ERROR
-        goodbye = asyncio.create_task(self._say_goodbye(close_code, reason))
+        goodbye = asyncio.create_task(self._say_goodbye(finals, close_code, reason))
         self._relays.add(goodbye)
         goodbye.add_done_callback(self._relays.discard)
 
-    async def _say_goodbye(self, close_code: int, reason: str) -> None:
-        """Let the sender write what is queued (for at most ws_close_timeout), then close."""
+    async def _say_goodbye(
+        self, finals: list[pb.ServerEvent], close_code: int, reason: str
+    ) -> None:
+        """Write ``finals`` straight to the socket, let the sender write what is queued (for at
+        most ws_close_timeout), then close."""
+        for event in finals:
+            # The frame is written to the socket's buffer at once; only waiting for the
+            # client to drain it is cut short.
+            with contextlib.suppress(TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(
+                    self.websocket.send(translate.encode_server_event(event)), _FINAL_FRAME_WAIT
+                )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._settings.ws_close_timeout):
                 await self.outbox.drained()

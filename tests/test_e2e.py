@@ -266,3 +266,19 @@ async def test_frame_over_max_size_closes_with_1009(make_stack: StackFactory) ->
     second = await stack.client()  # the bridge goes on serving
     await second.generate("r1")
     assert (await second.finish("r1"))["type"] == "ai:done"
+
+
+async def test_invalid_utf8_closes_with_1007_and_the_bridge_goes_on(stack: Stack) -> None:
+    """A text frame that is not UTF-8 is a protocol error (1007); other connections carry on."""
+    from websockets.frames import Frame, Opcode
+
+    other = await stack.client("other")
+    await other.generate("r1")
+    client = await stack.client()
+    client.abandon()
+    # write a raw text frame with invalid UTF-8 through the protocol layer
+    client.ws.protocol.send_frame(Frame(Opcode.TEXT, b"\xff\xfe"))
+    client.ws.send_data()
+    await client.ws.wait_closed()
+    assert client.ws.close_code == 1007
+    assert (await other.finish("r1"))["type"] == "ai:done"

@@ -343,7 +343,7 @@ async def test_control_endpoints(fake: FakeUpstream, client: openai.AsyncOpenAI)
         assert record["body"]["messages"][0]["content"] == PROMPT
         assert record["received_at"] <= record["finished_at"] <= time.monotonic()
         stats = (await http.get("/_fake/stats")).json()
-        assert stats == {"connections": 2, "active": 0, "requests": 1}
+        assert stats == {"connections": 1, "active": 0, "requests": 1}
 
         assert (await http.post("/_fake/reset")).status_code == 200
         assert (await http.get("/_fake/records")).json() == []
@@ -375,7 +375,7 @@ async def test_raw_http_pipelined_requests_and_bad_request(fake: FakeUpstream) -
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200 OK\r\n")
             length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
-            assert json.loads(await reader.readexactly(length))["connections"] == 1
+            assert json.loads(await reader.readexactly(length))["connections"] == 0
         writer.write(b"nonsense\r\n\r\n")
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 400 ")
         await reader.read()  # the fake closes the connection

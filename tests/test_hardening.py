@@ -365,3 +365,25 @@ async def test_bridge_shutdown_drains_then_closes_1012(make_stack: StackFactory)
     assert client.ws.close_code == 1012
     await stopping
     await stack.fake.wait_idle(2 * UNIT)
+
+
+async def test_per_stream_generation_limit(fake: FakeUpstream) -> None:
+    """Beyond max_generations_per_stream one gRPC stream gets too_many_requests; another stream
+    on the same channel is not affected."""
+    fake.script = Script(tokens=20, interval=0.01)
+    server = GeneratorServer(settings_for(fake, max_generations_per_stream=1))
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            a, b = GrpcClient(channel, "a"), GrpcClient(channel, "b")
+            await a.generate("a1")
+            await a.generate("a2")
+            await b.generate("b1")
+            refused = await a.finish("a2")
+            assert (refused.error.code, refused.error.retryable) == (6, True)
+            assert (await a.finish("a1")).WhichOneof("event") == "done"
+            assert (await b.finish("b1")).WhichOneof("event") == "done"
+            a.call.cancel()
+            b.call.cancel()
+    finally:
+        await server.stop(drain_timeout=0)

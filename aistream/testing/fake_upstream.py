@@ -23,7 +23,8 @@ A request picks its script in this order:
 3. ``FakeUpstream.script``, the default.
 
 Out of process it is controlled over HTTP: ``GET /_fake/records``, ``GET|POST /_fake/script``,
-``POST /_fake/reset`` and ``GET /_fake/stats``; ``python -m aistream.testing.fake_upstream``
+``POST /_fake/reset`` and ``GET /_fake/stats`` (open connections not counting the one asking,
+responses in progress, requests); ``python -m aistream.testing.fake_upstream``
 runs it until SIGTERM or SIGINT. Timestamps are ``time.monotonic()`` values, which another process
 on the same Linux machine can compare with its own (CLOCK_MONOTONIC is system-wide).
 """
@@ -931,7 +932,8 @@ class FakeUpstream:
         if route == ("GET", "/_fake/records"):
             return 200, [r.to_json() for r in self.records]
         if route == ("GET", "/_fake/stats"):
-            stats = {"connections": self.connections, "active": len(self.active())}
+            # the connection asking is open too; it is not one of the connections asked about
+            stats = {"connections": self.connections - 1, "active": len(self.active())}
             return 200, stats | {"requests": len(self.records)}
         if route == ("POST", "/_fake/reset"):
             self.clear()
