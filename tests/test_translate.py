@@ -218,3 +218,56 @@ def test_unspecified_enums_are_absent() -> None:
     frame = orjson.loads(encode_server_event(pb.ServerEvent(done=pb.Done(request_id="r"))))
     assert "finishReason" not in frame
     assert frame["requestId"] == "r"
+
+
+_text = st.text(max_size=50)
+_u32 = st.integers(0, 2**32 - 1)
+_usage = st.builds(
+    pb.Usage, prompt_tokens=_u32, completion_tokens=_u32, source=st.sampled_from([0, 1, 2])
+)
+_server_events = st.one_of(
+    st.builds(lambda r, m: pb.ServerEvent(start=pb.Start(request_id=r, model=m)), _text, _text),
+    st.builds(
+        lambda r, c, s, n: pb.ServerEvent(token=pb.Token(request_id=r, chunk=c, seq=s, count=n)),
+        _text,
+        _text,
+        _u32,
+        _u32,
+    ),
+    st.builds(
+        lambda r, f, u, t, d: pb.ServerEvent(
+            done=pb.Done(request_id=r, finish_reason=f, usage=u, ttft_ms=t, duration_ms=d)
+        ),
+        _text,
+        st.sampled_from([0, 1, 2, 3, 4]),
+        _usage,
+        _u32,
+        _u32,
+    ),
+    st.builds(
+        lambda r, c, m, rt: pb.ServerEvent(
+            error=pb.Error(request_id=r, code=c, message=m, retryable=rt)
+        ),
+        _text,
+        st.integers(1, 10),
+        _text,
+        st.booleans(),
+    ),
+)
+
+
+@given(_server_events)
+def test_every_server_event_encodes_to_a_valid_frame(event: pb.ServerEvent) -> None:
+    """Any ServerEvent encodes to a JSON object with a known type and its request id."""
+    frame = orjson.loads(encode_server_event(event))
+    assert frame["type"] in SERVER_TYPES
+    kind = event.WhichOneof("event")
+    assert frame["requestId"] == getattr(event, kind).request_id
+    assert (
+        "unspecified"
+        not in orjson.dumps(frame)
+        .decode()
+        .lower()
+        .replace(getattr(event, kind).request_id.lower(), "")
+        or "unspecified" in str(event).lower()
+    )
