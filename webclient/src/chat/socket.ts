@@ -21,9 +21,17 @@ export type SocketFactory = (url: string) => WebSocketLike;
 /** The browser's own WebSocket. */
 export const browserSocket: SocketFactory = (url) => new WebSocket(url);
 
-/** The bridge's WebSocket endpoint for a page: path `/ws` on the same host, ws: or wss: to match. */
+/**
+ * The bridge's WebSocket endpoint for a page: path `/ws` on the same host, ws: or wss: to match.
+ * A `token` query parameter of the page (the bridge's optional browser auth, `?token=…`) goes
+ * along as `/ws?token=…`: browsers cannot set headers on a WebSocket handshake. Nothing else of
+ * the page's query or fragment does.
+ */
 export function bridgeUrl(pageHref: string): string {
-  const url = new URL("/ws", pageHref);
+  const page = new URL(pageHref);
+  const url = new URL("/ws", page);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const token = page.searchParams.get("token");
+  if (token !== null && token !== "") url.searchParams.set("token", token);
   return url.toString();
 }

@@ -119,6 +119,18 @@ describe("a generation", () => {
     expect(t.request("r1").timings.endedAt).toBeTypeOf("number");
   });
 
+  it("ends done when the bridge omits finishReason (an upstream that gave no known reason)", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "x", seq: 0, count: 1 });
+    t.socket.receive({ type: "ai:done", requestId: "r1", ttftMs: 10, durationMs: 20 });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "done", text: "x" });
+    expect(t.request("r1")).not.toHaveProperty("finishReason");
+    expect(t.state.protocolErrors).toEqual([]);
+  });
+
   it("ends in error with the server's code, message and retryable", () => {
     const t = connected();
     t.store.send("hi");

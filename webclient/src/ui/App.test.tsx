@@ -108,6 +108,21 @@ describe("an answer", () => {
     ).toBeInTheDocument();
   });
 
+  it('says "done" when the bridge sends no finishReason', async () => {
+    const t = setup();
+    await t.user.type(screen.getByRole("textbox", { name: "Prompt" }), "hi{Enter}");
+    t.server(
+      { type: "ai:start", requestId: "r1", model: "m" },
+      { type: "ai:token", requestId: "r1", chunk: "Hello", seq: 0, count: 1 },
+      { type: "ai:done", requestId: "r1", ttftMs: 5, durationMs: 9 },
+    );
+    const article = t.answer("r1");
+    expect(article).toHaveAttribute("data-status", "done");
+    expect(article.querySelector(".status-note")).toHaveTextContent(/^done$/);
+    expect(article.querySelector(".metrics")).toHaveTextContent("1 token");
+    expect(document.querySelector(".protocol-errors")).toBeNull();
+  });
+
   it("labels the simulated model as not a real model", async () => {
     const t = setup();
     await t.user.type(screen.getByRole("textbox", { name: "Prompt" }), "hi{Enter}");

@@ -48,13 +48,15 @@ function useFollowBottom(target: RefObject<HTMLElement | null>) {
   useEffect(() => {
     const element = target.current;
     if (element === null || typeof MutationObserver === "undefined") return;
-    const atBottom = () =>
-      window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 48;
+    const below = () =>
+      document.documentElement.scrollHeight - (window.innerHeight + window.scrollY);
+    // A reader within 48 px of the bottom is still following; but when following, go all the
+    // way down, or a line or two of new text (and the Stop button) stays under the prompt bar.
     const onScroll = () => {
-      follow.current = atBottom();
+      follow.current = below() <= 48;
     };
     const observer = new MutationObserver(() => {
-      if (follow.current && !atBottom())
+      if (follow.current && below() > 1)
         window.scrollTo({ top: document.documentElement.scrollHeight });
     });
     observer.observe(element, { childList: true, subtree: true, characterData: true });
