@@ -158,13 +158,19 @@ class Outbox:
         """Make a waiting ``get`` return None, so its caller can look at its own state again."""
         self._has_events.set()
 
-    async def get(self) -> pb.ServerEvent | None:
-        """The oldest event, waiting for one if the queue is empty; None if woken by ``wake``."""
-        if not self._events:
-            self._has_events.clear()
-            await self._has_events.wait()
-            if not self._events:
-                return None
+    async def get_batch(self, limit: int) -> list[pb.ServerEvent]:
+        """Up to ``limit`` of the oldest events, waiting for one if the queue is empty; an empty
+        list if woken by ``wake``."""
+        first = await self.get()
+        if first is None:
+            return []
+        batch = [first]
+        while self._events and len(batch) < limit:
+            batch.append(self.get_nowait())
+        return batch
+
+    def get_nowait(self) -> pb.ServerEvent:
+        """The oldest event; the queue must not be empty."""
         event = self._events.popleft()
         self.bytes -= _size(event)
         if event.WhichOneof("event") == "token":
@@ -176,3 +182,12 @@ class Outbox:
         if not self._events:
             self._empty.set()
         return event
+
+    async def get(self) -> pb.ServerEvent | None:
+        """The oldest event, waiting for one if the queue is empty; None if woken by ``wake``."""
+        if not self._events:
+            self._has_events.clear()
+            await self._has_events.wait()
+            if not self._events:
+                return None
+        return self.get_nowait()

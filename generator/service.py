@@ -28,6 +28,8 @@ __all__ = ["GeneratorService", "StreamSession"]
 
 log = logging.getLogger(__name__)
 
+_BATCH = 512  # most events in one ServerEventBatch
+
 
 def _rejection(request_id: str, code: codes.Code, message: str) -> pb.ServerEvent:
     return pb.ServerEvent(
@@ -197,15 +199,32 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         request_iterator: AsyncIterator[pb.ClientEvent],
         context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEvent],
     ) -> AsyncIterator[pb.ServerEvent]:
-        """Serve one bidirectional stream until the client half-closes or the call ends."""
-        session = StreamSession(self._upstream, self._settings, context.peer(), self._capacity)
+        """Serve one bidirectional stream, one ServerEvent per message."""
+        async for batch in self._serve(request_iterator, context.peer(), batch_limit=1):
+            for event in batch:
+                yield event
+
+    async def StreamBatched(
+        self,
+        request_iterator: AsyncIterator[pb.ClientEvent],
+        context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEventBatch],
+    ) -> AsyncIterator[pb.ServerEventBatch]:
+        """Serve one bidirectional stream, every waiting ServerEvent in one message."""
+        async for batch in self._serve(request_iterator, context.peer(), batch_limit=_BATCH):
+            yield pb.ServerEventBatch(events=batch)
+
+    async def _serve(
+        self, requests: AsyncIterator[pb.ClientEvent], peer: str, batch_limit: int
+    ) -> AsyncIterator[list[pb.ServerEvent]]:
+        """Run one call's session until the client half-closes or the call ends."""
+        session = StreamSession(self._upstream, self._settings, peer, self._capacity)
         self._sessions.add(session)
-        reader = asyncio.create_task(session.read(request_iterator), name="stream reader")
+        reader = asyncio.create_task(session.read(requests), name="stream reader")
         try:
             while not session.finished():
-                event = await session.outbox.get()
-                if event is not None:
-                    yield event
+                batch = await session.outbox.get_batch(batch_limit)
+                if batch:
+                    yield batch
             await reader  # surfaces a reader failure, if any
         finally:
             # Also reached on CancelledError when the client cancels or vanishes.

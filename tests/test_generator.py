@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
+from aistream.v1 import generator_pb2_grpc
 from generator.server import SERVICE_NAME, GeneratorServer
 
 Gen = Callable[..., Awaitable[tuple[GeneratorServer, grpc.aio.Channel]]]
@@ -403,3 +404,20 @@ async def test_429_retry_after_is_honoured_before_the_first_token(
     assert (end.error.code, end.error.retryable) == (pb.ERROR_CODE_RATE_LIMITED, True)
     assert [r.status for r in fake.records[2:]] == [429, 429]  # one try + one retry
     client.call.cancel()
+
+
+async def test_batched_stream_carries_the_same_lifecycle(fake: FakeUpstream, gen: Gen) -> None:
+    """StreamBatched delivers the same events as Stream, grouped, in order."""
+    fake.script = Script(tokens=50)
+    _, channel = await gen()
+    call = generator_pb2_grpc.GeneratorStub(channel).StreamBatched()
+    await call.write(pb.ClientEvent(generate=pb.Generate(request_id="r1", prompt="x")))
+    events: list[pb.ServerEvent] = []
+    async for batch in call:
+        events.extend(batch.events)
+        if events[-1].WhichOneof("event") in ("done", "error"):
+            break
+    kinds = [kind(e) for e in events]
+    assert (kinds[0], kinds[-1], set(kinds[1:-1])) == ("start", "done", {"token"})
+    assert "".join(e.token.chunk for e in events[1:-1]) == "".join(f"tok{i} " for i in range(50))
+    call.cancel()

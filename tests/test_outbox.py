@@ -90,3 +90,30 @@ async def test_wake_returns_none() -> None:
     await asyncio.sleep(0)
     box.wake()
     assert await asyncio.wait_for(waiter, 1) is None
+
+
+async def test_get_batch_takes_everything_waiting_in_order() -> None:
+    """get_batch returns up to the limit of the oldest events, in order; merged tokens stay one."""
+    box = Outbox(capacity=8)
+    box.put(_start("a"))
+    for i in range(3):
+        await box.put_token("a", str(i), i, 1)
+    box.put(pb.ServerEvent(done=pb.Done(request_id="a")))
+    first = await box.get_batch(2)
+    assert [e.WhichOneof("event") for e in first] == ["start", "token"]
+    assert first[1].token.chunk == "012"
+    rest = await box.get_batch(10)
+    assert [e.WhichOneof("event") for e in rest] == ["done"]
+    assert len(box) == 0
+    assert box.bytes == 0
+
+
+async def test_offer_refuses_past_max_bytes() -> None:
+    """offer() queues nothing and says False once max_bytes would be passed."""
+    box = Outbox(capacity=100, max_bytes=300)
+    token = pb.ServerEvent(token=pb.Token(request_id="a", chunk="x" * 100, seq=0, count=1))
+    assert box.offer(token)
+    other = pb.ServerEvent(token=pb.Token(request_id="b", chunk="y" * 100, seq=0, count=1))
+    assert not box.offer(other)
+    assert len(box) == 1
+    assert box.bytes <= 300

@@ -117,6 +117,12 @@ class ServerEvent(_message.Message):
     error: Error
     def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
+class ServerEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ServerEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ServerEvent, _Mapping]]] = ...) -> None: ...
+
 class Start(_message.Message):
     __slots__ = ("request_id", "model")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

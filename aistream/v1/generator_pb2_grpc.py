@@ -44,6 +44,11 @@ class GeneratorStub:
                 request_serializer=aistream_dot_v1_dot_events__pb2.ClientEvent.SerializeToString,
                 response_deserializer=aistream_dot_v1_dot_events__pb2.ServerEvent.FromString,
                 _registered_method=True)
+        self.StreamBatched = channel.stream_stream(
+                '/aistream.v1.Generator/StreamBatched',
+                request_serializer=aistream_dot_v1_dot_events__pb2.ClientEvent.SerializeToString,
+                response_deserializer=aistream_dot_v1_dot_events__pb2.ServerEventBatch.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -70,6 +75,17 @@ class GeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamBatched(self, request_iterator, context):
+        """StreamBatched is Stream with the server's events grouped: each ServerEventBatch carries
+        every event that was waiting when the server wrote, in order. Under load this replaces
+        thousands of small gRPC messages per second with a few large ones; at light load a batch
+        holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
+        The bridge uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +93,11 @@ def add_GeneratorServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=aistream_dot_v1_dot_events__pb2.ClientEvent.FromString,
                     response_serializer=aistream_dot_v1_dot_events__pb2.ServerEvent.SerializeToString,
+            ),
+            'StreamBatched': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamBatched,
+                    request_deserializer=aistream_dot_v1_dot_events__pb2.ClientEvent.FromString,
+                    response_serializer=aistream_dot_v1_dot_events__pb2.ServerEventBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -111,6 +132,33 @@ class Generator:
             '/aistream.v1.Generator/Stream',
             aistream_dot_v1_dot_events__pb2.ClientEvent.SerializeToString,
             aistream_dot_v1_dot_events__pb2.ServerEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBatched(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/aistream.v1.Generator/StreamBatched',
+            aistream_dot_v1_dot_events__pb2.ClientEvent.SerializeToString,
+            aistream_dot_v1_dot_events__pb2.ServerEventBatch.FromString,
             options,
             channel_credentials,
             insecure,

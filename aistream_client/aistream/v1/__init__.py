@@ -16,6 +16,7 @@ __all__ = (
     "GeneratorSyncStub",
     "Role",
     "ServerEvent",
+    "ServerEventBatch",
     "Start",
     "Token",
     "Usage",
@@ -505,6 +506,21 @@ default_message_pool.register_message("aistream.v1", "ServerEvent", ServerEvent)
 
 
 @dataclass(eq=False, repr=False)
+class ServerEventBatch(betterproto2.Message):
+    """
+    ServerEventBatch is a group of ServerEvents, in order (Generator.StreamBatched).
+    """
+
+    events: "list[ServerEvent]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The events, oldest first.
+    """
+
+
+default_message_pool.register_message("aistream.v1", "ServerEventBatch", ServerEventBatch)
+
+
+@dataclass(eq=False, repr=False)
 class Start(betterproto2.Message):
     """
     Start says a Generate was accepted. Exactly one per accepted generation,
@@ -618,6 +634,21 @@ class GeneratorSyncStub:
             ServerEvent.FromString,
         )(iter(messages))
 
+    def stream_batched(self, messages: "Iterable[ClientEvent]") -> "Iterator[ServerEventBatch]":
+        """
+        StreamBatched is Stream with the server's events grouped: each ServerEventBatch carries
+        every event that was waiting when the server wrote, in order. Under load this replaces
+        thousands of small gRPC messages per second with a few large ones; at light load a batch
+        holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
+        The bridge uses it.
+        """
+
+        yield from self._channel.stream_stream(
+            "/aistream.v1.Generator/StreamBatched",
+            ClientEvent.SerializeToString,
+            ServerEventBatch.FromString,
+        )(iter(messages))
+
 
 class GeneratorStub(betterproto2_grpclib.ServiceStub):
     """
@@ -654,6 +685,33 @@ class GeneratorStub(betterproto2_grpclib.ServiceStub):
             messages,
             ClientEvent,
             ServerEvent,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def stream_batched(
+        self,
+        messages: "AsyncIterable[ClientEvent] | Iterable[ClientEvent]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ServerEventBatch]":
+        """
+        StreamBatched is Stream with the server's events grouped: each ServerEventBatch carries
+        every event that was waiting when the server wrote, in order. Under load this replaces
+        thousands of small gRPC messages per second with a few large ones; at light load a batch
+        holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
+        The bridge uses it.
+        """
+
+        async for response in self._stream_stream(
+            "/aistream.v1.Generator/StreamBatched",
+            messages,
+            ClientEvent,
+            ServerEventBatch,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
