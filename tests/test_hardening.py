@@ -88,7 +88,7 @@ async def test_process_generation_limit(fake: FakeUpstream) -> None:
             await a.recv()
             await b.recv()
             await b.generate("b2")
-            refused = await b.recv()
+            refused = await b.finish("b2")
             assert refused.WhichOneof("event") == "error"
             assert refused.error.code == 6  # ERROR_CODE_TOO_MANY_REQUESTS
             assert refused.error.retryable
