@@ -120,6 +120,14 @@ class OpenAIUpstream:
             # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
             api_key=settings.api_key or "unused",
             max_retries=settings.upstream_max_retries,
+            # One connection per running generation at most (the SDK's default pool stops at
+            # 1000), and keep them for reuse instead of reconnecting per request.
+            http_client=openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=settings.max_generations,
+                    max_keepalive_connections=settings.max_generations,
+                )
+            ),
             # Our own first-token / stall / total limits govern; the SDK's must not fire first.
             timeout=httpx2.Timeout(settings.max_deadline, connect=settings.first_token_timeout),
         )
