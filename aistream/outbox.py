@@ -84,6 +84,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._events)
 
+    @property
+    def full(self) -> bool:
+        """Whether a token for an id with nothing waiting would have to wait for room."""
+        return len(self._events) >= self._capacity
+
     def _append(self, event: pb.ServerEvent, size: int) -> None:
         self._events.append(event)
         self._empty.clear()

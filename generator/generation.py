@@ -20,6 +20,7 @@ from aistream import codes
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
+from generator.limits import TimeLimits
 from generator.upstream import Delta, Role, Upstream, UpstreamFailure, UpstreamRequest
 
 __all__ = ["Generation", "upstream_request"]
@@ -61,6 +62,7 @@ class Generation:
     """The state and task body of one accepted Generate."""
 
     __slots__ = (
+        "_limits",
         "_outbox",
         "_settings",
         "_upstream",
@@ -88,6 +90,9 @@ class Generation:
         if generate.HasField("timeout_ms"):
             limit = min(generate.timeout_ms / 1000, settings.max_deadline)
         self.deadline = self.started_at + limit
+        self._limits = TimeLimits(
+            self.started_at, settings.first_token_timeout, settings.stall_timeout, self.deadline
+        )
         self.first_token_at: float | None = None
         self.tokens = 0
         self.prompt_tokens = math.ceil(sum(len(text) for _, text in self.request.messages) / 4)
@@ -108,61 +113,53 @@ class Generation:
     async def run(self) -> None:
         """Stream the upstream answer to the outbox and end with exactly one terminal event."""
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        limits = self._limits
+        limits.start(task)
         finish: str | None = None
         reported: tuple[int, int] | None = None
         try:
-            async with asyncio.timeout(None) as timer:
-                timer.reschedule(
-                    min(self.deadline, self.started_at + self._settings.first_token_timeout)
-                )
-                async with self._upstream.stream(self.request) as deltas:
-                    async for delta in deltas:
-                        if delta.count:
-                            await self._token(delta, timer)
-                        if delta.finish_reason is not None:
-                            finish = delta.finish_reason
-                        if delta.prompt_tokens is not None and delta.completion_tokens is not None:
-                            reported = (delta.prompt_tokens, delta.completion_tokens)
-                    # The upstream finished: say so now, before the response is released
-                    # (which may wait briefly for the connection to be reusable).
-                    self._finish_done(finish, reported)
+            async with self._upstream.stream(self.request) as deltas:
+                async for delta in deltas:
+                    if delta.count:
+                        await self._token(delta)
+                    if delta.finish_reason is not None:
+                        finish = delta.finish_reason
+                    if delta.prompt_tokens is not None and delta.completion_tokens is not None:
+                        reported = (delta.prompt_tokens, delta.completion_tokens)
+                # The upstream finished: say so now, before the response is released
+                # (which may wait briefly for the connection to be reusable).
+                self._finish_done(finish, reported)
+        except asyncio.CancelledError:
+            if not limits.claimed(task):
+                raise  # cancelled from outside: whoever did it has ended the generation
+            self._finish_error(pb.ERROR_CODE_TIMEOUT, limits.reason(loop.time()), None)
         except UpstreamFailure as failure:
             self._finish_error(failure.code, failure.message, failure.retryable)
-            return
-        except TimeoutError:
-            if timer.expired():
-                self._finish_error(pb.ERROR_CODE_TIMEOUT, self._timeout_message(loop.time()), None)
-                return
-            log.exception("generation failed request_id=%s", self.request_id)
-            self._finish_error(pb.ERROR_CODE_INTERNAL, "internal error", None)
-            return
         except Exception:
             log.exception("generation failed request_id=%s", self.request_id)
             self._finish_error(pb.ERROR_CODE_INTERNAL, "internal error", None)
+        finally:
+            limits.stop()
 
-    async def _token(self, delta: Delta, timer: asyncio.Timeout) -> None:
-        loop = asyncio.get_running_loop()
+    async def _token(self, delta: Delta) -> None:
+        now = asyncio.get_running_loop().time()
+        self._limits.token(now)
         if self.first_token_at is None:
-            self.first_token_at = loop.time()
+            self.first_token_at = now
         if self.ended:
             return
         seq = self.tokens
         self.tokens += delta.count
-        # Waiting for the outbox (a slow reader) is not the upstream stalling: only the
-        # total deadline applies while we wait.
-        timer.reschedule(self.deadline)
-        await self._outbox.put_token(self.request_id, delta.text, seq, delta.count)
-        timer.reschedule(min(self.deadline, loop.time() + self._settings.stall_timeout))
-
-    def _timeout_message(self, now: float) -> str:
-        if now >= self.deadline:
-            return f"the generation exceeded its time limit of {self._limit_text()}"
-        if self.first_token_at is None:
-            return f"no first token within {self._settings.first_token_timeout:g}s"
-        return f"the upstream stalled for more than {self._settings.stall_timeout:g}s"
-
-    def _limit_text(self) -> str:
-        return f"{self.deadline - self.started_at:g}s"
+        if not self._outbox.full:
+            await self._outbox.put_token(self.request_id, delta.text, seq, delta.count)
+            return
+        self._limits.pause()  # a slow reader downstream is not the upstream stalling
+        try:
+            await self._outbox.put_token(self.request_id, delta.text, seq, delta.count)
+        finally:
+            self._limits.resume(asyncio.get_running_loop().time())
 
     def _usage(self, reported: tuple[int, int] | None) -> pb.Usage:
         if reported is not None:
