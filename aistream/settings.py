@@ -77,6 +77,9 @@ class Settings:
     """Port the generator listens on (0: any free port, printed at start)."""
     stream_buffer: int = 256
     """ServerEvents queued per gRPC stream before generations wait for the writer."""
+    stream_flush_interval: float = 0.002
+    """StreamBatched: least time between two writes on one stream. Events arriving meanwhile
+    join the next batch; at light load nothing waits (0 = write as soon as anything waits)."""
     max_generations: int = 2000
     """Generations running at once in the generator process; more → ``too_many_requests``."""
     max_generations_per_stream: int = 1000

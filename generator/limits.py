@@ -22,8 +22,8 @@ class TimeLimits:
     """First-token, stall and total limits, enforced by cancelling one task."""
 
     __slots__ = (
-        "_first_token_timeout",
         "_armed_at",
+        "_first_token_timeout",
         "_handle",
         "_last",
         "_loop",
