@@ -2,9 +2,13 @@
 
 The SDK does what it is good at (base URL, auth headers, retries of 429/5xx before the first byte,
 typed errors); the stream itself is read as raw bytes and decoded by ``sse.SSEDecoder`` + orjson,
-which is ~15× cheaper per chunk than the SDK's typed chunk models. The response is always entered
-with ``async with``, so leaving the block for any reason — end, error, cancellation — closes the
-HTTP connection.
+which is ~15× cheaper per chunk than the SDK's typed chunk models. The SDK's aiohttp transport
+(``openai[aiohttp]``) carries the HTTP: its C parser hands over everything a network read
+brought in one piece, where the default transport yields (and costs Python work for) every HTTP
+chunk — one per token. Measured here: 3× the tokens per second per generator process.
+
+The response is always entered with ``async with``, so leaving the block for any reason — end,
+error, cancellation — closes the HTTP connection.
 
 SDK and transport exceptions are translated here, once, into ``UpstreamFailure``. Upstream error
 text is logged with the request id and never put into a failure's message.
@@ -19,6 +23,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Literal, cast
 
+import aiohttp
 import httpx2
 import openai
 import orjson
@@ -79,6 +84,19 @@ class _MidStreamError(UpstreamFailure):
         self.detail = detail
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection failure lies under ``exc`` (the aiohttp transport reports a refused
+    connection as a connect *timeout*)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
+            cause, aiohttp.ServerTimeoutError
+        ):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def map_sdk_error(exc: Exception) -> UpstreamFailure:
     """Translate an SDK or transport exception to the most specific UpstreamFailure."""
     if isinstance(exc, openai.RateLimitError):
@@ -95,7 +113,7 @@ def map_sdk_error(exc: Exception) -> UpstreamFailure:
         return UpstreamFailure(
             pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream rejected the request", retryable=False
         )
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return UpstreamFailure(pb.ERROR_CODE_TIMEOUT, "the upstream did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, "the upstream cannot be reached")
@@ -120,9 +138,9 @@ class OpenAIUpstream:
             # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
             api_key=settings.api_key or "unused",
             max_retries=settings.upstream_max_retries,
-            # One connection per running generation at most (the SDK's default pool stops at
-            # 1000), and keep them for reuse instead of reconnecting per request.
-            http_client=openai.DefaultAsyncHttpxClient(
+            # aiohttp underneath (see above); one connection per running generation at most
+            # (the SDK's default pool stops at 1000), kept for reuse.
+            http_client=openai.DefaultAioHttpClient(
                 limits=httpx2.Limits(
                     max_connections=settings.max_generations,
                     max_keepalive_connections=settings.max_generations,
