@@ -25,6 +25,9 @@ Kind = Literal["start", "token", "done", "error"]
 TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error"})
 
 
+_NOT_COUNTED: Counter[str] = Counter()  # shared, never written: non-strict mode counts nothing
+
+
 class LifecycleViolation(Exception):
     """An event broke the order start → token* → one terminal for its request id."""
 
@@ -42,12 +45,12 @@ class Lifecycle:
 
     def __init__(self, *, strict: bool = False) -> None:
         self._running: dict[str, _Running] = {}
-        self._expected: Counter[str] = Counter()
+        self._expected: Counter[str] = Counter() if strict else _NOT_COUNTED
         self._strict = strict
 
     def expect(self, request_id: str) -> None:
         """Record that a Generate for ``request_id`` was sent (strict mode uses it)."""
-        if request_id not in self._running:
+        if self._strict and request_id not in self._running:
             self._expected[request_id] += 1
 
     def is_running(self, request_id: str) -> bool:

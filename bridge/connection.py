@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 from websockets.asyncio.server import ServerConnection
@@ -46,6 +48,7 @@ __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
+_ids = itertools.count(1)  # connection ids for the logs
 _Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEvent]
 _FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
 
@@ -71,6 +74,24 @@ class _Refused(Exception):
 class Connection:
     """The bridge's state for one WebSocket connection."""
 
+    __slots__ = (
+        "_accepting",
+        "_call",
+        "_ending",
+        "_idle",
+        "_in_flight",
+        "_lifecycle",
+        "_metadata",
+        "_outbox",
+        "_rate",
+        "_relays",
+        "_sender",
+        "_settings",
+        "_stub",
+        "id",
+        "websocket",
+    )
+
     def __init__(
         self,
         websocket: ServerConnection,
@@ -79,21 +100,30 @@ class Connection:
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.websocket = websocket
-        self.id = uuid.uuid4().hex[:8]
+        self.id = f"{next(_ids):x}"
         self._stub = stub
         self._settings = settings
         self._metadata = metadata
         self._lifecycle = Lifecycle()
         self._in_flight: dict[str, _Call] = {}  # request id → the call it was sent on
         self._call: _Call | None = None
-        self._relays: set[asyncio.Task[None]] = set()
-        self.outbox = Outbox(capacity=1 << 30, max_bytes=settings.ws_send_buffer)
+        self._relays: set[asyncio.Task[None]] | None = None  # the gRPC relay, the goodbye
+        # Created on first use: an idle connection costs as little as possible.
+        self._outbox: Outbox | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None
         loop = asyncio.get_running_loop()
         self._rate = TokenBucket(settings.frames_per_second, settings.frames_burst, loop.time())
         self._accepting = True
         self._ending = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+
+    @property
+    def outbox(self) -> Outbox:
+        """The frames waiting for the socket (and the task that writes them)."""
+        if self._outbox is None:
+            self._outbox = Outbox(capacity=1 << 30, max_bytes=self._settings.ws_send_buffer)
+            self._sender = asyncio.create_task(self._send_frames(), name=f"ws sender {self.id}")
+        return self._outbox
 
     @property
     def in_flight(self) -> int:
@@ -102,7 +132,6 @@ class Connection:
 
     async def serve(self) -> None:
         """Run the connection until the socket closes, then cancel everything it started."""
-        sender = asyncio.create_task(self._send_frames(), name=f"ws sender {self.id}")
         try:
             async for message in self.websocket:
                 await self._on_frame(message)
@@ -111,9 +140,12 @@ class Connection:
         finally:
             if self._call is not None:
                 self._call.cancel()  # the generator closes this connection's upstreams
-            for task in (sender, *self._relays):
+            tasks = [*(self._relays or ())]
+            if self._sender is not None:
+                tasks.append(self._sender)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(sender, *self._relays, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self._in_flight:
                 log.info(
                     "connection %s closed with %d generations in flight: cancelled",
@@ -139,7 +171,6 @@ class Connection:
         call = self._ensure_call()
         if event.WhichOneof("event") == "generate":
             self._in_flight[request_id] = call
-            self._idle.clear()
         try:
             await call.write(event)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
@@ -180,13 +211,19 @@ class Connection:
             )
         return request_id
 
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` as a task of this connection (cancelled when it closes)."""
+        if self._relays is None:
+            self._relays = set()
+        task = asyncio.create_task(work, name=name)
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+
     def _ensure_call(self) -> _Call:
         if self._call is None or self._call.done():
             call: _Call = self._stub.Stream(metadata=self._metadata)
             self._call = call
-            relay = asyncio.create_task(self._relay(call), name=f"relay {self.id}")
-            self._relays.add(relay)
-            relay.add_done_callback(self._relays.discard)
+            self._spawn(self._relay(call), f"relay {self.id}")
         return self._call
 
     # --- generator → client ---------------------------------------------------------------------
@@ -231,7 +268,7 @@ class Connection:
 
     def _forget(self, request_id: str) -> None:
         self._in_flight.pop(request_id, None)
-        if not self._in_flight:
+        if not self._in_flight and self._idle is not None:
             self._idle.set()
 
     def _queue(self, event: pb.ServerEvent) -> None:
@@ -273,7 +310,8 @@ class Connection:
         """The client let more than ws_send_buffer pile up: end its generations, close 1008."""
         if self._ending:
             return
-        log.warning("slow consumer conn=%s: %d bytes queued, closing", self.id, self.outbox.bytes)
+        queued = self._outbox.bytes if self._outbox is not None else 0
+        log.warning("slow consumer conn=%s: %d bytes queued, closing", self.id, queued)
         self._close_with(
             pb.ERROR_CODE_SLOW_CONSUMER,
             "the client did not read fast enough",
@@ -299,15 +337,14 @@ class Connection:
                 self._lifecycle.observe("error", request_id)
             finals.append(_error(code, message, request_id))
         if drop_queued:
-            self.outbox.clear()
+            if self._outbox is not None:
+                self._outbox.clear()
         else:
             for event in finals:
                 self.outbox.put(event)
             finals = []
         close_code = codes.info(code).close_code or codes.CloseCode.INTERNAL_ERROR
-        goodbye = asyncio.create_task(self._say_goodbye(finals, close_code, reason))
-        self._relays.add(goodbye)
-        goodbye.add_done_callback(self._relays.discard)
+        self._spawn(self._say_goodbye(finals, close_code, reason), f"goodbye {self.id}")
 
     async def _say_goodbye(
         self, finals: list[pb.ServerEvent], close_code: int, reason: str
@@ -321,9 +358,10 @@ class Connection:
                 await asyncio.wait_for(
                     self.websocket.send(translate.encode_server_event(event)), _FINAL_FRAME_WAIT
                 )
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._settings.ws_close_timeout):
-                await self.outbox.drained()
+        if self._outbox is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.ws_close_timeout):
+                    await self._outbox.drained()
         with contextlib.suppress(ConnectionClosed):
             await self.websocket.close(close_code, reason)
 
@@ -331,6 +369,9 @@ class Connection:
         """Refuse new generations, let running ones finish for ``drain_timeout`` s, then end the
         rest with ``unavailable`` (retryable) and close the socket with 1012."""
         self._accepting = False
+        self._idle = asyncio.Event()
+        if not self._in_flight:
+            self._idle.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await self._idle.wait()
@@ -340,4 +381,4 @@ class Connection:
             "service restart",
             drop_queued=False,
         )
-        await asyncio.gather(*self._relays, return_exceptions=True)
+        await asyncio.gather(*(self._relays or ()), return_exceptions=True)
