@@ -133,6 +133,8 @@ class BridgeServer:
             close_timeout=s.ws_close_timeout,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        # Connect to the generator now, not on the first browser's first generate.
+        self._channel.get_state(try_to_connect=True)
         log.info(
             "bridge listening on %s:%d generator=%s", s.bridge_host, self.port, s.generator_target
         )
