@@ -128,6 +128,12 @@ class Generation:
                         finish = delta.finish_reason
                     if delta.prompt_tokens is not None and delta.completion_tokens is not None:
                         reported = (delta.prompt_tokens, delta.completion_tokens)
+                    if finish is None and self.tokens >= self.request.max_tokens:
+                        # An upstream that ignores max_tokens is cut off here: the limit is
+                        # ours to keep (leaving the block closes its connection).
+                        log.warning("upstream ignored max_tokens request_id=%s", self.request_id)
+                        finish = "length"
+                        break
                 # The upstream finished: say so now, before the response is released
                 # (which may wait briefly for the connection to be reusable).
                 self._finish_done(finish, reported)

@@ -421,3 +421,19 @@ async def test_batched_stream_carries_the_same_lifecycle(fake: FakeUpstream, gen
     assert (kinds[0], kinds[-1], set(kinds[1:-1])) == ("start", "done", {"token"})
     assert "".join(e.token.chunk for e in events[1:-1]) == "".join(f"tok{i} " for i in range(50))
     call.cancel()
+
+
+async def test_an_upstream_ignoring_max_tokens_is_cut_off(fake: FakeUpstream, gen: Gen) -> None:
+    """If the upstream streams past max_tokens, the generator ends with done(length) at the
+    limit and closes the upstream connection."""
+    fake.script = Script(tokens=100_000, interval=0.001, honour_max_tokens=False)
+    _, channel = await gen()
+    client = GrpcClient(channel, "grpc")
+    await client.generate("r1", max_tokens=20)
+    end = await client.finish("r1")
+    assert end.WhichOneof("event") == "done"
+    assert end.done.finish_reason == pb.FINISH_REASON_LENGTH
+    record = await fake.wait_closed(fake.records[0])
+    assert record.outcome == "client_closed"
+    assert record.tokens_sent < 100_000
+    client.call.cancel()

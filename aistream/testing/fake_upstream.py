@@ -120,6 +120,8 @@ class Script:
     """After this many tokens send ``data: {"error": {...}}``, then end the body."""
     usage: bool = True
     """Send the usage chunk when the request asks for it (``stream_options.include_usage``)."""
+    honour_max_tokens: bool = True
+    """Cut the stream at the request's ``max_tokens``; False plays an upstream that ignores it."""
 
     def __post_init__(self) -> None:
         """Reject values the fake cannot act on."""
@@ -192,7 +194,7 @@ def _check_json_value(name: str, value: Any, optional: bool) -> Any:
         if isinstance(value, dict):
             return value
         raise ValueError("error_body: must be a string or an object")
-    if name == "usage":
+    if name in ("usage", "honour_max_tokens"):
         ok = isinstance(value, bool)
     elif name in ("status", "tokens", *_ENDINGS):
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -814,6 +816,8 @@ class FakeUpstream:
         if not isinstance(model, str):
             model = "fake-model"
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if not script.honour_max_tokens:
+            max_tokens = None
         rendered = self._rendered(script, model, max_tokens)
         chat_id = b"chatcmpl-" + secrets.token_hex(12).encode()
         created = int(time.time())
