@@ -31,18 +31,44 @@ EVENT_OVERHEAD = 128
 """Bytes counted per queued event on top of its text (object and framing overhead)."""
 
 
+class _Tokens:
+    """A token event still waiting: its text kept as parts, the message built once on the way
+    out (appending to a protobuf string copies it every time, and upb keeps every copy)."""
+
+    __slots__ = ("count", "length", "parts", "request_id", "seq")
+
+    def __init__(self, request_id: str, text: str, seq: int, count: int) -> None:
+        self.request_id = request_id
+        self.parts = [text]
+        self.length = len(text)
+        self.seq = seq
+        self.count = max(count, 1)
+
+    def event(self) -> pb.ServerEvent:
+        return pb.ServerEvent(
+            token=pb.Token(
+                request_id=self.request_id,
+                chunk="".join(self.parts),
+                seq=self.seq,
+                count=self.count,
+            )
+        )
+
+
+_Item = pb.ServerEvent | _Tokens
+
+
 def _request_id(event: pb.ServerEvent) -> str:
     kind = event.WhichOneof("event")
     request_id: str = getattr(event, kind).request_id if kind else ""
     return request_id
 
 
-def _size(event: pb.ServerEvent) -> int:
-    kind = event.WhichOneof("event")
-    if kind == "token":
-        return EVENT_OVERHEAD + len(event.token.chunk)
-    if kind == "error":
-        return EVENT_OVERHEAD + len(event.error.message)
+def _size(item: _Item) -> int:
+    if isinstance(item, _Tokens):
+        return EVENT_OVERHEAD + item.length
+    if item.WhichOneof("event") == "error":
+        return EVENT_OVERHEAD + len(item.error.message)
     return EVENT_OVERHEAD
 
 
@@ -68,9 +94,9 @@ class Outbox:
         self._capacity = capacity
         self._max_chunk = max_chunk_chars
         self._max_bytes = max_bytes
-        self._events: deque[pb.ServerEvent] = deque()
+        self._events: deque[_Item] = deque()
         # request id → its token event still in the queue (appended to while it waits)
-        self._waiting: dict[str, pb.ServerEvent] = {}
+        self._waiting: dict[str, _Tokens] = {}
         self._has_events = asyncio.Event()
         self._has_room = asyncio.Event()
         self._has_room.set()
@@ -86,11 +112,13 @@ class Outbox:
 
     @property
     def full(self) -> bool:
-        """Whether a token for an id with nothing waiting would have to wait for room."""
-        return len(self._events) >= self._capacity
+        """Whether a token for an id with nothing waiting may have to wait for room."""
+        return len(self._events) >= self._capacity or (
+            self._max_bytes is not None and self.bytes >= self._max_bytes
+        )
 
-    def _append(self, event: pb.ServerEvent, size: int) -> None:
-        self._events.append(event)
+    def _append(self, item: _Item, size: int) -> None:
+        self._events.append(item)
         self._empty.clear()
         self._grow(size)
         self._has_events.set()
@@ -109,42 +137,55 @@ class Outbox:
     def _merge(self, request_id: str, text: str, seq: int, count: int) -> bool:
         """Append to the id's waiting token event if it is contiguous and has room."""
         waiting = self._waiting.get(request_id)
-        if waiting is None:
+        if (
+            waiting is None
+            or waiting.seq + waiting.count != seq
+            or waiting.length + len(text) > self._max_chunk
+        ):
             return False
-        token = waiting.token
-        if token.seq + max(token.count, 1) != seq or len(token.chunk) + len(text) > self._max_chunk:
-            return False
-        token.chunk += text
-        token.count = max(token.count, 1) + max(count, 1)
+        waiting.parts.append(text)
+        waiting.length += len(text)
+        waiting.count += max(count, 1)
         self._grow(len(text))
         return True
 
+    def _add_tokens(self, request_id: str, text: str, seq: int, count: int) -> None:
+        item = _Tokens(request_id, text, seq, count)
+        self._waiting[request_id] = item
+        self._append(item, EVENT_OVERHEAD + item.length)
+
+    def _has_room_for(self, size: int) -> bool:
+        if len(self._events) >= self._capacity:
+            return False
+        # An empty queue always takes one event, however large, so nothing waits forever.
+        return self._max_bytes is None or not self._events or self.bytes + size <= self._max_bytes
+
     async def put_token(self, request_id: str, text: str, seq: int, count: int) -> None:
-        """Queue ``count`` tokens of ``text`` starting at ``seq``, merging or waiting for room."""
+        """Queue ``count`` tokens of ``text`` starting at ``seq``, merging or waiting for room
+        (``capacity`` events and ``max_bytes``)."""
         while not self._merge(request_id, text, seq, count):
-            if len(self._events) < self._capacity:
-                event = pb.ServerEvent(
-                    token=pb.Token(request_id=request_id, chunk=text, seq=seq, count=count)
-                )
-                self._waiting[request_id] = event
-                self._append(event, EVENT_OVERHEAD + len(text))
+            if self._has_room_for(EVENT_OVERHEAD + len(text)):
+                self._add_tokens(request_id, text, seq, count)
                 return
+            self._has_room.clear()
             await self._has_room.wait()
 
     def offer(self, event: pb.ServerEvent) -> bool:
         """Queue any event without waiting; False (nothing queued) if it would pass max_bytes."""
-        kind = event.WhichOneof("event")
-        size = _size(event)
-        if self._max_bytes is not None and self.bytes + size > self._max_bytes:
-            return False
-        if kind == "token":
-            token = event.token
-            if self._merge(token.request_id, token.chunk, token.seq, token.count):
-                return True
-            self._waiting[token.request_id] = event
-            self._append(event, size)
-        else:
+        if event.WhichOneof("event") != "token":
+            if self._max_bytes is not None and self.bytes + _size(event) > self._max_bytes:
+                return False
             self.put(event)
+            return True
+        token = event.token
+        text = token.chunk
+        if (
+            self._max_bytes is not None
+            and self.bytes + EVENT_OVERHEAD + len(text) > self._max_bytes
+        ):
+            return False
+        if not self._merge(token.request_id, text, token.seq, token.count):
+            self._add_tokens(token.request_id, text, token.seq, token.count)
         return True
 
     def clear(self) -> None:
@@ -176,14 +217,15 @@ class Outbox:
 
     def get_nowait(self) -> pb.ServerEvent:
         """The oldest event; the queue must not be empty."""
-        event = self._events.popleft()
-        self.bytes -= _size(event)
-        if event.WhichOneof("event") == "token":
-            request_id = event.token.request_id
-            if self._waiting.get(request_id) is event:
-                del self._waiting[request_id]
-        if len(self._events) < self._capacity:
-            self._has_room.set()
+        item = self._events.popleft()
+        self.bytes -= _size(item)
+        if isinstance(item, _Tokens):
+            if self._waiting.get(item.request_id) is item:
+                del self._waiting[item.request_id]
+            event = item.event()
+        else:
+            event = item
+        self._has_room.set()  # waiters look again: an event or some bytes left
         if not self._events:
             self._empty.set()
         return event

@@ -77,6 +77,9 @@ class Settings:
     """Port the generator listens on (0: any free port, printed at start)."""
     stream_buffer: int = 256
     """ServerEvents queued per gRPC stream before generations wait for the writer."""
+    stream_buffer_bytes: int = 512 * 1024
+    """Bytes of ServerEvents queued per gRPC stream before generations wait for the writer. A
+    generation that waits longer than ``stall_timeout`` ends with ``slow_consumer``."""
     stream_flush_interval: float = 0.002
     """StreamBatched: least time between two writes on one stream. Events arriving meanwhile
     join the next batch; at light load nothing waits (0 = write as soon as anything waits)."""
@@ -158,6 +161,7 @@ class Settings:
             "max_history_chars",
             "max_tokens_cap",
             "stream_buffer",
+            "stream_buffer_bytes",
             "ws_send_buffer",
             "max_generations",
             "max_generations_per_stream",

@@ -140,7 +140,11 @@ class Generation:
         except asyncio.CancelledError:
             if not limits.claimed(task):
                 raise  # cancelled from outside: whoever did it has ended the generation
-            self._finish_error(pb.ERROR_CODE_TIMEOUT, limits.reason(loop.time()), None)
+            if limits.slow_consumer:
+                message = "the client did not read fast enough"
+                self._finish_error(pb.ERROR_CODE_SLOW_CONSUMER, message, None)
+            else:
+                self._finish_error(pb.ERROR_CODE_TIMEOUT, limits.reason(loop.time()), None)
         except UpstreamFailure as failure:
             self._finish_error(failure.code, failure.message, failure.retryable)
         except Exception:
@@ -161,7 +165,7 @@ class Generation:
         if not self._outbox.full:
             await self._outbox.put_token(self.request_id, delta.text, seq, delta.count)
             return
-        self._limits.pause()  # a slow reader downstream is not the upstream stalling
+        self._limits.pause(now)  # a slow reader downstream is not the upstream stalling
         try:
             await self._outbox.put_token(self.request_id, delta.text, seq, delta.count)
         finally:

@@ -7,7 +7,8 @@ looks at the limit that applies now; if it has passed, it cancels the generation
 task turns that cancellation into a ``timeout`` error (``claimed``).
 
 Waiting for room in the outbox (a slow reader downstream) is not the upstream stalling: between
-``pause`` and ``resume`` only the total deadline applies.
+``pause`` and ``resume`` the same stall limit applies to that wait instead, and passing it means
+the reader is a slow consumer (the generation ends with ``slow_consumer``, its upstream closed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class TimeLimits:
         "_last",
         "_loop",
         "_paused",
+        "_paused_at",
         "_stall_timeout",
         "_started",
         "_task",
@@ -46,6 +48,7 @@ class TimeLimits:
         self.deadline = deadline
         self._last = started_at
         self._paused = False
+        self._paused_at = 0.0
         self._task: asyncio.Task[object] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
@@ -57,7 +60,7 @@ class TimeLimits:
         if self.first_token_at is None:
             due = self._started + self._first_token_timeout
         elif self._paused:
-            due = math.inf
+            due = self._paused_at + self._stall_timeout
         else:
             due = self._last + self._stall_timeout
         return min(due, self.deadline)
@@ -80,9 +83,17 @@ class TimeLimits:
             self.first_token_at = now
             self._arm_if_earlier()  # the stall limit may come before the first-token one
 
-    def pause(self) -> None:
-        """Waiting downstream: the stall limit does not apply until ``resume``."""
+    def pause(self, now: float) -> None:
+        """Waiting downstream from ``now``: until ``resume`` this wait, not the upstream, is
+        held to the stall limit (a reader that long behind is a slow consumer)."""
         self._paused = True
+        self._paused_at = now
+        self._arm_if_earlier()
+
+    @property
+    def slow_consumer(self) -> bool:
+        """Whether the limit passed while waiting downstream (not for the upstream)."""
+        return self.fired and self._paused
 
     def resume(self, now: float) -> None:
         """Done waiting downstream at ``now``; the stall limit counts from here."""

@@ -56,7 +56,7 @@ class StreamSession:
     def __init__(
         self, upstream: Upstream, settings: Settings, peer: str, capacity: Capacity
     ) -> None:
-        self.outbox = Outbox(settings.stream_buffer)
+        self.outbox = Outbox(settings.stream_buffer, max_bytes=settings.stream_buffer_bytes)
         self._capacity = capacity
         self._upstream = upstream
         self._settings = settings

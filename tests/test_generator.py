@@ -437,3 +437,23 @@ async def test_an_upstream_ignoring_max_tokens_is_cut_off(fake: FakeUpstream, ge
     assert record.outcome == "client_closed"
     assert record.tokens_sent < 100_000
     client.call.cancel()
+
+
+async def test_a_grpc_reader_that_stops_is_a_slow_consumer(fake: FakeUpstream, gen: Gen) -> None:
+    """A client that stops reading: the generator's memory for it stays bounded (the stream's
+    outbox fills, the generation waits), and after the stall limit the generation ends as a slow
+    consumer with its upstream closed."""
+    fake.script = Script(tokens=20_000, text="x" * 2000, honour_max_tokens=False)  # 40 MB
+    server, channel = await gen(
+        stall_timeout=0.5 * UNIT, stream_buffer_bytes=64 * 1024, max_tokens_cap=20_000
+    )
+    client = GrpcClient(channel, "grpc")
+    client.abandon()
+    await client.generate("r1")
+    record = await fake.wait_closed((await fake.wait_requests(1))[0], 10 * UNIT)
+    assert record.outcome == "client_closed"
+    assert record.tokens_sent < 20_000
+    (session,) = server.service._sessions
+    # the bound, plus at most one event let into an empty queue (a network read's worth)
+    assert session.outbox.peak_bytes <= 64 * 1024 + 64 * 1024
+    client.call.cancel()

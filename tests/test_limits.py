@@ -45,16 +45,34 @@ async def test_stall_counts_from_the_last_token_not_the_first_token_limit() -> N
     assert loop.time() - started < 5  # not the 10 s first-token limit
 
 
-async def test_pause_suspends_the_stall_limit_but_not_the_deadline() -> None:
-    """While paused only the total deadline applies."""
+async def test_a_pause_longer_than_the_stall_limit_is_a_slow_consumer() -> None:
+    """Waiting downstream longer than the stall limit fires as a slow consumer."""
     loop = asyncio.get_running_loop()
     now = loop.time()
-    limits = TimeLimits(now, 10, 0.02 * UNIT, now + 0.2 * UNIT)
+    limits = TimeLimits(now, 10, 0.05 * UNIT, now + 10)
     limits.token(now)
-    limits.pause()
-    reason = await _watched(limits, loop.create_future())
-    assert "time limit" in reason
-    assert loop.time() >= now + 0.2 * UNIT
+    limits.pause(loop.time())
+    await _watched(limits, loop.create_future())
+    assert limits.slow_consumer
+
+
+async def test_a_short_pause_is_not_a_stall() -> None:
+    """A wait downstream shorter than the stall limit, then tokens again: no limit passes."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    limits = TimeLimits(now, 10, 0.1 * UNIT, now + 10)
+    limits.token(now)
+
+    async def body() -> None:
+        limits.pause(loop.time())
+        await asyncio.sleep(0.05 * UNIT)
+        limits.resume(loop.time())
+        for _ in range(3):
+            await asyncio.sleep(0.03 * UNIT)
+            limits.token(loop.time())
+
+    assert await _watched(limits, asyncio.ensure_future(body())) == "finished"
+    assert not limits.slow_consumer
 
 
 async def test_tokens_keep_it_alive() -> None:

@@ -48,6 +48,7 @@ GROUPS: list[tuple[str, list[str]]] = [
             "generator_host",
             "generator_port",
             "stream_buffer",
+            "stream_buffer_bytes",
             "stream_flush_interval",
             "max_generations",
             "max_generations_per_stream",
