@@ -77,7 +77,7 @@ class Settings:
     """Port the generator listens on (0: any free port, printed at start)."""
     stream_buffer: int = 256
     """ServerEvents queued per gRPC stream before generations wait for the writer."""
-    stream_buffer_bytes: int = 512 * 1024
+    stream_buffer_bytes: int = 256 * 1024
     """Bytes of ServerEvents queued per gRPC stream before generations wait for the writer. A
     generation that waits longer than ``stall_timeout`` ends with ``slow_consumer``."""
     stream_flush_interval: float = 0.002
@@ -105,8 +105,9 @@ class Settings:
     """How long a closing handshake may take before the socket is dropped."""
     ws_compression: bool = False
     """permessage-deflate; off by default (it costs ~40% of throughput on token-sized frames)."""
-    ws_send_buffer: int = 960 * 1024
-    """Bytes of frames queued for one WebSocket (plus at most 32 KiB in its socket buffer).
+    ws_send_buffer: int = 640 * 1024
+    """Bytes of frames queued for one WebSocket (plus at most 32 KiB in its socket buffer; with
+    the generator's ``stream_buffer_bytes``, under 1 MB per connection in all).
     A client that lets more pile up is a slow consumer: its generations end with
     ``slow_consumer`` and the socket is closed with 1008."""
     max_connections: int = 20_000

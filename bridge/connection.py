@@ -250,8 +250,8 @@ class Connection:
 
     def _forward(self, event: pb.ServerEvent) -> None:
         kind = event.WhichOneof("event")
-        if kind is None:
-            return
+        if kind is None or self._ending:
+            return  # (events still in flight when the connection is being closed are dropped)
         body = getattr(event, kind)
         request_id: str = body.request_id
         try:

@@ -1,0 +1,448 @@
+"""The load client process: ``python -m bench.client JOB_JSON``.
+
+One process drives many connections over one transport and records what it saw:
+
+* ``ws``: the browser protocol (JSON frames) to the bridge or to the bare websockets baseline,
+  through the lean ``bench.wsclient`` protocol;
+* ``grpc``: ``Generator.Stream`` calls on one grpc.aio channel, to the bare grpc.aio baseline
+  (or to the generator itself);
+* ``openai``: the ``openai`` SDK's typed streaming path straight to the upstream — what a user
+  would write without aistream.
+
+Modes: ``loop`` (each connection runs generations back to back, staggered; time to first token,
+gaps between token messages and tokens delivered are recorded inside a measuring window),
+``cancel`` (every connection holds one long stream; a sample of them is cancelled — or its socket
+closed — one at a time and replaced, and the send time of each cancel is reported for matching
+against the upstream's records), ``idle`` (connections only) and ``slow`` (streams whose reader
+stops reading). The client talks to the harness by lines: it prints ``{"event": "ready"}``, waits
+for ``go`` on stdin, runs, and prints ``{"event": "result", …}``; ``idle`` and ``slow`` hold their
+connections after ``ready`` until ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bench.procs import raise_fd_limit
+from bench.spec import StreamSpec
+from bench.wsclient import WsClient, connect
+
+__all__ = ["Tracker", "main"]
+
+
+@dataclass(slots=True)
+class _Request:
+    sent_at: float
+    done: asyncio.Future[str]
+    first_at: float | None = None
+    last_at: float | None = None
+    tokens: int = 0
+
+
+@dataclass
+class Tracker:
+    """Per-request accounting shared by every transport: TTFT, gaps, tokens in the window."""
+
+    window: tuple[float, float] = (0.0, float("inf"))
+    requests: dict[str, _Request] = field(default_factory=dict)
+    ttft_ms: list[float] = field(default_factory=list)
+    gaps_ms: list[float] = field(default_factory=list)
+    tokens: int = 0
+    messages: int = 0
+    completed: int = 0
+    timeline: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Request id → (sent, first token received), for requests sent inside the window."""
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def begin(self, request_id: str, now: float) -> asyncio.Future[str]:
+        """A generation was just requested; the future resolves with how it ended."""
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.requests[request_id] = _Request(now, done)
+        return done
+
+    def token(self, request_id: str, count: int, now: float) -> None:
+        """``count`` tokens of ``request_id`` arrived at ``now``."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return
+        lo, hi = self.window
+        inside = lo <= now <= hi
+        if req.first_at is None:
+            req.first_at = now
+            if lo <= req.sent_at <= hi:
+                self.ttft_ms.append(round((now - req.sent_at) * 1000, 3))
+                self.timeline[request_id] = (req.sent_at, now)
+        elif inside and req.last_at is not None:
+            self.gaps_ms.append(round((now - req.last_at) * 1000, 3))
+        req.last_at = now
+        req.tokens += count
+        if inside:
+            self.tokens += count
+            self.messages += 1
+
+    def end(self, request_id: str, outcome: str) -> None:
+        """The generation ended: ``done``, or an error code."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return
+        if time.monotonic() > self.window[1] + 0.1:
+            pass  # cut short by the end of the window: not an error
+        elif outcome == "done":
+            self.completed += 1
+        else:
+            self.errors[outcome] = self.errors.get(outcome, 0) + 1
+        if not req.done.done():
+            req.done.set_result(outcome)
+
+    def first_token(self, request_id: str) -> bool:
+        """Whether ``request_id`` has received a token."""
+        req = self.requests.get(request_id)
+        return req is not None and req.first_at is not None
+
+
+# --- transports -------------------------------------------------------------------------------
+
+
+class Conn:
+    """One connection of some transport: start and cancel generations, close."""
+
+    async def open(self) -> None:
+        """Open the connection (for transports that have one up front)."""
+
+    def generate(self, request_id: str, prompt: str) -> None:
+        """Ask for a generation."""
+        raise NotImplementedError
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a generation."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the connection (cancelling what runs on it)."""
+
+    def pause_reading(self) -> None:
+        """Stop reading."""
+        raise NotImplementedError
+
+
+class WsConn(Conn):
+    """The browser protocol over the lean WebSocket client."""
+
+    def __init__(self, tracker: Tracker, host: str, port: int, path: str) -> None:
+        self._tracker = tracker
+        self._address = (host, port, path)
+        self.ws: WsClient | None = None
+
+    async def open(self) -> None:
+        host, port, path = self._address
+        self.ws = await connect(host, port, path, self._on_message)
+
+    def _on_message(self, payload: bytes, now: float) -> None:
+        frame = orjson.loads(payload)
+        kind = frame.get("type")
+        if kind == "ai:token":
+            self._tracker.token(frame["requestId"], frame.get("count", 1), now)
+        elif kind == "ai:done":
+            self._tracker.end(frame["requestId"], "done")
+        elif kind == "ai:error":
+            self._tracker.end(frame.get("requestId", ""), str(frame.get("code", "error")))
+
+    def generate(self, request_id: str, prompt: str) -> None:
+        assert self.ws is not None
+        frame = {"type": "ai:generate", "requestId": request_id, "prompt": prompt}
+        self.ws.send_text(orjson.dumps(frame))
+
+    def cancel(self, request_id: str) -> None:
+        assert self.ws is not None
+        self.ws.send_text(orjson.dumps({"type": "ai:cancel", "requestId": request_id}))
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+
+    def pause_reading(self) -> None:
+        assert self.ws is not None
+        self.ws.pause_reading()
+
+
+class GrpcConn(Conn):
+    """One ``Generator.Stream`` call; a reader task feeds the tracker."""
+
+    def __init__(self, tracker: Tracker, stub: Any) -> None:
+        from aistream.v1 import events_pb2
+
+        self._pb = events_pb2
+        self._tracker = tracker
+        self._call = stub.Stream()
+        self._reader = asyncio.create_task(self._read())
+        self._writes: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write())
+
+    async def _read(self) -> None:
+        tracker = self._tracker
+        try:
+            async for event in self._call:
+                now = time.monotonic()
+                kind = event.WhichOneof("event")
+                if kind == "token":
+                    tracker.token(event.token.request_id, event.token.count, now)
+                elif kind == "done":
+                    tracker.end(event.done.request_id, "done")
+                elif kind == "error":
+                    tracker.end(event.error.request_id, f"code{event.error.code}")
+        except Exception:  # the call was cancelled by close(); nothing to record
+            return
+
+    async def _write(self) -> None:
+        while True:
+            await self._call.write(await self._writes.get())
+
+    def generate(self, request_id: str, prompt: str) -> None:
+        pb = self._pb
+        generate = pb.Generate(request_id=request_id, prompt=prompt)
+        self._writes.put_nowait(pb.ClientEvent(generate=generate))
+
+    def cancel(self, request_id: str) -> None:
+        pb = self._pb
+        self._writes.put_nowait(pb.ClientEvent(cancel=pb.Cancel(request_id=request_id)))
+
+    def close(self) -> None:
+        self._writer.cancel()
+        self._call.cancel()
+
+
+class OpenAIConn(Conn):
+    """Streams through the ``openai`` SDK's typed chunks, one task per generation."""
+
+    def __init__(self, tracker: Tracker, client: Any) -> None:
+        self._tracker = tracker
+        self._client = client
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def generate(self, request_id: str, prompt: str) -> None:
+        task = asyncio.create_task(self._stream(request_id, prompt))
+        self._tasks[request_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(request_id, None))
+
+    async def _stream(self, request_id: str, prompt: str) -> None:
+        tracker = self._tracker
+        try:
+            stream = await self._client.chat.completions.create(
+                model="bench", messages=[{"role": "user", "content": prompt}], stream=True
+            )
+            async with stream:
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        tracker.token(request_id, 1, time.monotonic())
+            tracker.end(request_id, "done")
+        except asyncio.CancelledError:
+            tracker.end(request_id, "cancelled")
+        except Exception as exc:
+            tracker.end(request_id, type(exc).__name__)
+
+    def cancel(self, request_id: str) -> None:
+        task = self._tasks.get(request_id)
+        if task is not None:
+            task.cancel()  # leaves `async with stream`, which closes the HTTP response
+
+    def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+
+def _conn_factory(job: dict[str, Any], tracker: Tracker) -> Callable[[], Conn]:
+    kind = job["transport"]
+    if kind == "ws":
+        host, port, path = job["host"], job["port"], job.get("path", "/ws")
+        return lambda: WsConn(tracker, host, port, path)
+    if kind == "grpc":
+        import grpc
+
+        from aistream.v1 import generator_pb2_grpc
+
+        channel = grpc.aio.insecure_channel(f"{job['host']}:{job['port']}")
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        return lambda: GrpcConn(tracker, stub)
+    if kind == "openai":
+        import openai
+
+        client = openai.AsyncOpenAI(
+            base_url=f"http://{job['host']}:{job['port']}/v1", api_key="bench", max_retries=0
+        )
+        return lambda: OpenAIConn(tracker, client)
+    raise ValueError(f"unknown transport {kind!r}")
+
+
+# --- modes ------------------------------------------------------------------------------------
+
+
+def _say(obj: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def _wait_line(expected: str) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line or line.strip() == expected:
+            return
+
+
+async def _open_all(conns: list[Conn], parallel: int = 200) -> None:
+    limit = asyncio.Semaphore(parallel)
+
+    async def one(conn: Conn) -> None:
+        async with limit:
+            await conn.open()
+
+    await asyncio.gather(*(one(c) for c in conns))
+
+
+async def _loop_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -> dict[str, Any]:
+    spec = StreamSpec(**job["spec"])
+    stagger, warmup, duration = job["stagger"], job["warmup"], job["duration"]
+    prefix = job["prefix"]
+    start = time.monotonic()
+    tracker.window = (start + warmup, start + warmup + duration)
+    stop_at = tracker.window[1]
+
+    async def run(i: int, conn: Conn) -> None:
+        await asyncio.sleep(stagger * i / max(1, len(conns)))
+        k = 0
+        while time.monotonic() < stop_at:
+            rid = f"{prefix}{i}-{k}"
+            k += 1
+            done = tracker.begin(rid, time.monotonic())
+            conn.generate(rid, spec.prompt(rid))
+            await done
+
+    runners = [asyncio.create_task(run(i, c)) for i, c in enumerate(conns)]
+    # generations still running when the window ends are cut short by closing the connections
+    await asyncio.sleep(max(0.0, stop_at - time.monotonic()) + 0.2)
+    for runner in runners:
+        runner.cancel()
+    await asyncio.gather(*runners, return_exceptions=True)
+    return {"window_s": duration}
+
+
+async def _cancel_mode(
+    job: dict[str, Any], tracker: Tracker, conns: list[Conn], factory: Callable[[], Conn]
+) -> dict[str, Any]:
+    spec = StreamSpec(**job["spec"])
+    prefix, how = job["prefix"], job["how"]  # how: "cancel" | "close"
+    current: list[str] = []
+    ramp = job.get("ramp", 0.0) / max(1, len(conns))
+    began = time.monotonic()
+    for i, conn in enumerate(conns):
+        rid = f"{prefix}{i}-0"
+        tracker.begin(rid, time.monotonic())
+        conn.generate(rid, spec.prompt(rid))
+        current.append(rid)
+        delay = began + (i + 1) * ramp - time.monotonic()  # absolute schedule: a busy loop
+        if delay > 0:  # catches up instead of adding its lag to every step
+            await asyncio.sleep(delay)
+    # every stream live (a first token seen), or as many as are after live_timeout
+    deadline = time.monotonic() + job.get("live_timeout", 120.0)
+    # polling a counter the protocol callbacks update: cheaper than an event per token
+    while time.monotonic() < deadline and not all(tracker.first_token(r) for r in current):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    live = [i for i, rid in enumerate(current) if tracker.first_token(rid)]
+    _say({"event": "live", "live": len(live)})
+    await _wait_line("go")
+    sent: dict[str, float] = {}
+    began = time.monotonic()
+    step = max(1, len(live) // max(1, job["samples"]))
+    for n, i in enumerate(live[::step][: job["samples"]]):
+        rid = current[i]
+        sent[rid] = time.monotonic()
+        if how == "cancel":
+            conns[i].cancel(rid)
+        else:
+            conns[i].close()
+            conns[i] = factory()
+            await conns[i].open()
+        # keep the number of live streams where it was
+        new = f"{prefix}{i}-{n + 1}"
+        tracker.begin(new, time.monotonic())
+        conns[i].generate(new, spec.prompt(new))
+        current[i] = new
+        # absolute schedule: a saturated loop catches up instead of stretching the sampling
+        await asyncio.sleep(max(0.0, began + (n + 1) * job["spacing"] - time.monotonic()))
+    await asyncio.sleep(0.5)
+    return {"sent": sent, "live": len(live)}
+
+
+async def _hold_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -> dict[str, Any]:
+    """``idle``: just connections; ``slow``: one stream each, reading stopped after a while."""
+    paused = 0
+    if job["mode"] == "slow":
+        spec = StreamSpec(**job["spec"])
+        for i, conn in enumerate(conns):
+            rid = f"{job['prefix']}{i}-0"
+            tracker.begin(rid, time.monotonic())
+            conn.generate(rid, spec.prompt(rid))
+        async with asyncio.timeout(30):
+            while tracker.messages < job["read_first"] * len(conns):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        for conn in conns:
+            conn.pause_reading()
+        paused = len(conns)
+    _say({"event": "holding", "paused": paused})
+    await _wait_line("stop")
+    return {"paused": paused}
+
+
+async def _run(job: dict[str, Any]) -> dict[str, Any]:
+    tracker = Tracker()
+    if job["mode"] == "slow":
+        tracker.window = (0.0, float("inf"))
+    factory = _conn_factory(job, tracker)
+    conns = [factory() for _ in range(job["connections"])]
+    await _open_all(conns)
+    _say({"event": "ready"})
+    if job["mode"] == "cancel":
+        extra = await _cancel_mode(job, tracker, conns, factory)
+    elif job["mode"] in ("idle", "slow"):
+        extra = await _hold_mode(job, tracker, conns)
+    else:
+        await _wait_line("go")
+        extra = await _loop_mode(job, tracker, conns)
+    for conn in conns:
+        conn.close()
+    await asyncio.sleep(0.05)
+    result = {
+        "event": "result",
+        "ttft_ms": tracker.ttft_ms,
+        "gaps_ms": tracker.gaps_ms,
+        "tokens": tracker.tokens,
+        "messages": tracker.messages,
+        "completed": tracker.completed,
+        "errors": tracker.errors,
+        "timeline": tracker.timeline,
+        **extra,
+    }
+    _say(result)
+    # stay alive (and measurable) until the harness has read the result and stops us
+    await _wait_line("exit")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job given as a JSON argument and print its result as one JSON line."""
+    args = sys.argv[1:] if argv is None else argv
+    job = orjson.loads(args[0])
+    raise_fd_limit()
+    asyncio.run(_run(job))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Turn scenario results into the printed tables, the target verdicts and the latency plot.
+
+Every cell is ``median [min–max]`` over the repeats; aistream's figure stands next to the
+baselines measured in the same run, with the ratio or difference. Targets are the ones of the
+performance issue; a verdict is ``met``, ``MISSED`` or ``n/a`` (the scenario did not run at the
+size the target is about).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Agg, ratio
+
+__all__ = ["plot", "tables", "targets"]
+
+NODE_CANCEL_P50_MS, NODE_CANCEL_P99_MS, NODE_FIREHOSE = 100.0, 220.0, 42_000.0
+"""The one-hop Node server this product grew out of, measured on this machine (the issue)."""
+
+
+def _cell(agg: Agg | None, digits: int = 1) -> str:
+    if not agg or agg.get("median") is None:
+        return "—"
+    med, lo, hi = agg["median"], agg["min"], agg["max"]
+    if agg.get("runs", 1) <= 1 or lo == hi:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} [{lo:,.{digits}f}–{hi:,.{digits}f}]"
+
+
+def _ratio(a: Agg, b: Agg) -> str:
+    r = ratio(a, b)
+    return "—" if r is None else f"{r:.2f}×"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cpu_table(processes: dict[str, dict[str, dict[str, Agg]]]) -> str:
+    names = sorted({n for per in processes.values() for n in per})
+    rows = []
+    for group, per in processes.items():
+        cells = [
+            f"{_cell(per[n]['cpu_pct'], 0)} / {_cell(per[n]['rss_mb'], 0)}" if n in per else ""
+            for n in names
+        ]
+        rows.append([group, *cells])
+    return "CPU % of one core / RSS MB, per process:\n\n" + _table(["run", *names], rows)
+
+
+def _ttft_tables(result: dict[str, Any]) -> list[str]:
+    out = []
+    params = result["params"]
+    for level, data in result["levels"].items():
+        paths, added = data["paths"], data["added_vs_direct"]
+        rows = []
+        for metric, label in (
+            ("ttft_p50_ms", "TTFT p50 ms"),
+            ("ttft_p99_ms", "TTFT p99 ms"),
+            ("gap_p50_ms", "inter-token p50 ms"),
+            ("gap_p99_ms", "inter-token p99 ms"),
+        ):
+            rows.append(
+                [
+                    label,
+                    _cell(paths["aistream"][metric], 2),
+                    _cell(paths["direct"][metric], 2),
+                    _cell(added[metric], 2),
+                    _cell(paths["bare_ws"][metric], 2),
+                    _cell(paths["bare_grpc"][metric], 2),
+                ]
+            )
+        for metric, label in (
+            ("request_path_p50_ms", "… request path p50 ms (sent → upstream got it)"),
+            ("request_path_p99_ms", "… request path p99 ms"),
+            ("response_path_p50_ms", "… response path p50 ms (upstream wrote → client got)"),
+            ("response_path_p99_ms", "… response path p99 ms"),
+        ):
+            rows.append(
+                [
+                    label,
+                    _cell(paths["aistream"][metric], 2),
+                    _cell(paths["direct"][metric], 2),
+                    "",
+                    "",
+                    "",
+                ]
+            )
+        rows.append(
+            [
+                f"tokens/s (offered {data['offered_tokens_per_s']:,.0f})",
+                _cell(paths["aistream"]["tokens_per_s"], 0),
+                _cell(paths["direct"]["tokens_per_s"], 0),
+                _ratio(paths["aistream"]["tokens_per_s"], paths["direct"]["tokens_per_s"]),
+                _cell(paths["bare_ws"]["tokens_per_s"], 0),
+                _cell(paths["bare_grpc"]["tokens_per_s"], 0),
+            ]
+        )
+        rows.append(
+            [
+                "errors / TTFT samples",
+                f"{_cell(paths['aistream']['errors'], 0)} / "
+                f"{_cell(paths['aistream']['samples'], 0)}",
+                f"{_cell(paths['direct']['errors'], 0)} / {_cell(paths['direct']['samples'], 0)}",
+                "",
+                f"{_cell(paths['bare_ws']['errors'], 0)} / {_cell(paths['bare_ws']['samples'], 0)}",
+                f"{_cell(paths['bare_grpc']['errors'], 0)} / "
+                f"{_cell(paths['bare_grpc']['samples'], 0)}",
+            ]
+        )
+        header = ["", "aistream", "direct SDK", "added (aistream − direct)", "bare ws", "bare grpc"]
+        title = (
+            f"### TTFT: {level} concurrent streams at {params['rate']:g} tokens/s "
+            f"({params['stream_tokens']}-token answers, {params['window_s']:g} s window)"
+        )
+        out.append(f"{title}\n\n{_table(header, rows)}\n\n{_cpu_table(data['processes'])}")
+    return out
+
+
+def _firehose_table(result: dict[str, Any]) -> str:
+    paths, p = result["paths"], result["params"]
+    rows = [
+        [
+            "tokens/s",
+            _cell(paths["aistream"]["tokens_per_s"], 0),
+            _cell(paths["direct"]["tokens_per_s"], 0),
+            _ratio(paths["aistream"]["tokens_per_s"], paths["direct"]["tokens_per_s"]),
+            _cell(paths["bare_ws"]["tokens_per_s"], 0),
+            _ratio(paths["aistream"]["tokens_per_s"], paths["bare_ws"]["tokens_per_s"]),
+            _cell(paths["bare_grpc"]["tokens_per_s"], 0),
+        ],
+        [
+            "messages/s",
+            _cell(paths["aistream"]["messages_per_s"], 0),
+            _cell(paths["direct"]["messages_per_s"], 0),
+            "",
+            _cell(paths["bare_ws"]["messages_per_s"], 0),
+            "",
+            _cell(paths["bare_grpc"]["messages_per_s"], 0),
+        ],
+        [
+            "errors",
+            *(_cell(paths[k]["errors"], 0) for k in ("aistream", "direct")),
+            "",
+            _cell(paths["bare_ws"]["errors"], 0),
+            "",
+            _cell(paths["bare_grpc"]["errors"], 0),
+        ],
+    ]
+    header = ["", "aistream", "direct SDK", "÷ direct", "bare ws", "÷ bare ws", "bare grpc"]
+    title = (
+        f"### Firehose: {p['clients']} clients, unpaced upstream, "
+        f"{p['stream_tokens']}-token answers back to back"
+    )
+    return f"{title}\n\n{_table(header, rows)}\n\n{_cpu_table(result['processes'])}"
+
+
+def _cancel_table(result: dict[str, Any]) -> str:
+    p = result["params"]
+    labels = {
+        "aistream_cancel": "aistream: `ai:cancel` → upstream closed",
+        "aistream_close": "aistream: WebSocket closed → upstream closed",
+        "direct_cancel": "direct SDK: task cancelled → upstream closed",
+    }
+    header = ["", "p50 ms", "p99 ms", "max ms", "samples / not closed", "live streams"]
+    out = []
+    for level, data in result["levels"].items():
+        v = data["variants"]
+        rows = [
+            [
+                labels[name],
+                _cell(v[name]["p50_ms"], 2),
+                _cell(v[name]["p99_ms"], 2),
+                _cell(v[name]["max_ms"], 2),
+                f"{_cell(v[name]['samples'], 0)} / {_cell(v[name]['not_closed'], 0)}",
+                _cell(v[name]["live_streams"], 0),
+            ]
+            for name in labels
+            if name in v
+        ]
+        rows.append(
+            [
+                "one-hop Node server (issue, same machine, 1,000 streams)",
+                f"{NODE_CANCEL_P50_MS:g}",
+                f"{NODE_CANCEL_P99_MS:g}",
+                "",
+                "",
+                "",
+            ]
+        )
+        title = (
+            f"### Cancel: {level} streams asked for at {p['rate']:g} tokens/s, "
+            f"{p['samples']} sampled one every {p['spacing_s'] * 1000:g} ms"
+        )
+        out.append(f"{title}\n\n{_table(header, rows)}\n\n{_cpu_table(data['processes'])}")
+    return "\n\n".join(out)
+
+
+def _idle_table(result: dict[str, Any]) -> str:
+    paths = result["paths"]
+    a, b = paths["aistream"]["bytes_per_connection"], paths["bare_ws"]["bytes_per_connection"]
+    rows = [["bytes per connection", _cell(a, 0), _cell(b, 0), _ratio(a, b)]]
+    header = ["", "aistream (bridge + generator)", "bare ws", "ratio"]
+    title = f"### Idle: {result['params']['connections']:,} open WebSocket connections"
+    return f"{title}\n\n{_table(header, rows)}"
+
+
+def _slow_table(result: dict[str, Any]) -> str:
+    f, p = result["figures"], result["params"]
+    rows = [
+        ["peak bytes buffered per connection (RSS)", _cell(f["peak_bytes_per_connection"], 0)],
+        [
+            "upstreams closed / opened",
+            f"{_cell(f['upstreams_closed'], 0)} / {_cell(f['upstreams'], 0)}",
+        ],
+        [
+            "last upstream closed, ms after the readers stopped",
+            _cell(f["closed_after_pause_ms_max"], 0),
+        ],
+        ["tokens the upstream sent per stream", _cell(f["tokens_sent_per_upstream"], 0)],
+    ]
+    title = (
+        f"### Slow reader: {p['clients']} clients stop reading after {p['read_first']} frames "
+        f"of an unpaced stream, held {p['hold_s']:g} s"
+    )
+    return f"{title}\n\n{_table(['', 'aistream'], rows)}\n\n" + _cpu_table(
+        {"slow readers": result["processes"]}
+    )
+
+
+def tables(results: dict[str, Any]) -> str:
+    """Every scenario's table, as Markdown."""
+    parts: list[str] = []
+    scenarios = results["scenarios"]
+    if "ttft" in scenarios:
+        parts += _ttft_tables(scenarios["ttft"])
+    if "firehose" in scenarios:
+        parts.append(_firehose_table(scenarios["firehose"]))
+    if "cancel" in scenarios:
+        parts.append(_cancel_table(scenarios["cancel"]))
+    if "idle" in scenarios:
+        parts.append(_idle_table(scenarios["idle"]))
+    if "slow" in scenarios:
+        parts.append(_slow_table(scenarios["slow"]))
+    return "\n\n".join(parts)
+
+
+def _verdict(value: float | None, limit: float, *, at_most: bool = True) -> dict[str, Any]:
+    if value is None:
+        return {"value": None, "limit": limit, "verdict": "n/a"}
+    ok = value <= limit if at_most else value >= limit
+    return {"value": value, "limit": limit, "verdict": "met" if ok else "MISSED"}
+
+
+def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's targets, each with its measured median and a verdict."""
+    s = results["scenarios"]
+    out: dict[str, dict[str, Any]] = {}
+
+    def med(agg: Agg | None) -> float | None:
+        return None if not agg else agg.get("median")
+
+    levels = s.get("ttft", {}).get("levels", {})
+    if "100" in levels:
+        added = levels["100"]["added_vs_direct"]
+        out["TTFT added p50 at 100 streams ≤ 1.5 ms"] = _verdict(med(added["ttft_p50_ms"]), 1.5)
+        out["TTFT added p99 at 100 streams ≤ 10 ms"] = _verdict(med(added["ttft_p99_ms"]), 10)
+        absolute = levels["100"]["paths"]["aistream"]
+        out["(stricter) TTFT p50 at 100 streams ≤ 1.5 ms, absolute"] = _verdict(
+            med(absolute["ttft_p50_ms"]), 1.5
+        )
+        out["(stricter) TTFT p99 at 100 streams ≤ 10 ms, absolute"] = _verdict(
+            med(absolute["ttft_p99_ms"]), 10
+        )
+    if "1000" in levels:
+        data = levels["1000"]
+        added = data["added_vs_direct"]
+        # the SDK client saturates at 1,000 streams (its TTFT is seconds): a difference with it
+        # means nothing, so the verdict uses the absolute figure, an upper bound of what is added
+        out["TTFT added p99 at 1,000 streams ≤ 25 ms (absolute TTFT; the upstream's is 0)"] = (
+            _verdict(med(data["paths"]["aistream"]["ttft_p99_ms"]), 25)
+        )
+        out["1,000 streams: no errors"] = _verdict(med(data["paths"]["aistream"]["errors"]), 0)
+        out["1,000 streams at 30 tokens/s held (≥ 95% of 30k tokens/s)"] = _verdict(
+            med(data["paths"]["aistream"]["tokens_per_s"]),
+            0.95 * data["offered_tokens_per_s"],
+            at_most=False,
+        )
+    if "firehose" in s and s["firehose"]["params"]["clients"] >= 50:
+        value = med(s["firehose"]["paths"]["aistream"]["tokens_per_s"])
+        out["Firehose ≥ 75,000 tokens/s"] = _verdict(value, 75_000, at_most=False)
+    if "1000" in s.get("cancel", {}).get("levels", {}):
+        for name, label in (("aistream_cancel", "ai:cancel"), ("aistream_close", "WS close")):
+            v = s["cancel"]["levels"]["1000"]["variants"][name]
+            out[f"{label} → upstream closed p50 ≤ 2 ms"] = _verdict(med(v["p50_ms"]), 2)
+            out[f"{label} → upstream closed p99 ≤ 10 ms"] = _verdict(med(v["p99_ms"]), 10)
+            out[f"{label} at 1,000: every sampled upstream closed"] = _verdict(
+                med(v["not_closed"]), 0
+            )
+            out[f"{label} at 1,000: 1,000 streams live"] = _verdict(
+                med(v["live_streams"]), 1000, at_most=False
+            )
+    if "idle" in s and s["idle"]["params"]["connections"] >= 10_000:
+        value = med(s["idle"]["paths"]["aistream"]["bytes_per_connection"])
+        out["Idle ≤ 16 KB per connection"] = _verdict(value, 16 * 1024)
+    if "slow" in s:
+        value = med(s["slow"]["figures"]["peak_bytes_per_connection"])
+        out["Slow reader ≤ 1 MB buffered per connection"] = _verdict(value, 1 << 20)
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Draw TTFT p50/p99 against concurrency for every path; False if there is nothing to draw."""
+    levels = results["scenarios"].get("ttft", {}).get("levels", {})
+    if len(levels) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [int(level) for level in levels]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = {
+        "aistream": "aistream (2 hops)",
+        "direct": "openai SDK direct",
+        "bare_ws": "bare websockets",
+        "bare_grpc": "bare grpc.aio",
+    }
+    for ax, metric, title in (
+        (axes[0], "ttft", "time to first token"),
+        (axes[1], "gap", "inter-token delay"),
+    ):
+        for key, label in names.items():
+            for q, style in (("p50", "-o"), ("p99", "--x")):
+                ys = [levels[str(x)]["paths"][key][f"{metric}_{q}_ms"]["median"] for x in xs]
+                ax.plot(xs, ys, style, label=f"{label} {q}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent streams (30 tokens/s each)")
+        ax.set_ylabel("ms (median of runs)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

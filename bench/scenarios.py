@@ -1,0 +1,572 @@
+"""The five scenarios of the harness; each returns its figures, aggregated over repeats.
+
+Every scenario starts its own servers (``bench.stack``), runs its load clients as separate
+processes (``bench.client``), meters every process's CPU and RSS over the measuring window
+(``bench.procs.Meter``) and reports each figure as the median with min/max over ``repeat`` runs,
+aistream next to the baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from bench.procs import Child, Meter, wait_quiet
+from bench.spec import StreamSpec
+from bench.stack import Stack
+from bench.stats import Agg, aggregate, percentile
+
+__all__ = ["FULL", "QUICK", "SCENARIOS", "Sizes"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is (``--quick`` uses small ones)."""
+
+    levels: tuple[int, ...] = (1, 100, 1000)
+    """Concurrent streams of the TTFT scenario."""
+    rate: float = 30.0
+    """Tokens per second of each stream (TTFT and cancel scenarios)."""
+    stream_tokens: int = 90
+    """Tokens per stream in the TTFT scenario (90 at 30/s: 3 s answers)."""
+    warmup: float = 3.0
+    """Seconds before the measuring window (streams start staggered over this time)."""
+    window: float = 4.0
+    """Seconds of the measuring window."""
+    firehose_clients: int = 50
+    firehose_tokens: int = 2000
+    firehose_warmup: float = 1.0
+    firehose_window: float = 4.0
+    cancel_levels: tuple[int, ...] = (100, 1000)
+    """Live streams of the cancel scenario (the target is about 1,000; 100 shows the latency
+    of an unsaturated generator)."""
+    cancel_samples: int = 200
+    cancel_spacing: float = 0.02
+    """Seconds between two sampled cancels."""
+    cancel_ramp: float = 5.0
+    """Seconds over which the live streams are started."""
+    idle_connections: int = 10_000
+    slow_clients: int = 20
+    slow_hold: float = 6.0
+    """Seconds the slow readers hold their connections after they stopped reading."""
+    settle: float = 1.0
+    """Seconds between runs, for the servers to finish tearing the last one down."""
+    quiet_patience: float = 15.0
+    """Before a run, how long to wait for other processes on the machine to quieten (0: no
+    wait; what they used is reported either way)."""
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    levels=(1, 10, 50),
+    stream_tokens=15,
+    warmup=0.5,
+    window=1.5,
+    firehose_clients=5,
+    firehose_tokens=500,
+    firehose_warmup=0.3,
+    firehose_window=1.0,
+    cancel_levels=(50,),
+    cancel_samples=10,
+    cancel_spacing=0.02,
+    cancel_ramp=0.2,
+    idle_connections=200,
+    slow_clients=2,
+    slow_hold=1.5,
+    settle=0.3,
+    quiet_patience=0.0,
+)
+
+
+# --- running load clients ---------------------------------------------------------------------
+
+
+def _client_processes(path: str, connections: int) -> int:
+    """Client processes for a path: the SDK and grpc.aio clients saturate one core sooner."""
+    if path in ("direct", "bare_grpc") and connections >= 100:
+        return 2
+    if connections >= 5000:
+        return 2
+    return 1
+
+
+def _merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"ttft_ms": [], "gaps_ms": [], "errors": {}, "sent": {}}
+    merged["timeline"] = {}
+    for r in results:
+        merged["timeline"].update(r.get("timeline", {}))
+    for key in ("tokens", "messages", "completed", "live"):
+        merged[key] = sum(r.get(key, 0) for r in results)
+    for r in results:
+        merged["ttft_ms"] += r["ttft_ms"]
+        merged["gaps_ms"] += r["gaps_ms"]
+        merged["sent"].update(r.get("sent", {}))
+        for code, n in r["errors"].items():
+            merged["errors"][code] = merged["errors"].get(code, 0) + n
+    return merged
+
+
+class Load:
+    """Load client processes sharing one job, its connections split between them."""
+
+    def __init__(self, stack: Stack, path: str, job: dict[str, Any], procs: int = 0) -> None:
+        total = job["connections"]
+        procs = procs or _client_processes(path, total)
+        self.others_before = wait_quiet(stack.processes(), patience=stack.quiet_patience)
+        """What other processes on the machine used just before (% of one core)."""
+        self.clients: list[Child] = []
+        try:
+            for i in range(procs):
+                part = total // procs + (1 if i < total % procs else 0)
+                spec = {**stack.target(path), **job, "connections": part, "prefix": f"p{i}c"}
+                self.clients.append(
+                    Child(
+                        f"client{i}",
+                        "bench.client",
+                        [orjson.dumps(spec).decode()],
+                        r'"ready"',
+                        timeout=180,
+                    )
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self.meter = Meter({**stack.processes(), **{c.name: c.process for c in self.clients}})
+
+    def wait(self, event: str, timeout: float = 120) -> None:
+        """Wait until every client printed ``event``."""
+        for client in self.clients:
+            client.event(event, timeout)
+
+    def send(self, line: str) -> None:
+        """Tell every client ``line``."""
+        for client in self.clients:
+            client.send(line)
+
+    def results(self, timeout: float = 120) -> dict[str, Any]:
+        """Every client's result, merged."""
+        return _merge([c.event("result", timeout) for c in self.clients])
+
+    def stop(self) -> None:
+        """End the client processes."""
+        for client in self.clients:
+            if client.popen.poll() is None:
+                with contextlib.suppress(OSError):
+                    client.send("exit")
+            client.stop(5)
+
+
+def _split_ttft(stack: Stack, timeline: dict[str, list[float]]) -> dict[str, float | None]:
+    """Split each TTFT at the upstream's own record: request path (client sent → upstream
+    received) and response path (upstream wrote the first token → client received it)."""
+    request, response = [], []
+    for record in stack.records():
+        times = timeline.get(record["tag"])
+        if times is None or record["first_token_at"] is None:
+            continue
+        request.append((record["received_at"] - times[0]) * 1000)
+        response.append((times[1] - record["first_token_at"]) * 1000)
+    return {
+        "request_path_p50_ms": percentile(request, 50),
+        "request_path_p99_ms": percentile(request, 99),
+        "response_path_p50_ms": percentile(response, 50),
+        "response_path_p99_ms": percentile(response, 99),
+    }
+
+
+def _run_loop(stack: Stack, path: str, job: dict[str, Any], window: float) -> dict[str, Any]:
+    stack.reset()
+    load = Load(stack, path, job)
+    try:
+        load.send("go")
+        time.sleep(job["warmup"])  # meter the measuring window only
+        load.meter.start()
+        result = load.results(120 + window)
+        usage = load.meter.stop()
+    finally:
+        load.stop()
+    return {
+        "ttft_p50_ms": percentile(result["ttft_ms"], 50),
+        "ttft_p99_ms": percentile(result["ttft_ms"], 99),
+        "gap_p50_ms": percentile(result["gaps_ms"], 50),
+        "gap_p99_ms": percentile(result["gaps_ms"], 99),
+        "tokens_per_s": round(result["tokens"] / window, 1),
+        "messages_per_s": round(result["messages"] / window, 1),
+        "errors": sum(result["errors"].values()),
+        "error_codes": result["errors"],
+        "samples": len(result["ttft_ms"]),
+        "processes": usage,
+        **(_split_ttft(stack, result["timeline"]) if path in ("aistream", "direct") else {}),
+    }
+
+
+# --- aggregation --------------------------------------------------------------------------------
+
+
+def _aggregate_runs(runs: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Agg]:
+    return {m: aggregate([r.get(m) for r in runs]) for m in metrics}
+
+
+def _aggregate_processes(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Agg]]:
+    names = sorted({name for r in runs for name in r.get("processes", {})})
+    out: dict[str, dict[str, Agg]] = {}
+    for name in names:
+        if name == "machine":  # what the rest of the machine used meanwhile
+            others = [r["processes"]["machine"]["others_pct"] for r in runs]
+            none = aggregate([])
+            out["other processes"] = {"cpu_pct": aggregate(others), "rss_mb": none}
+            continue
+        usages = [r["processes"][name] for r in runs if name in r.get("processes", {})]
+        out[name] = {
+            "cpu_pct": aggregate([u["cpu_pct"] for u in usages]),
+            "rss_mb": aggregate([u["rss_mb"] for u in usages]),
+        }
+    return out
+
+
+def _differences(
+    runs_a: Sequence[dict[str, Any]], runs_b: Sequence[dict[str, Any]], metrics: Sequence[str]
+) -> dict[str, Agg]:
+    """Per-repeat ``a − b`` of each metric, aggregated (a and b measured in the same repeat)."""
+    out = {}
+    for m in metrics:
+        diffs = [
+            None if a.get(m) is None or b.get(m) is None else a[m] - b[m]
+            for a, b in zip(runs_a, runs_b, strict=True)
+        ]
+        out[m] = aggregate(diffs)
+    return out
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+# --- 1. TTFT added --------------------------------------------------------------------------------
+
+_LATENCY = ("ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms")
+_SPLIT = (
+    "request_path_p50_ms",
+    "request_path_p99_ms",
+    "response_path_p50_ms",
+    "response_path_p99_ms",
+)
+_LOOP_METRICS = (*_LATENCY, *_SPLIT, "tokens_per_s", "messages_per_s", "errors", "samples")
+
+
+def ttft(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
+    """Closed-loop streams at ``rate`` tokens/s on every path, at each concurrency level."""
+    interval = 1 / sizes.rate
+    spec = StreamSpec(ttft=0.0, interval=interval, tokens=sizes.stream_tokens)
+    paths = ("aistream", "direct", "bare_ws", "bare_grpc")
+    levels: dict[str, Any] = {}
+    stack = Stack(paths, upstream, quiet_patience=sizes.quiet_patience)
+    try:
+        for level in sizes.levels:
+            runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+            for rep in range(repeat):
+                for path in paths:
+                    job = {
+                        "mode": "loop",
+                        "connections": level,
+                        "spec": asdict(spec),
+                        "stagger": sizes.warmup,
+                        "warmup": sizes.warmup,
+                        "duration": sizes.window,
+                    }
+                    run = _run_loop(stack, path, job, sizes.window)
+                    runs[path].append(run)
+                    _log(
+                        f"ttft c={level} run {rep + 1}/{repeat} {path}: "
+                        f"ttft p50 {run['ttft_p50_ms']} p99 {run['ttft_p99_ms']} ms, "
+                        f"{run['tokens_per_s']} tokens/s, errors {run['errors']}"
+                    )
+                    time.sleep(sizes.settle)
+            levels[str(level)] = {
+                "paths": {p: _aggregate_runs(runs[p], _LOOP_METRICS) for p in paths},
+                "added_vs_direct": _differences(runs["aistream"], runs["direct"], _LATENCY),
+                "added_vs_bare_ws": _differences(runs["aistream"], runs["bare_ws"], _LATENCY),
+                "offered_tokens_per_s": round(level * sizes.rate, 1),
+                "processes": {p: _aggregate_processes(runs[p]) for p in paths},
+                "error_codes": [r["error_codes"] for r in runs["aistream"]],
+            }
+    finally:
+        stack.stop()
+    return {
+        "params": {
+            "levels": list(sizes.levels),
+            "rate": sizes.rate,
+            "stream_tokens": sizes.stream_tokens,
+            "warmup_s": sizes.warmup,
+            "window_s": sizes.window,
+            "upstream_ttft_s": 0.0,
+        },
+        "levels": levels,
+    }
+
+
+# --- 2. Firehose --------------------------------------------------------------------------------
+
+
+def firehose(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
+    """``firehose_clients`` connections streaming back to back from an unpaced upstream."""
+    spec = StreamSpec(ttft=0.0, interval=0.0, tokens=sizes.firehose_tokens)
+    paths = ("aistream", "direct", "bare_ws", "bare_grpc")
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+    stack = Stack(paths, upstream, quiet_patience=sizes.quiet_patience)
+    try:
+        for rep in range(repeat):
+            for path in paths:
+                job = {
+                    "mode": "loop",
+                    "connections": sizes.firehose_clients,
+                    "spec": asdict(spec),
+                    "stagger": 0.0,
+                    "warmup": sizes.firehose_warmup,
+                    "duration": sizes.firehose_window,
+                }
+                run = _run_loop(stack, path, job, sizes.firehose_window)
+                runs[path].append(run)
+                _log(
+                    f"firehose run {rep + 1}/{repeat} {path}: {run['tokens_per_s']} tokens/s "
+                    f"in {run['messages_per_s']} messages/s, errors {run['errors']}"
+                )
+                time.sleep(sizes.settle)
+    finally:
+        stack.stop()
+    metrics = ("tokens_per_s", "messages_per_s", "errors")
+    return {
+        "params": {
+            "clients": sizes.firehose_clients,
+            "stream_tokens": sizes.firehose_tokens,
+            "window_s": sizes.firehose_window,
+        },
+        "paths": {p: _aggregate_runs(runs[p], metrics) for p in paths},
+        "processes": {p: _aggregate_processes(runs[p]) for p in paths},
+    }
+
+
+# --- 3. Cancel ----------------------------------------------------------------------------------
+
+
+def _cancel_run(stack: Stack, path: str, how: str, streams: int, sizes: Sizes) -> dict[str, Any]:
+    spec = StreamSpec(ttft=0.0, interval=1 / sizes.rate, tokens=1_000_000)
+    job = {
+        "mode": "cancel",
+        "how": how,
+        "connections": streams,
+        "spec": asdict(spec),
+        "samples": sizes.cancel_samples,
+        "spacing": sizes.cancel_spacing,
+        "ramp": sizes.cancel_ramp,
+        "live_timeout": 30.0,
+    }
+    stack.reset()
+    load = Load(stack, path, job)
+    try:
+        live = sum(c.event("live", 240)["live"] for c in load.clients)
+        load.meter.start()
+        load.send("go")
+        result = load.results(300)
+        usage = load.meter.stop()
+    finally:
+        load.stop()
+    # a saturated generator may take seconds to close them: wait up to 30 s for every one
+    deadline = time.monotonic() + 30
+    while True:
+        records = {r["tag"]: r for r in stack.records()}
+        open_ = [t for t in result["sent"] if (records.get(t) or {}).get("closed_at") is None]
+        if not open_ or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    latencies, missing = [], 0
+    for tag, sent_at in result["sent"].items():
+        record = records.get(tag)
+        closed = None if record is None else record["closed_at"]
+        if closed is None:
+            missing += 1
+        else:
+            latencies.append(round((closed - sent_at) * 1000, 3))
+    return {
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies) if latencies else None,
+        "not_closed": missing,
+        "samples": len(latencies),
+        "live_streams": live,
+        "processes": usage,
+    }
+
+
+def cancel(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
+    """With N live streams, cancel (or close) a sample one at a time, for each N."""
+    variants = (
+        ("aistream_cancel", "aistream", "cancel"),
+        ("aistream_close", "aistream", "close"),
+        ("direct_cancel", "direct", "cancel"),
+    )
+    metrics = ("p50_ms", "p99_ms", "max_ms", "not_closed", "samples", "live_streams")
+    levels: dict[str, Any] = {}
+    stack = Stack(("aistream", "direct"), upstream, quiet_patience=sizes.quiet_patience)
+    try:
+        for streams in sizes.cancel_levels:
+            runs: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in variants}
+            # the SDK client cannot hold 1,000 streams at 30 tokens/s here (see the TTFT
+            # scenario: two client processes at ~100 %), so its baseline stops at 100
+            chosen = [v for v in variants if v[1] != "direct" or streams <= 100]
+            for rep in range(repeat):
+                for name, path, how in chosen:
+                    run = _cancel_run(stack, path, how, streams, sizes)
+                    runs[name].append(run)
+                    _log(
+                        f"cancel {streams} streams run {rep + 1}/{repeat} {name}: "
+                        f"p50 {run['p50_ms']} p99 {run['p99_ms']} ms, "
+                        f"live {run['live_streams']}, not closed {run['not_closed']}"
+                    )
+                    time.sleep(sizes.settle)
+            levels[str(streams)] = {
+                "variants": {n: _aggregate_runs(runs[n], metrics) for n in runs if runs[n]},
+                "processes": {n: _aggregate_processes(runs[n]) for n in runs if runs[n]},
+            }
+    finally:
+        stack.stop()
+    return {
+        "params": {
+            "levels": list(sizes.cancel_levels),
+            "samples": sizes.cancel_samples,
+            "spacing_s": sizes.cancel_spacing,
+            "ramp_s": sizes.cancel_ramp,
+            "rate": sizes.rate,
+        },
+        "levels": levels,
+    }
+
+
+# --- 4. Idle ------------------------------------------------------------------------------------
+
+
+def _idle_run(stack: Stack, path: str, servers: Sequence[str], sizes: Sizes) -> dict[str, Any]:
+    processes = stack.processes()
+    time.sleep(sizes.settle)
+    before = sum(processes[s].memory_info().rss for s in servers)
+    job = {"mode": "idle", "connections": sizes.idle_connections}
+    load = Load(stack, path, job)
+    try:
+        load.wait("holding", 300)
+        time.sleep(sizes.settle)
+        per_server = {s: processes[s].memory_info().rss for s in servers}
+        after = sum(per_server.values())
+        load.send("stop")
+        load.results(120)
+    finally:
+        load.stop()
+    n = sizes.idle_connections
+    return {
+        "bytes_per_connection": round((after - before) / n),
+        "rss_after_mb": {s: round(v / 2**20, 1) for s, v in per_server.items()},
+    }
+
+
+def idle(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
+    """``idle_connections`` open WebSockets that never generate: memory per connection."""
+    runs: dict[str, list[dict[str, Any]]] = {"aistream": [], "bare_ws": []}
+    for rep in range(repeat):
+        for path, servers in (("aistream", ("bridge", "generator")), ("bare_ws", ("bare_ws",))):
+            stack = Stack((path,), upstream, quiet_patience=sizes.quiet_patience)
+            try:
+                run = _idle_run(stack, path, servers, sizes)
+            finally:
+                stack.stop()
+            runs[path].append(run)
+            _log(f"idle run {rep + 1}/{repeat} {path}: {run['bytes_per_connection']} B/conn")
+    return {
+        "params": {"connections": sizes.idle_connections},
+        "paths": {p: _aggregate_runs(runs[p], ("bytes_per_connection",)) for p in runs},
+        "rss_after_mb": {p: [r["rss_after_mb"] for r in runs[p]] for p in runs},
+    }
+
+
+# --- 5. Slow reader -----------------------------------------------------------------------------
+
+
+def _slow_run(sizes: Sizes, upstream: str) -> dict[str, Any]:
+    stack = Stack(("aistream",), upstream, quiet_patience=sizes.quiet_patience)
+    servers = ("bridge", "generator")
+    try:
+        processes = stack.processes()
+        time.sleep(sizes.settle)
+        before = sum(processes[s].memory_info().rss for s in servers)
+        spec = StreamSpec(ttft=0.0, interval=0.0, tokens=5_000_000)
+        job = {
+            "mode": "slow",
+            "connections": sizes.slow_clients,
+            "spec": asdict(spec),
+            "read_first": 20,
+        }
+        load = Load(stack, "aistream", job)
+        try:
+            load.meter.start()
+            load.wait("holding", 60)
+            paused_at = time.monotonic()
+            time.sleep(sizes.slow_hold)
+            usage = load.meter.stop()
+            records = stack.records()
+            load.send("stop")
+            load.results(60)
+        finally:
+            load.stop()
+    finally:
+        stack.stop()
+    peak = sum(usage[s]["rss_peak_mb"] for s in servers) * 2**20
+    closed = [r for r in records if r["closed_at"] is not None]
+    closed_after = [round((r["closed_at"] - paused_at) * 1000, 1) for r in closed]
+    n = sizes.slow_clients
+    return {
+        "peak_bytes_per_connection": round((peak - before) / n),
+        "upstreams_closed": len(closed),
+        "upstreams": len(records),
+        "closed_after_pause_ms_max": max(closed_after) if closed_after else None,
+        "tokens_sent_per_upstream": round(sum(r["tokens_sent"] for r in records) / max(1, n)),
+        "processes": usage,
+    }
+
+
+def slow(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
+    """Clients that stop reading mid-stream from an unpaced upstream: memory and upstream fate."""
+    runs = []
+    for rep in range(repeat):
+        run = _slow_run(sizes, upstream)
+        runs.append(run)
+        _log(
+            f"slow run {rep + 1}/{repeat}: peak {run['peak_bytes_per_connection']} B/conn, "
+            f"upstreams closed {run['upstreams_closed']}/{run['upstreams']} "
+            f"(last {run['closed_after_pause_ms_max']} ms after the pause)"
+        )
+    metrics = (
+        "peak_bytes_per_connection",
+        "upstreams_closed",
+        "upstreams",
+        "closed_after_pause_ms_max",
+        "tokens_sent_per_upstream",
+    )
+    return {
+        "params": {"clients": sizes.slow_clients, "hold_s": sizes.slow_hold, "read_first": 20},
+        "figures": _aggregate_runs(runs, metrics),
+        "processes": _aggregate_processes(runs),
+    }
+
+
+Scenario = Callable[[Sizes, int, str], dict[str, Any]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "ttft": ttft,
+    "firehose": firehose,
+    "cancel": cancel,
+    "idle": idle,
+    "slow": slow,
+}

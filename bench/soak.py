@@ -1,0 +1,339 @@
+"""Soak: a mixed, faulty workload for N minutes against real processes, then the books are checked.
+
+    python -m bench.soak --minutes 10            the run whose figures are in docs/operations.md
+    python -m bench.soak --seconds 8 --workers 6 the short version the test suite runs
+
+It starts the fake upstream, a generator and a bridge as separate processes on loopback. Workers
+open WebSockets and loop over a mix of actions: completions, cancels, sockets closed mid-stream,
+slow readers that stop reading, and upstream faults (5xx, 429, resets, stalls, truncation,
+malformed SSE). Every conversation is checked with the product's own lifecycle checker. At the
+end it reports requests by outcome, lifecycle violations (must be 0), upstream responses still in
+progress once the load stopped and upstream connections still open once the generator stopped
+(both must be 0), and the RSS of each process at the start and the end. Exit code 1 if any of the
+"must be 0" figures is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from aistream.lifecycle import Lifecycle, LifecycleViolation
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = ("ai:done", "ai:error")
+
+# Knobs of the processes under soak: short limits so faults resolve quickly.
+ENV = {
+    "AISTREAM_LOG_LEVEL": "WARNING",
+    "AISTREAM_UPSTREAM_MAX_RETRIES": "0",
+    "AISTREAM_FIRST_TOKEN_TIMEOUT": "2",
+    "AISTREAM_STALL_TIMEOUT": "1",
+    "AISTREAM_DEADLINE": "20",
+    "AISTREAM_WS_SEND_BUFFER": "65536",
+    "AISTREAM_WS_CLOSE_TIMEOUT": "1",
+    "AISTREAM_FRAMES_PER_SECOND": "1000",
+    "AISTREAM_FRAMES_BURST": "1000",
+}
+
+FAULTS = [
+    {"status": 500},
+    {"status": 429},
+    {"status": 400},
+    {"tokens": 20, "interval": 0.005, "reset_after": 5},
+    {"tokens": 20, "interval": 0.005, "close_after": 5},
+    {"tokens": 20, "interval": 0.005, "malformed_after": 5},
+    {"tokens": 20, "interval": 0.005, "error_event_after": 5},
+    {"tokens": 20, "interval": 0.005, "stall_after": 5},
+    {"ttft": 5},
+]
+
+
+def _directive(script: dict[str, Any], text: str = "soak") -> str:
+    return "#fake " + json.dumps(script) + "\n" + text
+
+
+@dataclass
+class Books:
+    """What happened, added up over every worker."""
+
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    violations: list[str] = field(default_factory=list)
+    actions: int = 0
+
+
+class Conversation:
+    """One WebSocket connection, its frames checked by the lifecycle checker as they arrive."""
+
+    def __init__(self, ws: ClientConnection, books: Books) -> None:
+        self.ws = ws
+        self.books = books
+        self.lifecycle = Lifecycle(strict=True)
+        self._n = 0
+
+    def new_id(self) -> str:
+        self._n += 1
+        return f"r{self._n}"
+
+    async def generate(self, request_id: str, prompt: str) -> None:
+        self.lifecycle.expect(request_id)
+        await self.ws.send(
+            orjson.dumps(
+                {"type": "ai:generate", "requestId": request_id, "prompt": prompt}
+            ).decode()
+        )
+
+    async def recv(self) -> dict[str, Any]:
+        frame: dict[str, Any] = orjson.loads(await self.ws.recv())
+        try:
+            self.lifecycle.observe(
+                frame["type"][3:],
+                frame.get("requestId", ""),
+                frame.get("seq", 0),
+                frame.get("count", 1),
+            )
+        except LifecycleViolation as exc:
+            self.books.violations.append(str(exc))
+        return frame
+
+    async def until_end(self, request_id: str) -> dict[str, Any]:
+        while True:
+            frame = await self.recv()
+            if frame["type"] in TERMINAL and frame.get("requestId") == request_id:
+                return frame
+
+    def settled(self) -> None:
+        """The conversation is over cleanly: nothing may be left running."""
+        if self.lifecycle.running:
+            self.books.violations.append(f"no terminal event for {self.lifecycle.running}")
+
+
+def _outcome(frame: dict[str, Any]) -> str:
+    return "done" if frame["type"] == "ai:done" else f"error:{frame.get('code')}"
+
+
+async def _act(url: str, books: Books, rng: random.Random, kind: str) -> None:
+    """One action of ``kind`` on a fresh connection."""
+    async with connect(url, compression=None, max_size=None) as ws:
+        c = Conversation(ws, books)
+        if kind == "complete":
+            rid = c.new_id()
+            await c.generate(rid, _directive({"tokens": rng.randint(5, 60), "interval": 0.01}))
+            books.outcomes[_outcome(await c.until_end(rid))] += 1
+            c.settled()
+        elif kind == "burst":  # several interleaved generations on one socket
+            ids = [c.new_id() for _ in range(rng.randint(2, 8))]
+            for rid in ids:
+                await c.generate(rid, _directive({"tokens": rng.randint(5, 40), "interval": 0.005}))
+            pending = set(ids)
+            while pending:
+                frame = await c.recv()
+                if frame["type"] in TERMINAL and frame.get("requestId") in pending:
+                    pending.discard(frame["requestId"])
+                    books.outcomes[_outcome(frame)] += 1
+            c.settled()
+        elif kind == "cancel":
+            rid = c.new_id()
+            await c.generate(rid, _directive({"tokens": 10_000, "interval": 0.01}))
+            while (await c.recv())["type"] != "ai:token":
+                pass
+            await ws.send(orjson.dumps({"type": "ai:cancel", "requestId": rid}).decode())
+            books.outcomes[_outcome(await c.until_end(rid))] += 1
+            c.settled()
+        elif kind == "close":
+            rid = c.new_id()
+            await c.generate(rid, _directive({"tokens": 10_000, "interval": 0.01}))
+            while (await c.recv())["type"] != "ai:token":
+                pass
+            books.outcomes["closed_mid_stream"] += 1  # the socket closes leaving the with block
+        elif kind == "slow":
+            rid = c.new_id()
+            # 20 MB as fast as the upstream can: more than the kernel's socket buffers hold
+            await c.generate(rid, _directive({"tokens": 20_000, "text": "x" * 1000}))
+            while (await c.recv())["type"] != "ai:token":
+                pass
+            ws.transport.pause_reading()  # stop reading, as a stuck tab would
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            ws.transport.resume_reading()
+            # Cut off: its error frame, then the close (1008) — or, when the pause outlasted the
+            # close timeout, the socket is gone (1006). When the socket buffers absorbed it all,
+            # the answer simply ends.
+            try:
+                outcome = "slow_reader:" + _outcome(await c.until_end(rid))
+                if outcome.endswith("slow_consumer"):
+                    await ws.wait_closed()
+                    outcome += f":close_{ws.close_code}"
+            except ConnectionClosed:
+                outcome = f"slow_reader:dropped:close_{ws.close_code}"
+            books.outcomes[outcome] += 1
+        else:
+            rid = c.new_id()
+            await c.generate(rid, _directive(rng.choice(FAULTS)))
+            books.outcomes[_outcome(await c.until_end(rid))] += 1
+            c.settled()
+    books.actions += 1
+
+
+async def _worker(url: str, books: Books, stop_at: float, seed: int) -> None:
+    rng = random.Random(seed)
+    while time.monotonic() < stop_at:
+        kind = rng.choices(
+            ["complete", "cancel", "close", "slow", "fault", "burst"], [40, 15, 10, 5, 20, 10]
+        )[0]
+        try:
+            async with asyncio.timeout(30):
+                await _act(url, books, rng, kind)
+        except (ConnectionClosed, OSError, TimeoutError) as exc:
+            books.outcomes[f"client_failure:{kind}:{type(exc).__name__}"] += 1
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _spawn(
+    args: list[str], ready: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], re.Match[str]]:
+    popen = subprocess.Popen(
+        [sys.executable, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ENV, **env},
+        cwd=ROOT,
+    )
+    assert popen.stdout is not None
+    line = popen.stdout.readline()
+    match = re.search(ready, line)
+    if match is None:
+        popen.kill()
+        raise SystemExit(f"soak: {args} did not start: {line!r}")
+    return popen, match
+
+
+def _fake_stats(base_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_fake/stats", timeout=5) as r:
+        stats: dict[str, Any] = json.loads(r.read())
+    return stats
+
+
+async def _settle(base_url: str, key: str, seconds: float = 5.0) -> int:
+    """Wait (up to ``seconds``) for the fake upstream's ``key`` figure to reach 0; return it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = int(_fake_stats(base_url)[key])
+        if value == 0 or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+def _rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 1e6
+
+
+async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
+    """Run the soak for ``duration`` seconds and return the report."""
+    fake, m = _spawn(
+        ["-m", "aistream.testing.fake_upstream", "--port", "0"], r"(http://\S+/v1)", {}
+    )
+    base_url = m[1]
+    upstream_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "soak"}
+    generator, m = _spawn(
+        ["-m", "aistream", "generator", "--port", "0"], r"listening on (\S+:\d+)", upstream_env
+    )
+    bridge, m = _spawn(
+        ["-m", "aistream", "bridge", "--port", "0", "--generator", m[1]], r"ws://(\S+/ws)", {}
+    )
+    url = "ws://" + m[1]
+    pids = {"generator": generator.pid, "bridge": bridge.pid}
+    books = Books()
+    try:
+        # a short warm-up so start-up allocations are not counted as growth
+        await asyncio.gather(
+            *(_worker(url, Books(), time.monotonic() + 2, seed + i) for i in range(2))
+        )
+        rss_start = {name: _rss_mb(pid) for name, pid in pids.items()}
+        stop_at = time.monotonic() + duration
+        samples: list[dict[str, float]] = []
+
+        async def sample_rss() -> None:
+            while time.monotonic() < stop_at:
+                await asyncio.sleep(min(30.0, max(duration / 10, 1.0)))
+                samples.append({name: round(_rss_mb(pid), 1) for name, pid in pids.items()})
+
+        sampler = asyncio.create_task(sample_rss())
+        await asyncio.gather(
+            *(_worker(url, books, stop_at, seed + 100 + i) for i in range(workers))
+        )
+        sampler.cancel()
+        still_active = await _settle(base_url, "active")
+        rss_end = {name: _rss_mb(pid) for name, pid in pids.items()}
+    finally:
+        for popen in (bridge, generator):
+            popen.send_signal(signal.SIGTERM)
+            popen.wait(30)
+    left_open = await _settle(base_url, "connections")
+    fake.send_signal(signal.SIGTERM)
+    fake.wait(30)
+    return {
+        "duration_s": duration,
+        "workers": workers,
+        "actions": books.actions,
+        "requests_by_outcome": dict(sorted(books.outcomes.items())),
+        "lifecycle_violations": len(books.violations),
+        "violation_examples": books.violations[:10],
+        "upstream_responses_in_progress_after_load": still_active,
+        "upstream_connections_open_after_stop": left_open,
+        "rss_mb": {
+            name: {"start": round(rss_start[name], 1), "end": round(rss_end[name], 1)}
+            for name in pids
+        },
+        "rss_mb_samples": samples,
+        "exit_codes": {"bridge": bridge.returncode, "generator": generator.returncode},
+    }
+
+
+def main() -> int:
+    """Command line: run, print the report, write it as JSON; 1 if a must-be-zero figure is not."""
+    parser = argparse.ArgumentParser(description="aistream soak test")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--minutes", type=float)
+    group.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    duration = args.minutes * 60 if args.minutes is not None else args.seconds
+    report = asyncio.run(soak(duration, args.workers, args.seed))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    bad = (
+        report["lifecycle_violations"]
+        or report["upstream_responses_in_progress_after_load"]
+        or report["upstream_connections_open_after_stop"]
+        or any(report["exit_codes"].values())
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

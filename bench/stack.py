@@ -1,0 +1,168 @@
+"""The servers of a scenario, each its own process on loopback: upstream, generator, bridge, and
+the bare baselines; plus how to reach each path and read the upstream's records.
+
+A *path* is what a load client talks to: ``aistream`` (bridge → generator → upstream), ``direct``
+(the ``openai`` SDK straight to the upstream), ``bare_ws`` and ``bare_grpc`` (the hop ceilings).
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+import psutil
+
+from bench.procs import Child
+
+__all__ = ["PATHS", "Stack"]
+
+PATHS = ("aistream", "direct", "bare_ws", "bare_grpc")
+
+AISTREAM_ENV = {
+    "AISTREAM_LOG_LEVEL": "WARNING",
+    "AISTREAM_UPSTREAM_MAX_RETRIES": "0",
+    "AISTREAM_MAX_TOKENS_CAP": "10000000",
+    "OPENAI_API_KEY": "bench",
+}
+"""The generator and bridge run with their defaults but these: quiet logs (one INFO line per
+generation would be measured too), no SDK retries, and no cap on ``max_tokens`` (long streams)."""
+
+
+class Stack:
+    """Start the servers ``paths`` need; ``stop`` ends them all."""
+
+    def __init__(
+        self,
+        paths: Iterable[str],
+        upstream: str = "bench",
+        env: Mapping[str, str] | None = None,
+        quiet_patience: float = 0.0,
+    ) -> None:
+        """``upstream``: ``bench`` (``bench.upstream``) or ``fake`` (the product's fake);
+        ``quiet_patience``: how long a run may wait for the rest of the machine to quieten."""
+        self.children: dict[str, Child] = {}
+        self.quiet_patience = quiet_patience
+        wanted = set(paths)
+        try:
+            if upstream == "fake":
+                self._start(
+                    "upstream",
+                    "aistream.testing.fake_upstream",
+                    ["--port", "0"],
+                    r"listening on (http://\S+)/v1",
+                )
+            else:
+                self._start("upstream", "bench.upstream", [], r"listening on (http://\S+)/v1")
+            self.upstream_kind = upstream
+            self.upstream_url = self.children["upstream"].ready[1]
+            if "aistream" in wanted:
+                env_all = {
+                    **AISTREAM_ENV,
+                    **(env or {}),
+                    "OPENAI_BASE_URL": self.upstream_url + "/v1",
+                }
+                gen = self._start(
+                    "generator",
+                    "aistream",
+                    ["generator", "--host", "127.0.0.1", "--port", "0"],
+                    r"listening on 127\.0\.0\.1:(\d+)",
+                    env_all,
+                )
+                self._start(
+                    "bridge",
+                    "aistream",
+                    [
+                        "bridge",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "0",
+                        "--generator",
+                        f"127.0.0.1:{gen.ready[1]}",
+                    ],
+                    r"http://127\.0\.0\.1:(\d+)/",
+                    env_all,
+                )
+            if "bare_ws" in wanted:
+                self._start("bare_ws", "bench.baselines", ["ws"], r"ws://127\.0\.0\.1:(\d+)/")
+            if "bare_grpc" in wanted:
+                self._start("bare_grpc", "bench.baselines", ["grpc"], r"127\.0\.0\.1:(\d+)")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(
+        self,
+        name: str,
+        module: str,
+        args: list[str],
+        ready: str,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
+        child = Child(name, module, args, ready, env)
+        self.children[name] = child
+        return child
+
+    @property
+    def upstream_port(self) -> int:
+        """The upstream's TCP port."""
+        return int(self.upstream_url.rsplit(":", 1)[1])
+
+    def target(self, path: str) -> dict[str, Any]:
+        """The client job fields that reach ``path``."""
+        host = "127.0.0.1"
+        if path == "aistream":
+            return {"transport": "ws", "host": host, "port": int(self.children["bridge"].ready[1])}
+        if path == "direct":
+            return {"transport": "openai", "host": host, "port": self.upstream_port}
+        if path == "bare_ws":
+            return {"transport": "ws", "host": host, "port": int(self.children["bare_ws"].ready[1])}
+        if path == "bare_grpc":
+            port = int(self.children["bare_grpc"].ready[1])
+            return {"transport": "grpc", "host": host, "port": port}
+        raise ValueError(path)
+
+    def processes(self) -> dict[str, psutil.Process]:
+        """Every server process by name."""
+        return {name: child.process for name, child in self.children.items()}
+
+    def records(self) -> list[dict[str, Any]]:
+        """The upstream's request records as ``{tag, received_at, first_token_at, closed_at,
+        outcome, tokens_sent}`` (the product's fake is translated to the same shape)."""
+        if self.upstream_kind == "bench":
+            return list(self._get("/_bench/records"))
+        out = []
+        for r in self._get("/_fake/records"):
+            messages = (r.get("body") or {}).get("messages") or [{}]
+            prompt = str(messages[-1].get("content", ""))
+            out.append(
+                {
+                    "tag": prompt.rsplit(" ", 1)[-1],
+                    "received_at": r["received_at"],
+                    "first_token_at": r["first_token_at"],
+                    "closed_at": r["client_closed_at"],
+                    "outcome": r["outcome"],
+                    "tokens_sent": r["tokens_sent"],
+                }
+            )
+        return out
+
+    def reset(self) -> None:
+        """Forget the upstream's records."""
+        self._get("/_bench/reset" if self.upstream_kind == "bench" else "/_fake/reset", b"")
+
+    def _get(self, path: str, data: bytes | None = None) -> Any:
+        request = urllib.request.Request(self.upstream_url + path, data=data)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return orjson.loads(response.read())
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM every server (bridge first); their exit codes."""
+        codes = {}
+        for name in ("bridge", "generator", "bare_ws", "bare_grpc", "upstream"):
+            child = self.children.pop(name, None)
+            if child is not None:
+                codes[name] = child.stop()
+        return codes
