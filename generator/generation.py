@@ -66,9 +66,7 @@ class Generation:
         "_outbox",
         "_settings",
         "_upstream",
-        "deadline",
         "ended",
-        "first_token_at",
         "prompt_tokens",
         "request",
         "request_id",
@@ -89,11 +87,12 @@ class Generation:
         limit = settings.deadline
         if generate.HasField("timeout_ms"):
             limit = min(generate.timeout_ms / 1000, settings.max_deadline)
-        self.deadline = self.started_at + limit
         self._limits = TimeLimits(
-            self.started_at, settings.first_token_timeout, settings.stall_timeout, self.deadline
+            self.started_at,
+            settings.first_token_timeout,
+            settings.stall_timeout,
+            self.started_at + limit,
         )
-        self.first_token_at: float | None = None
         self.tokens = 0
         self.prompt_tokens = math.ceil(sum(len(text) for _, text in self.request.messages) / 4)
         self.ended = False
@@ -156,8 +155,6 @@ class Generation:
     async def _token(self, delta: Delta) -> None:
         now = asyncio.get_running_loop().time()
         self._limits.token(now)
-        if self.first_token_at is None:
-            self.first_token_at = now
         if self.ended:
             return
         seq = self.tokens
@@ -201,7 +198,7 @@ class Generation:
                     request_id=self.request_id,
                     finish_reason=reason,
                     usage=self._usage(reported),
-                    ttft_ms=self._elapsed_ms(self.first_token_at),
+                    ttft_ms=self._elapsed_ms(self._limits.first_token_at),
                     duration_ms=self._elapsed_ms(now),
                 )
             )

@@ -67,11 +67,6 @@ class StreamSession:
         self._idle = asyncio.Event()  # no generation running
         self._idle.set()
 
-    @property
-    def running(self) -> int:
-        """How many generations are running."""
-        return len(self._running)
-
     def finished(self) -> bool:
         """The client is done sending, every generation has ended and the outbox is drained."""
         return self._reading_done and not self._running and not len(self.outbox)
