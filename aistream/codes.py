@@ -31,7 +31,7 @@ import grpc
 
 from aistream.v1 import events_pb2 as pb
 
-__all__ = ["CODES", "CloseCode", "Code", "CodeInfo", "info", "json_code"]
+__all__ = ["CODES", "CloseCode", "Code", "CodeInfo", "error_event", "info", "json_code"]
 
 
 class CloseCode(enum.IntEnum):
@@ -115,3 +115,17 @@ def info(code: Code) -> CodeInfo:
 def json_code(code: Code) -> str:
     """The JSON ``code`` string of ``code`` (``ERROR_CODE_RATE_LIMITED`` → ``"rate_limited"``)."""
     return CODES[code].json
+
+
+def error_event(
+    code: Code, message: str, request_id: str = "", *, retryable: bool | None = None
+) -> pb.ServerEvent:
+    """An Error ServerEvent; ``retryable`` defaults to the code's row in the table."""
+    return pb.ServerEvent(
+        error=pb.Error(
+            request_id=request_id,
+            code=code,
+            message=message,
+            retryable=CODES[code].retryable if retryable is None else retryable,
+        )
+    )

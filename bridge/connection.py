@@ -53,17 +53,6 @@ _Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEvent]
 _FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
 
 
-def _error(code: codes.Code, message: str, request_id: str = "") -> pb.ServerEvent:
-    return pb.ServerEvent(
-        error=pb.Error(
-            request_id=request_id,
-            code=code,
-            message=message,
-            retryable=codes.info(code).retryable,
-        )
-    )
-
-
 class _Refused(Exception):
     """A well-formed frame this connection will not serve now (answered with ``event``)."""
 
@@ -161,7 +150,7 @@ class Connection:
             request_id = self._admit(event)
         except (translate.FrameError, InvalidRequest) as exc:
             log.info("bad frame conn=%s request_id=%s: %s", self.id, exc.request_id, exc)
-            self._queue(_error(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id))
+            self._queue(codes.error_event(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id))
             return
         except _Refused as refused:
             self._queue(refused.event)
@@ -191,19 +180,23 @@ class Connection:
         request_id = generate.request_id
         if not self._rate.take(asyncio.get_running_loop().time()):
             raise _Refused(
-                _error(pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id)
+                codes.error_event(
+                    pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id
+                )
             )
         if request_id in self._in_flight:
             log.info("duplicate generate ignored request_id=%s conn=%s", request_id, self.id)
             return None
         if not self._accepting:
             raise _Refused(
-                _error(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
+                codes.error_event(
+                    pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id
+                )
             )
         if len(self._in_flight) >= self._settings.max_generations_per_connection:
             limit = self._settings.max_generations_per_connection
             raise _Refused(
-                _error(
+                codes.error_event(
                     pb.ERROR_CODE_TOO_MANY_REQUESTS,
                     f"at most {limit} generations at once per connection",
                     request_id,
@@ -284,7 +277,7 @@ class Connection:
             self._forget(request_id)
             if self._lifecycle.is_running(request_id):
                 self._lifecycle.observe("error", request_id)
-            self._queue(_error(code, message, request_id))
+            self._queue(codes.error_event(code, message, request_id))
         if request_ids:
             log.info(
                 "%d generations ended conn=%s code=%s (%s)",
@@ -335,7 +328,7 @@ class Connection:
             self._forget(request_id)
             if self._lifecycle.is_running(request_id):
                 self._lifecycle.observe("error", request_id)
-            finals.append(_error(code, message, request_id))
+            finals.append(codes.error_event(code, message, request_id))
         if drop_queued:
             if self._outbox is not None:
                 self._outbox.clear()

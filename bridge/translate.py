@@ -291,14 +291,4 @@ def error_frame(
     code: codes.Code, message: str, request_id: str = "", *, retryable: bool | None = None
 ) -> str:
     """The ``ai:error`` frame for a failure found by the bridge itself."""
-    row = codes.info(code)
-    return encode_server_event(
-        pb.ServerEvent(
-            error=pb.Error(
-                request_id=request_id,
-                code=code,
-                message=message,
-                retryable=row.retryable if retryable is None else retryable,
-            )
-        )
-    )
+    return encode_server_event(codes.error_event(code, message, request_id, retryable=retryable))

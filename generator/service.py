@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 _BATCH = 512  # most events in one ServerEventBatch
 
 
-def _rejection(request_id: str, code: codes.Code, message: str) -> pb.ServerEvent:
-    return pb.ServerEvent(
-        error=pb.Error(
-            request_id=request_id, code=code, message=message, retryable=codes.info(code).retryable
-        )
-    )
-
-
 class Capacity:
     """How many generations the whole process runs, against ``max_generations``."""
 
@@ -94,7 +86,9 @@ class StreamSession:
                 raise InvalidRequest("the event must be generate or cancel")
         except InvalidRequest as exc:
             log.info("rejected request_id=%s peer=%s: %s", exc.request_id, self._peer, exc)
-            self.outbox.put(_rejection(exc.request_id, pb.ERROR_CODE_INVALID_REQUEST, str(exc)))
+            self.outbox.put(
+                codes.error_event(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id)
+            )
 
     def _generate(self, generate: pb.Generate) -> None:
         request_id = generate.request_id
@@ -103,13 +97,15 @@ class StreamSession:
             return
         if not self._accepting:
             self.outbox.put(
-                _rejection(request_id, pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down")
+                codes.error_event(
+                    pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id
+                )
             )
             return
         refusal = self._over_capacity()
         if refusal is not None:
             log.warning("refused request_id=%s peer=%s: %s", request_id, self._peer, refusal)
-            self.outbox.put(_rejection(request_id, pb.ERROR_CODE_TOO_MANY_REQUESTS, refusal))
+            self.outbox.put(codes.error_event(pb.ERROR_CODE_TOO_MANY_REQUESTS, refusal, request_id))
             return
         generation = Generation(generate, self._upstream, self._settings, self.outbox)
         generation.start()
