@@ -49,7 +49,7 @@ __all__ = ["Connection"]
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)  # connection ids for the logs
-_Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEvent]
+_Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEventBatch]
 _FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
 
 
@@ -214,7 +214,7 @@ class Connection:
 
     def _ensure_call(self) -> _Call:
         if self._call is None or self._call.done():
-            call: _Call = self._stub.Stream(metadata=self._metadata)
+            call: _Call = self._stub.StreamBatched(metadata=self._metadata)
             self._call = call
             self._spawn(self._relay(call), f"relay {self.id}")
         return self._call
@@ -225,8 +225,9 @@ class Connection:
         """Relay one gRPC call's events until it ends; then fail whatever was left in flight."""
         reason = "the generator closed the stream"
         try:
-            async for event in call:
-                self._forward(event)
+            async for batch in call:
+                for event in batch.events:
+                    self._forward(event)
         except grpc.aio.AioRpcError as exc:
             reason = exc.code().name
             if not self._ending:
