@@ -80,9 +80,11 @@ class Settings:
     stream_buffer_bytes: int = 256 * 1024
     """Bytes of ServerEvents queued per gRPC stream before generations wait for the writer. A
     generation that waits longer than ``stall_timeout`` ends with ``slow_consumer``."""
-    stream_flush_interval: float = 0.002
-    """StreamBatched: least time between two writes on one stream. Events arriving meanwhile
-    join the next batch; at light load nothing waits (0 = write as soon as anything waits)."""
+    stream_flush_interval: float = 0.0
+    """StreamBatched: least time between two writes on one stream; events arriving meanwhile join
+    the next batch. 0 (the default) writes whatever waits as soon as the previous write is done,
+    which batches under load without delaying anything; a spacing trades latency for fewer
+    messages (2 ms added ~5 ms to the p50 time to first token at 100 streams)."""
     max_generations: int = 2000
     """Generations running at once in the generator process; more → ``too_many_requests``."""
     max_generations_per_stream: int = 1000
@@ -174,7 +176,12 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("simulated_ttft", "simulated_tokens_per_s", "drain_timeout"):
+        for name in (
+            "simulated_ttft",
+            "simulated_tokens_per_s",
+            "drain_timeout",
+            "stream_flush_interval",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.upstream_max_retries < 0:
