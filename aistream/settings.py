@@ -111,7 +111,8 @@ class Settings:
     """Bytes of frames queued for one WebSocket (plus at most 32 KiB in its socket buffer; with
     the generator's ``stream_buffer_bytes``, under 1 MB per connection in all).
     A client that lets more pile up is a slow consumer: its generations end with
-    ``slow_consumer`` and the socket is closed with 1008."""
+    ``slow_consumer`` and the socket is closed with 1008. Keep it above the generator's
+    ``stream_buffer_bytes``: one batch from the generator carries up to that much."""
     max_connections: int = 20_000
     """WebSocket connections at once; more are refused with HTTP 503."""
     max_generations_per_connection: int = 32

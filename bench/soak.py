@@ -49,6 +49,8 @@ ENV = {
     "AISTREAM_STALL_TIMEOUT": "1",
     "AISTREAM_DEADLINE": "20",
     "AISTREAM_WS_SEND_BUFFER": "65536",
+    # one batch from the generator must fit the bridge's buffer, as the defaults ensure
+    "AISTREAM_STREAM_BUFFER_BYTES": "32768",
     "AISTREAM_WS_CLOSE_TIMEOUT": "1",
     "AISTREAM_FRAMES_PER_SECOND": "1000",
     "AISTREAM_FRAMES_BURST": "1000",

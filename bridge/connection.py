@@ -228,6 +228,9 @@ class Connection:
             async for batch in call:
                 for event in batch.events:
                     self._forward(event)
+                # Let the sender write before the next batch: batches already received come
+                # back-to-back without a pause, and must not count against the client.
+                await asyncio.sleep(0)
         except grpc.aio.AioRpcError as exc:
             reason = exc.code().name
             if not self._ending:
