@@ -85,6 +85,14 @@ class Settings:
     the next batch. 0 (the default) writes whatever waits as soon as the previous write is done,
     which batches under load without delaying anything; a spacing trades latency for fewer
     messages (2 ms added ~5 ms to the p50 time to first token at 100 streams)."""
+    upstream_reads_per_s: int = 6000
+    """Upstream network reads per second the generator spreads over its live answers. With ``n``
+    answers streaming, each one's body is read at most every ``n / upstream_reads_per_s``
+    seconds (at most ``max_read_interval``); tokens that arrive meanwhile are read, and sent on,
+    together. Below that many answers × token rate nothing waits, and a first token never does.
+    0: read every answer as soon as data arrives."""
+    max_read_interval: float = 0.2
+    """Upper bound of the spacing between two reads of one answer's body (see above)."""
     max_generations: int = 2000
     """Generations running at once in the generator process; more → ``too_many_requests``."""
     max_generations_per_stream: int = 1000
@@ -182,6 +190,8 @@ class Settings:
             "simulated_tokens_per_s",
             "drain_timeout",
             "stream_flush_interval",
+            "upstream_reads_per_s",
+            "max_read_interval",
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)!r}")

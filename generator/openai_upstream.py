@@ -7,6 +7,12 @@ which is ~15× cheaper per chunk than the SDK's typed chunk models. The SDK's ai
 brought in one piece, where the default transport yields (and costs Python work for) every HTTP
 chunk — one per token. Measured here: 3× the tokens per second per generator process.
 
+The body is read from aiohttp's ``StreamReader`` directly (one await per network read, every
+buffered byte at once) rather than through the SDK's and httpx's iterator wrappers, and under load
+its reads are spaced by ``pacing.ReadPacing``: the socket is paused after a read that brought
+tokens and resumed when the answer's next read is due, so tokens that arrive meanwhile cost one
+read, one decode pass and one outbox entry together.
+
 The response is always entered with ``async with``, so leaving the block for any reason — end,
 error, cancellation — closes the HTTP connection.
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, cast
 
@@ -30,6 +36,7 @@ import orjson
 
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
+from generator.pacing import ReadPacing
 from generator.sse import SSEDecoder
 from generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
 
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _DONE = b"[DONE]"
 _REUSE_WAIT = 0.05  # seconds to wait for the end of a finished body, for connection reuse
+_READ_SIZE = 64 * 1024  # bytes taken from the response body at most per read
+_READ_ERRORS = (openai.OpenAIError, httpx2.HTTPError, aiohttp.ClientError)
 
 
 def parse_chunk(data: bytes) -> Delta:
@@ -117,9 +126,9 @@ def map_sdk_error(exc: Exception) -> UpstreamFailure:
         return UpstreamFailure(pb.ERROR_CODE_TIMEOUT, "the upstream did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, "the upstream cannot be reached")
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, aiohttp.ServerTimeoutError | httpx2.TimeoutException):
         return UpstreamFailure(pb.ERROR_CODE_TIMEOUT, "the upstream did not answer in time")
-    if isinstance(exc, httpx2.HTTPError):
+    if isinstance(exc, httpx2.HTTPError | aiohttp.ClientError):
         return UpstreamFailure(
             pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream connection failed", retryable=True
         )
@@ -133,6 +142,7 @@ class OpenAIUpstream:
 
     def __init__(self, settings: Settings) -> None:
         self._default_model = settings.model
+        self._pacing = ReadPacing(settings.upstream_reads_per_s, settings.max_read_interval)
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
@@ -147,7 +157,10 @@ class OpenAIUpstream:
                 )
             ),
             # Our own first-token / stall / total limits govern; the SDK's must not fire first.
-            timeout=httpx2.Timeout(settings.max_deadline, connect=settings.first_token_timeout),
+            # No read timeout at all: aiohttp would re-arm its timer on every network read.
+            timeout=httpx2.Timeout(
+                settings.max_deadline, connect=settings.first_token_timeout, read=None
+            ),
         )
 
     def model_name(self, requested: str | None) -> str:
@@ -156,32 +169,84 @@ class OpenAIUpstream:
 
     def stream(self, request: UpstreamRequest) -> _ChatStream:
         """Open one streamed chat completion."""
-        return _ChatStream(self._client, request, self.model_name(request.model))
+        return _ChatStream(self._client, request, self.model_name(request.model), self._pacing)
 
     async def aclose(self) -> None:
         """Close the SDK's connection pool."""
         await self._client.close()
 
 
-def _body(response: httpx2.Response) -> AsyncIterator[bytes]:
-    """The response body as it arrives. Without a content encoding (SSE normally has none) the
-    transport's stream is read directly, skipping three wrapping async generators per read —
-    per token, for a paced stream."""
-    if response.headers.get("content-encoding", "identity").lower() == "identity":
-        return aiter(response.stream)  # type: ignore[arg-type]
-    return response.aiter_bytes()
+def _aiohttp_response(response: httpx2.Response) -> aiohttp.ClientResponse | None:
+    """The aiohttp response under an SDK response, when the SDK's aiohttp transport carried it
+    and the body is not content-encoded (SSE normally is not); None otherwise. (Reaches through
+    two private attributes; ``tests/test_upstream_openai.py`` fails if an upgrade moves them.)"""
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        return None
+    stream = getattr(response.stream, "_stream", None)  # httpx2's BoundAsyncStream
+    aio = getattr(stream, "_aiohttp_response", None)  # the SDK's AiohttpResponseStream
+    return aio if isinstance(aio, aiohttp.ClientResponse) else None
+
+
+class _PacedBody:
+    """An aiohttp response body read straight from its ``StreamReader``, paced (module doc)."""
+
+    __slots__ = ("_content", "_loop", "_pacing", "_protocol", "_resume_at")
+
+    def __init__(self, response: aiohttp.ClientResponse, pacing: ReadPacing) -> None:
+        self._content = response.content
+        connection = response.connection
+        self._protocol = connection.protocol if connection is not None else None
+        self._pacing = pacing
+        self._loop = asyncio.get_running_loop()
+        self._resume_at: asyncio.TimerHandle | None = None
+
+    async def read(self) -> bytes:
+        """What arrived since the last read, up to ``_READ_SIZE`` (waits for some); b"" at the
+        end. The cap keeps one read's worth of tokens — what enters an outbox at once — small."""
+        return await self._content.read(_READ_SIZE)
+
+    def hold(self) -> None:
+        """Tokens were just read: leave the socket unread until this answer's next turn."""
+        interval = self._pacing.interval()
+        if not interval or self._protocol is None or self._resume_at is not None:
+            return
+        self._protocol.pause_reading()
+        self._resume_at = self._loop.call_later(interval, self._resume)
+
+    def _resume(self) -> None:
+        self._resume_at = None
+        if self._protocol is not None:
+            self._protocol.resume_reading()
+
+    def release(self) -> None:
+        """Stop pacing (the answer is over): resume the socket if it is held."""
+        if self._resume_at is not None:
+            self._resume_at.cancel()
+            self._resume()
+
+
+async def _no_more() -> bytes:
+    return b""
 
 
 class _ChatStream:
     """One streamed chat completion: the HTTP response and its decoder."""
 
-    def __init__(self, client: openai.AsyncOpenAI, request: UpstreamRequest, model: str) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        request: UpstreamRequest,
+        model: str,
+        pacing: ReadPacing,
+    ) -> None:
         self._client = client
         self._request = request
         self._model = model
+        self._pacing = pacing
         self._response: Any = None
         self._manager: Any = None
-        self._bytes: AsyncIterator[bytes] | None = None
+        self._read: Callable[[], Awaitable[bytes]] = _no_more
+        self._paced: _PacedBody | None = None
         self._decoder = SSEDecoder()
         self._finished = False
         self._done = False
@@ -204,7 +269,15 @@ class _ChatStream:
             self._response = await self._manager.__aenter__()
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self._failure(exc) from exc
-        self._bytes = _body(self._response.http_response)
+        http_response: httpx2.Response = self._response.http_response
+        aio = _aiohttp_response(http_response)
+        if aio is not None:
+            self._paced = _PacedBody(aio, self._pacing)
+            self._pacing.opened()
+            self._read = self._paced.read
+        else:  # another transport, or an encoded body: the SDK's byte iterator
+            chunks = http_response.aiter_bytes()
+            self._read = lambda: anext(chunks, b"")
         return self._deltas()
 
     async def __aexit__(
@@ -217,30 +290,35 @@ class _ChatStream:
         # the end). Runs on every exit, cancellation included.
         if self._manager is None:
             return
+        if self._paced is not None:
+            self._paced.release()
+            self._pacing.closed()
         try:
-            if exc_type is None and self._done and self._bytes is not None:
+            if exc_type is None and self._done:
                 # After [DONE] only the body's end is left: read it (briefly) so the
                 # connection goes back to the pool instead of being closed.
-                with contextlib.suppress(TimeoutError, openai.OpenAIError, httpx2.HTTPError):
+                with contextlib.suppress(TimeoutError, *_READ_ERRORS):
                     async with asyncio.timeout(_REUSE_WAIT):
-                        async for _ in self._bytes:
+                        while await self._read():
                             pass
         finally:
             await self._manager.__aexit__(exc_type, exc, tb)
 
     async def _deltas(self) -> AsyncIterator[Delta]:
-        assert self._bytes is not None
+        read, paced = self._read, self._paced
         while not self._done:
             try:
-                chunk = await anext(self._bytes, None)
-            except (openai.OpenAIError, httpx2.HTTPError) as exc:
+                chunk = await read()
+            except _READ_ERRORS as exc:
                 raise self._failure(exc) from exc
-            if chunk is None:
+            if not chunk:
                 if self._finished:  # some servers end after the finish reason without [DONE]
                     return
                 raise truncated()
             merged = self._decode(chunk)
             if merged is not None:
+                if paced is not None and merged.count and not self._done:
+                    paced.hold()
                 yield merged
 
     def _decode(self, chunk: bytes) -> Delta | None:

@@ -1,29 +1,120 @@
-"""generator.openai_upstream, the pure parts: chunk parsing, error mapping, body reading."""
+"""generator.openai_upstream: chunk parsing, error mapping, and how the body is read (straight
+from aiohttp under the SDK, paced under load) against the fake upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 
+import aiohttp
 import httpx2
 import openai
 import pytest
+from conftest import UNIT, settings_for
 
+from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
-from generator.openai_upstream import _body, map_sdk_error, parse_chunk
-from generator.upstream import UpstreamFailure
+from generator.openai_upstream import OpenAIUpstream, _aiohttp_response, map_sdk_error, parse_chunk
+from generator.pacing import MIN_INTERVAL, ReadPacing
+from generator.upstream import Delta, UpstreamFailure, UpstreamRequest
 
 
-async def _read(response: httpx2.Response) -> bytes:
-    return b"".join([chunk async for chunk in _body(response)])
+def _request(request_id: str = "r1") -> UpstreamRequest:
+    return UpstreamRequest(request_id, (("user", "hello"),), None, 10_000, None)
 
 
-@pytest.mark.parametrize("encoding", [None, "gzip"])
-async def test_body_is_decoded_whatever_the_content_encoding(encoding: str | None) -> None:
-    """An SSE body reads the same with or without a content encoding."""
-    raw = b'data: {"choices":[]}\n\n'
-    headers = {"content-encoding": encoding} if encoding else {}
-    content = gzip.compress(raw) if encoding else raw
-    assert await _read(httpx2.Response(200, headers=headers, content=content)) == raw
+async def test_the_sdk_response_is_read_from_aiohttp_directly(fake: FakeUpstream) -> None:
+    """The SDK's aiohttp transport is found under its response (so the body is read without the
+    iterator wrappers); this fails if an SDK or httpx2 upgrade moves what is reached through."""
+    client = openai.AsyncOpenAI(
+        base_url=fake.base_url, api_key="k", http_client=openai.DefaultAioHttpClient()
+    )
+    try:
+        async with client.chat.completions.with_streaming_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        ) as response:
+            assert isinstance(_aiohttp_response(response.http_response), aiohttp.ClientResponse)
+    finally:
+        await client.close()
+
+
+def test_an_encoded_body_is_left_to_the_sdk() -> None:
+    """A content-encoded body is not read raw (the SDK's iterator decodes it)."""
+    response = httpx2.Response(
+        200, headers={"content-encoding": "gzip"}, content=gzip.compress(b"")
+    )
+    assert _aiohttp_response(response) is None
+
+
+def test_read_pacing_spreads_the_budget_over_live_answers() -> None:
+    """n live answers → n / budget seconds between reads, capped; nothing under the minimum."""
+    pacing = ReadPacing(reads_per_s=1000, max_interval=0.2)
+    assert pacing.interval() == 0.0
+    for _ in range(100):
+        pacing.opened()
+    assert pacing.interval() == pytest.approx(0.1)
+    for _ in range(400):
+        pacing.opened()
+    assert pacing.interval() == 0.2
+    for _ in range(500 - int(MIN_INTERVAL * 1000) + 1):
+        pacing.closed()
+    assert pacing.interval() == 0.0
+    assert ReadPacing(reads_per_s=0, max_interval=1.0).interval() == 0.0
+
+
+async def _collect(upstream: OpenAIUpstream, request_id: str) -> tuple[list[Delta], float]:
+    """Every delta of one answer, and when (loop time) the first token came."""
+    deltas: list[Delta] = []
+    first = 0.0
+    async with upstream.stream(_request(request_id)) as stream:
+        async for delta in stream:
+            if delta.count and not first:
+                first = asyncio.get_running_loop().time()
+            deltas.append(delta)
+    return deltas, first
+
+
+@pytest.mark.parametrize("reads_per_s", [0, 10])
+async def test_paced_reads_coalesce_tokens_and_lose_none(reads_per_s: int) -> None:
+    """Under pacing, tokens that arrive between two reads come as one delta (count > 1), in
+    order, none lost; without it, one per token. The first token is not held back."""
+    script = Script(tokens=30, interval=0.005, usage=True)
+    async with FakeUpstream(script) as fake:
+        settings = settings_for(fake, upstream_reads_per_s=reads_per_s, max_read_interval=0.05)
+        upstream = OpenAIUpstream(settings)
+        try:
+            start = asyncio.get_running_loop().time()
+            deltas, first = await _collect(upstream, "r1")
+        finally:
+            await upstream.aclose()
+        record = fake.records[0]
+    text = "".join(d.text for d in deltas)
+    assert sum(d.count for d in deltas) == 30
+    assert text == "".join(script.token_texts())
+    assert deltas[-1].finish_reason == "stop"
+    assert deltas[-1].completion_tokens == 30
+    counted = [d.count for d in deltas if d.count]
+    if reads_per_s:
+        assert max(counted) > 1 and len(counted) < 30
+    assert first - start < 2 * UNIT
+    assert record.outcome == "completed"
+
+
+async def test_a_held_answer_still_closes_its_connection_when_abandoned() -> None:
+    """Leaving the stream while its socket is held (paused) closes the upstream connection."""
+    async with FakeUpstream(Script(tokens=1000, interval=0.005)) as fake:
+        settings = settings_for(fake, upstream_reads_per_s=1, max_read_interval=0.5)
+        upstream = OpenAIUpstream(settings)
+        try:
+            async with upstream.stream(_request()) as stream:
+                async for delta in stream:
+                    if delta.count:
+                        break  # the socket is now paused for 0.5 s
+            record = await fake.wait_closed(fake.records[0], 2 * UNIT)
+        finally:
+            await upstream.aclose()
+    assert record.outcome == "client_closed"
+    assert record.tokens_sent < 1000
 
 
 def test_parse_chunk_reads_text_finish_and_usage() -> None:

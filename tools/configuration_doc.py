@@ -50,6 +50,8 @@ GROUPS: list[tuple[str, list[str]]] = [
             "stream_buffer",
             "stream_buffer_bytes",
             "stream_flush_interval",
+            "upstream_reads_per_s",
+            "max_read_interval",
             "max_generations",
             "max_generations_per_stream",
         ],
