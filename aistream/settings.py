@@ -105,6 +105,9 @@ class Settings:
     """Port of the bridge: WebSocket at /ws, web client at / (0: any free port)."""
     generator_target: str = "127.0.0.1:50051"
     """Where the bridge finds the generator (``host:port``)."""
+    generator_streams: int = 4
+    """gRPC streams to the generator shared by all connections (each connection uses one); the
+    generator batches the events of every generation on a stream into few messages."""
     ws_max_size: int = 1 << 20
     """Largest incoming WebSocket message; larger ones close the socket with 1009."""
     ws_ping_interval: float = 20.0
@@ -177,6 +180,7 @@ class Settings:
             "ws_send_buffer",
             "max_generations",
             "max_generations_per_stream",
+            "generator_streams",
             "max_connections",
             "max_generations_per_connection",
             "frames_per_second",

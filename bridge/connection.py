@@ -1,4 +1,4 @@
-"""One browser connection: WebSocket frames in and out, one gRPC stream to the generator.
+"""One browser connection: WebSocket frames in and out, generations over a shared gRPC stream.
 
 Reading side: each text frame is decoded by ``translate`` and validated; a bad frame is answered in
 place with ``ai:error`` (``invalid_request``) and nothing else is touched. Frames beyond the
@@ -6,19 +6,19 @@ connection's rate (``frames_per_second``, ``frames_burst``) and generations beyo
 (``max_generations_per_connection``) get ``too_many_requests`` (retryable). A Generate for an id
 already in flight is dropped (idempotent retries); a Cancel for an id not in flight is a no-op.
 
-gRPC side: the stream is opened lazily, on the first Generate, so an idle connection costs no
-generator resources. Events from the generator are relayed in order; the bridge's own
-``Lifecycle`` refuses to relay anything out of order. If the stream fails (the generator died or
-is unreachable), every id in flight on it gets ``ai:error`` ``unavailable`` (retryable) and the
-next Generate opens a new stream; the channel reconnects with backoff on its own.
+gRPC side: generations go over one of the bridge's shared streams (``bridge.link``), which
+routes their events back here renamed to this connection's ids; an idle connection costs the
+generator nothing. Events are relayed in order; the bridge's own ``Lifecycle`` refuses to relay
+anything out of order. If the stream fails (the generator died or is unreachable), every id in
+flight on it gets ``ai:error`` ``unavailable`` (retryable) and the next Generate opens a new
+stream; the channel reconnects with backoff on its own.
 
 Writing side: events wait in an ``Outbox`` (tokens of one id coalesce while they wait) written to
 the socket by one sender task, so the relay never blocks on a slow client. If the queued bytes
-would pass ``ws_send_buffer``, the client is a slow consumer: the gRPC call is cancelled (closing
-the connection's upstreams), its generations end with ``slow_consumer`` as far as the socket still
-takes frames, and the socket is closed with 1008. When the socket closes or its pings go
-unanswered, the gRPC call is cancelled, which makes the generator close every upstream request of
-this connection.
+would pass ``ws_send_buffer``, the client is a slow consumer: its generations are cancelled
+(closing their upstreams) and end with ``slow_consumer`` as far as the socket still takes frames,
+and the socket is closed with 1008. When the socket closes or its pings go unanswered, every
+generation in flight is cancelled, which makes the generator close its upstream request.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-import grpc
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -39,9 +38,9 @@ from aistream.lifecycle import Lifecycle, LifecycleViolation
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
-from aistream.v1 import generator_pb2_grpc
 from aistream.validation import InvalidRequest, check_cancel, check_generate
 from bridge import translate
+from bridge.link import SharedStream
 from bridge.ratelimit import TokenBucket
 
 __all__ = ["Connection"]
@@ -49,7 +48,6 @@ __all__ = ["Connection"]
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)  # connection ids for the logs
-_Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEventBatch]
 _FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
 
 
@@ -65,38 +63,30 @@ class Connection:
 
     __slots__ = (
         "_accepting",
-        "_call",
         "_ending",
         "_idle",
         "_in_flight",
         "_lifecycle",
-        "_metadata",
         "_outbox",
         "_rate",
         "_relays",
         "_sender",
         "_settings",
-        "_stub",
+        "_stream",
         "id",
         "websocket",
     )
 
     def __init__(
-        self,
-        websocket: ServerConnection,
-        stub: generator_pb2_grpc.GeneratorStub,
-        settings: Settings,
-        metadata: tuple[tuple[str, str], ...] = (),
+        self, websocket: ServerConnection, stream: SharedStream, settings: Settings
     ) -> None:
         self.websocket = websocket
         self.id = f"{next(_ids):x}"
-        self._stub = stub
+        self._stream = stream
         self._settings = settings
-        self._metadata = metadata
         self._lifecycle = Lifecycle()
-        self._in_flight: dict[str, _Call] = {}  # request id → the call it was sent on
-        self._call: _Call | None = None
-        self._relays: set[asyncio.Task[None]] | None = None  # the gRPC relay, the goodbye
+        self._in_flight: dict[str, str] = {}  # request id → the wire id it was sent under
+        self._relays: set[asyncio.Task[None]] | None = None  # the goodbye
         # Created on first use: an idle connection costs as little as possible.
         self._outbox: Outbox | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -127,8 +117,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            if self._call is not None:
-                self._call.cancel()  # the generator closes this connection's upstreams
+            self._cancel_in_flight()  # the generator closes this connection's upstreams
             tasks = [*(self._relays or ())]
             if self._sender is not None:
                 tasks.append(self._sender)
@@ -157,14 +146,13 @@ class Connection:
             return
         if request_id is None:
             return  # nothing to do: a duplicate generate, or a cancel for an id not in flight
-        call = self._ensure_call()
         if event.WhichOneof("event") == "generate":
-            self._in_flight[request_id] = call
-        try:
-            await call.write(event)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            # The relay task sees the call end too and answers every id in flight on it.
-            log.debug("write to generator failed conn=%s: %r", self.id, exc)
+            wire_id = self._stream.generate(self, event)
+            self._in_flight[request_id] = wire_id
+            log.debug("generate conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
+        else:
+            # The generator answers with Error(cancelled), routed here like any event.
+            self._stream.cancel(self._in_flight[request_id], forget=False)
 
     def _admit(self, event: pb.ClientEvent) -> str | None:
         """Check one decoded frame against the limits; the id to forward, or None to drop it."""
@@ -212,45 +200,14 @@ class Connection:
         self._relays.add(task)
         task.add_done_callback(self._relays.discard)
 
-    def _ensure_call(self) -> _Call:
-        if self._call is None or self._call.done():
-            call: _Call = self._stub.StreamBatched(metadata=self._metadata)
-            self._call = call
-            self._spawn(self._relay(call), f"relay {self.id}")
-        return self._call
-
     # --- generator → client ---------------------------------------------------------------------
 
-    async def _relay(self, call: _Call) -> None:
-        """Relay one gRPC call's events until it ends; then fail whatever was left in flight."""
-        reason = "the generator closed the stream"
-        try:
-            async for batch in call:
-                for event in batch.events:
-                    self._forward(event)
-                # Let the sender write before the next batch: batches already received come
-                # back-to-back without a pause, and must not count against the client.
-                await asyncio.sleep(0)
-        except grpc.aio.AioRpcError as exc:
-            reason = exc.code().name
-            if not self._ending:
-                log.warning("generator stream failed conn=%s: %s", self.id, reason)
-        finally:
-            if self._call is call:
-                self._call = None
-        self._end_in_flight(
-            [rid for rid, c in self._in_flight.items() if c is call],
-            pb.ERROR_CODE_UNAVAILABLE,
-            "the generator is unavailable",
-            reason,
-        )
-
-    def _forward(self, event: pb.ServerEvent) -> None:
-        kind = event.WhichOneof("event")
-        if kind is None or self._ending:
+    def deliver(self, request_id: str, event: pb.ServerEvent) -> None:
+        """An event from the generator for ``request_id`` (called by the shared stream)."""
+        if self._ending:
             return  # (events still in flight when the connection is being closed are dropped)
+        kind = event.WhichOneof("event")
         body = getattr(event, kind)
-        request_id: str = body.request_id
         try:
             if kind == "token":
                 self._lifecycle.observe("token", request_id, body.seq, body.count)
@@ -262,6 +219,22 @@ class Connection:
         if kind in ("done", "error"):
             self._forget(request_id)
         self._queue(event)
+
+    def lost(self, request_ids: list[str], reason: str) -> None:
+        """The shared stream these generations ran on failed (called by it)."""
+        if self._ending:
+            return
+        self._end_in_flight(
+            [rid for rid in request_ids if rid in self._in_flight],
+            pb.ERROR_CODE_UNAVAILABLE,
+            "the generator is unavailable",
+            reason,
+        )
+
+    def _cancel_in_flight(self) -> None:
+        """Cancel every generation in flight at the generator (the socket is going away)."""
+        for wire_id in self._in_flight.values():
+            self._stream.cancel(wire_id)
 
     def _forget(self, request_id: str) -> None:
         self._in_flight.pop(request_id, None)
@@ -325,8 +298,7 @@ class Connection:
         socket (a slow consumer); otherwise they go after what is queued (a graceful shutdown).
         """
         self._ending = True
-        if self._call is not None:
-            self._call.cancel()  # closes every upstream of this connection
+        self._cancel_in_flight()  # closes every upstream of this connection
         finals = []
         for request_id in list(self._in_flight):
             self._forget(request_id)

@@ -1,8 +1,8 @@
 """The bridge's server: WebSocket at ``/ws``, the built web client at ``/``, health at ``/healthz``.
 
 One port serves both the page and its socket, so ``aistream up`` prints one URL that works. One
-gRPC channel to the generator is shared by all connections (HTTP/2 multiplexes their streams);
-each connection opens its own stream on it when it first generates.
+gRPC channel to the generator, and on it ``generator_streams`` shared streams (``bridge.link``),
+carry the generations of every connection.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from aistream.settings import Settings
 from aistream.v1 import generator_pb2_grpc
 from bridge.access import TOKEN_SUBPROTOCOL_PREFIX, check_handshake
 from bridge.connection import Connection
+from bridge.link import GeneratorLink
 
 __all__ = ["WS_PATH", "BridgeServer", "default_static_dir"]
 
@@ -109,10 +110,12 @@ class BridgeServer:
         self.settings = settings
         self.static_dir = settings.static_dir or default_static_dir()
         self._channel = generator_channel(settings)
-        self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
-        self._metadata: tuple[tuple[str, str], ...] = ()
+        metadata: tuple[tuple[str, str], ...] = ()
         if settings.grpc_token is not None:
-            self._metadata = (("authorization", f"Bearer {settings.grpc_token}"),)
+            metadata = (("authorization", f"Bearer {settings.grpc_token}"),)
+        self.link = GeneratorLink(
+            generator_pb2_grpc.GeneratorStub(self._channel), metadata, settings.generator_streams
+        )
         self._server: Server | None = None
         self.connections: set[Connection] = set()
         self.port = 0
@@ -184,7 +187,7 @@ class BridgeServer:
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        connection = Connection(websocket, self._stub, self.settings, self._metadata)
+        connection = Connection(websocket, self.link.assign(), self.settings)
         self.connections.add(connection)
         log.info("connection %s opened from %s", connection.id, websocket.remote_address)
         try:
@@ -202,5 +205,6 @@ class BridgeServer:
             self._server.close(close_connections=False)
             await asyncio.gather(*(c.shutdown(timeout) for c in list(self.connections)))
             await self._server.wait_closed()
+        await self.link.close()
         await self._channel.close(None)
         log.info("bridge stopped")

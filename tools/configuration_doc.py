@@ -62,6 +62,7 @@ GROUPS: list[tuple[str, list[str]]] = [
             "bridge_host",
             "bridge_port",
             "generator_target",
+            "generator_streams",
             "ws_max_size",
             "ws_ping_interval",
             "ws_ping_timeout",

@@ -1,0 +1,193 @@
+"""The bridge's link to the generator: a few shared gRPC streams that every connection uses.
+
+Every browser connection could have its own ``StreamBatched`` call, but then each call carries
+one or two generations and every token is its own gRPC message — at a thousand streams that
+per-message cost, on both sides, is what saturates the processes. So the bridge keeps
+``generator_streams`` calls open and spreads connections over them (a connection stays on one,
+so its Generate and a later Cancel travel in order). On a shared call the generator batches the
+events of hundreds of generations into one message.
+
+Request ids are the browser's and only unique within its connection, so each Generate is sent
+under a *wire id* unique in this bridge (a hex counter) and every event coming back is routed by
+it to its connection and renamed to the browser's id. A connection that goes away, or cuts off
+a slow reader, cancels its wire ids one by one — the generator closes just those upstreams.
+The bridge never stops reading a shared call: a connection that cannot keep up is that
+connection's problem (its own bounded queue; ``slow_consumer``), never its neighbours'.
+
+If a call fails (the generator died or restarted), every generation routed over it is reported
+lost to its connection, and the next Generate opens a new call; the channel reconnects on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Protocol
+
+import grpc
+
+from aistream.v1 import events_pb2 as pb
+from aistream.v1 import generator_pb2_grpc
+
+__all__ = ["GeneratorLink", "Receiver", "SharedStream"]
+
+log = logging.getLogger(__name__)
+
+_Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEventBatch]
+
+
+class Receiver(Protocol):
+    """What a shared stream delivers to: one browser connection."""
+
+    def deliver(self, request_id: str, event: pb.ServerEvent) -> None:
+        """An event for the connection's ``request_id`` (already renamed to it)."""
+        ...
+
+    def lost(self, request_ids: list[str], reason: str) -> None:
+        """The stream these generations ran on failed; they will get nothing more."""
+        ...
+
+
+class _OpenCall:
+    """One open ``StreamBatched`` call: its writer, its reader, the generations routed over it."""
+
+    __slots__ = ("call", "ended", "routes", "tasks", "writes")
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.routes: dict[str, tuple[Receiver, str]] = {}  # wire id → (connection, its id)
+        self.writes: asyncio.Queue[pb.ClientEvent] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.ended = False
+
+
+class SharedStream:
+    """One of the link's streams: the current call (opened on demand) and what runs over it."""
+
+    def __init__(self, link: GeneratorLink, index: int) -> None:
+        self._link = link
+        self._index = index
+        self._current: _OpenCall | None = None
+
+    @property
+    def live(self) -> int:
+        """Generations routed over this stream now."""
+        return len(self._current.routes) if self._current is not None else 0
+
+    def generate(self, receiver: Receiver, event: pb.ClientEvent) -> str:
+        """Send a (validated) Generate for ``receiver``; the wire id it travels under."""
+        current = self._open()
+        wire_id = self._link.next_wire_id()
+        current.routes[wire_id] = (receiver, event.generate.request_id)
+        renamed = pb.ClientEvent()
+        renamed.CopyFrom(event)
+        renamed.generate.request_id = wire_id
+        current.writes.put_nowait(renamed)
+        return wire_id
+
+    def cancel(self, wire_id: str, *, forget: bool = True) -> None:
+        """Cancel the generation sent as ``wire_id`` (no-op when it has ended or its call has
+        failed). ``forget``: stop routing its events too (its connection is going away);
+        otherwise its final ``Error(cancelled)`` still comes back to the connection."""
+        current = self._current
+        if current is None or wire_id not in current.routes:
+            return
+        if forget:
+            del current.routes[wire_id]
+        current.writes.put_nowait(pb.ClientEvent(cancel=pb.Cancel(request_id=wire_id)))
+
+    def _open(self) -> _OpenCall:
+        if self._current is None or self._current.ended:
+            call: _Call = self._link.stub.StreamBatched(metadata=self._link.metadata)
+            current = _OpenCall(call)
+            name = f"generator stream {self._index}"
+            current.tasks = [
+                asyncio.create_task(self._write(current), name=f"{name} writer"),
+                asyncio.create_task(self._read(current), name=f"{name} reader"),
+            ]
+            self._current = current
+        return self._current
+
+    async def _write(self, current: _OpenCall) -> None:
+        try:
+            while True:
+                event = await current.writes.get()
+                await current.call.write(event)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            # The reader sees the call end too and reports every generation on it.
+            log.debug("write to generator failed: %r", exc)
+
+    async def _read(self, current: _OpenCall) -> None:
+        reason = "the generator closed the stream"
+        routes = current.routes
+        try:
+            async for batch in current.call:
+                for event in batch.events:
+                    kind = event.WhichOneof("event")
+                    if kind is None:
+                        continue
+                    body = getattr(event, kind)
+                    if kind in ("done", "error"):
+                        route = routes.pop(body.request_id, None)
+                    else:
+                        route = routes.get(body.request_id)
+                    if route is None:
+                        continue  # cancelled by its connection: nobody waits for it
+                    receiver, request_id = route
+                    body.request_id = request_id
+                    receiver.deliver(request_id, event)
+                # Let the connections' senders write before the next batch.
+                await asyncio.sleep(0)
+        except grpc.aio.AioRpcError as exc:
+            reason = exc.code().name
+            log.warning("generator stream %d failed: %s", self._index, reason)
+        finally:
+            current.ended = True
+            current.tasks[0].cancel()
+            if self._current is current:
+                self._current = None
+        lost: dict[Receiver, list[str]] = {}
+        for receiver, request_id in routes.values():
+            lost.setdefault(receiver, []).append(request_id)
+        routes.clear()
+        for receiver, request_ids in lost.items():
+            receiver.lost(request_ids, reason)
+
+    async def close(self) -> None:
+        """Cancel the call (ending whatever still runs on it) and wait for its tasks."""
+        current, self._current = self._current, None
+        if current is None:
+            return
+        current.call.cancel()
+        for task in current.tasks:
+            task.cancel()
+        await asyncio.gather(*current.tasks, return_exceptions=True)
+
+
+class GeneratorLink:
+    """The shared streams to the generator, handed out to connections round robin."""
+
+    def __init__(
+        self,
+        stub: generator_pb2_grpc.GeneratorStub,
+        metadata: tuple[tuple[str, str], ...],
+        streams: int,
+    ) -> None:
+        self.stub = stub
+        self.metadata = metadata
+        self.streams = [SharedStream(self, i) for i in range(streams)]
+        self._turn = itertools.cycle(self.streams)
+        self._wire_ids = itertools.count(1)
+
+    def next_wire_id(self) -> str:
+        """A request id unique among everything this bridge has sent."""
+        return f"{next(self._wire_ids):x}"
+
+    def assign(self) -> SharedStream:
+        """The stream a new connection sends its generations over."""
+        return next(self._turn)
+
+    async def close(self) -> None:
+        """Close every stream."""
+        await asyncio.gather(*(stream.close() for stream in self.streams))

@@ -1,0 +1,89 @@
+"""bridge.link: many connections' generations over a few shared gRPC streams, kept apart.
+
+Every stack here runs with ``generator_streams=1``, so all connections share one stream.
+"""
+
+from __future__ import annotations
+
+from conftest import TERMINAL, UNIT, StackFactory
+
+from aistream.testing.fake_upstream import Script
+
+
+async def test_the_same_request_id_on_two_connections_stays_apart(
+    make_stack: StackFactory,
+) -> None:
+    """Two connections both use request id r1 at once: each gets exactly its own answer."""
+    stack = await make_stack(Script(tokens=20, interval=0.002), generator_streams=1)
+    a, b = await stack.client("a"), await stack.client("b")
+    await a.generate("r1", "first")
+    await b.generate("r1", "second")
+    frames_a = await a.until(lambda f: f["type"] in TERMINAL)
+    frames_b = await b.until(lambda f: f["type"] in TERMINAL)
+    for frames in (frames_a, frames_b):
+        assert {f["requestId"] for f in frames} == {"r1"}
+        assert [frames[0]["type"], frames[-1]["type"]] == ["ai:start", "ai:done"]
+        assert sum(f.get("count", 0) for f in frames) == 20
+    # the generator saw two distinct requests, neither under the browsers' id
+    prompts = sorted(r.body["messages"][-1]["content"] for r in stack.fake.records)
+    assert prompts == ["first", "second"]
+
+
+async def test_closing_one_connection_cancels_only_its_generations(
+    make_stack: StackFactory,
+) -> None:
+    """On a shared stream, a closed socket closes its own upstreams; a neighbour's goes on."""
+    stack = await make_stack(Script(tokens=60, interval=0.01), generator_streams=1)
+    leaving, staying = await stack.client("leaving"), await stack.client("staying")
+    await leaving.generate("x", "leaving")
+    await staying.generate("x", "staying")
+    await stack.fake.wait_for(lambda: len(stack.fake.records) == 2)
+    await leaving.until(lambda f: f["type"] == "ai:token")
+    await leaving.ws.close()
+    leaving.abandon()
+    by_prompt = {r.body["messages"][-1]["content"]: r for r in stack.fake.records}
+    closed = await stack.fake.wait_closed(by_prompt["leaving"], 2 * UNIT)
+    assert closed.outcome == "client_closed"
+    end = await staying.finish("x", 5 * UNIT)
+    assert end["type"] == "ai:done"
+    assert by_prompt["staying"].outcome == "completed"
+
+
+async def test_cancel_on_a_shared_stream_reaches_only_its_generation(
+    make_stack: StackFactory,
+) -> None:
+    """ai:cancel of r1 on one connection ends that generation only (with cancelled)."""
+    stack = await make_stack(Script(tokens=60, interval=0.01), generator_streams=1)
+    a, b = await stack.client("a"), await stack.client("b")
+    await a.generate("r1", "a")
+    await b.generate("r1", "b")
+    await a.until(lambda f: f["type"] == "ai:token")
+    await a.cancel("r1")
+    end_a = await a.finish("r1")
+    assert (end_a["type"], end_a["code"]) == ("ai:error", "cancelled")
+    end_b = await b.finish("r1", 5 * UNIT)
+    assert end_b["type"] == "ai:done"
+
+
+async def test_a_slow_reader_does_not_hold_up_its_neighbours(make_stack: StackFactory) -> None:
+    """A connection that stops reading is cut off (slow_consumer) while another connection on
+    the same stream keeps receiving its answer at full speed."""
+    stack = await make_stack(
+        Script(tokens=100_000, text="x" * 1000, interval=0.0002),  # 5 MB/s
+        generator_streams=1,
+        ws_send_buffer=64 * 1024,
+    )
+    slow = await stack.client("slow")
+    slow.abandon()
+    await slow.generate("s")
+    await slow.until(lambda f: f["type"] == "ai:token")
+    slow.ws.transport.pause_reading()  # stops reading: the kernel buffers fill, then the bridge's
+    stack.fake.script = Script(tokens=200, interval=0.001)
+    fast = await stack.client("fast")
+    await fast.generate("f")
+    end = await fast.finish("f", 10 * UNIT)
+    assert end["type"] == "ai:done"
+    slow_record = stack.fake.records[0]
+    closed = await stack.fake.wait_closed(slow_record, 30 * UNIT)
+    assert closed.outcome == "client_closed"
+    slow.ws.transport.abort()  # (a closing handshake would wait for the unread backlog)
