@@ -85,13 +85,13 @@ class Settings:
     the next batch. 0 (the default) writes whatever waits as soon as the previous write is done,
     which batches under load without delaying anything; a spacing trades latency for fewer
     messages (2 ms added ~5 ms to the p50 time to first token at 100 streams)."""
-    upstream_reads_per_s: int = 6000
+    upstream_reads_per_s: int = 3000
     """Upstream network reads per second the generator spreads over its live answers. With ``n``
     answers streaming, each one's body is read at most every ``n / upstream_reads_per_s``
     seconds (at most ``max_read_interval``); tokens that arrive meanwhile are read, and sent on,
     together. Below that many answers × token rate nothing waits, and a first token never does.
     0: read every answer as soon as data arrives."""
-    max_read_interval: float = 0.2
+    max_read_interval: float = 0.3
     """Upper bound of the spacing between two reads of one answer's body (see above)."""
     max_generations: int = 2000
     """Generations running at once in the generator process; more → ``too_many_requests``."""
@@ -119,11 +119,15 @@ class Settings:
     ws_compression: bool = False
     """permessage-deflate; off by default (it costs ~40% of throughput on token-sized frames)."""
     ws_send_buffer: int = 640 * 1024
-    """Bytes of frames queued for one WebSocket (plus at most 32 KiB in its socket buffer; with
-    the generator's ``stream_buffer_bytes``, under 1 MB per connection in all).
+    """Bytes of frames queued for one WebSocket (plus at most 32 KiB in websockets' write buffer
+    and ``ws_socket_send_buffer`` in the kernel: under 1 MB per connection in all).
     A client that lets more pile up is a slow consumer: its generations end with
     ``slow_consumer`` and the socket is closed with 1008. Keep it above the generator's
     ``stream_buffer_bytes``: one batch from the generator carries up to that much."""
+    ws_socket_send_buffer: int = 128 * 1024
+    """SO_SNDBUF of each WebSocket (Linux doubles it: 256 KiB): what the kernel holds for a client
+    that stopped reading, before the bridge's own queue fills. 0: the kernel's autotuning (on
+    Linux up to ``net.ipv4.tcp_wmem``'s maximum, 4 MB by default, per connection)."""
     max_connections: int = 20_000
     """WebSocket connections at once; more are refused with HTTP 503."""
     max_generations_per_connection: int = 32
@@ -193,6 +197,7 @@ class Settings:
             "simulated_ttft",
             "simulated_tokens_per_s",
             "drain_timeout",
+            "ws_socket_send_buffer",
             "stream_flush_interval",
             "upstream_reads_per_s",
             "max_read_interval",

@@ -135,14 +135,15 @@ class Conn:
 class WsConn(Conn):
     """The browser protocol over the lean WebSocket client."""
 
-    def __init__(self, tracker: Tracker, host: str, port: int, path: str) -> None:
+    def __init__(self, tracker: Tracker, host: str, port: int, path: str, rcvbuf: int = 0) -> None:
         self._tracker = tracker
         self._address = (host, port, path)
+        self._rcvbuf = rcvbuf
         self.ws: WsClient | None = None
 
     async def open(self) -> None:
         host, port, path = self._address
-        self.ws = await connect(host, port, path, self._on_message)
+        self.ws = await connect(host, port, path, self._on_message, self._rcvbuf)
 
     def _on_message(self, payload: bytes, now: float) -> None:
         frame = orjson.loads(payload)
@@ -261,7 +262,8 @@ def _conn_factory(job: dict[str, Any], tracker: Tracker) -> Callable[[], Conn]:
     kind = job["transport"]
     if kind == "ws":
         host, port, path = job["host"], job["port"], job.get("path", "/ws")
-        return lambda: WsConn(tracker, host, port, path)
+        rcvbuf = int(job.get("rcvbuf", 0))
+        return lambda: WsConn(tracker, host, port, path, rcvbuf)
     if kind == "grpc":
         import grpc
 

@@ -52,7 +52,7 @@ class Sizes:
     """Seconds over which the live streams are started."""
     idle_connections: int = 10_000
     slow_clients: int = 20
-    slow_hold: float = 6.0
+    slow_hold: float = 15.0
     """Seconds the slow readers hold their connections after they stopped reading."""
     settle: float = 1.0
     """Seconds between runs, for the servers to finish tearing the last one down."""
@@ -60,6 +60,10 @@ class Sizes:
     """Before a run, how long to wait for other processes on the machine to quieten (0: no
     wait; what they used is reported either way)."""
 
+
+SLOW_CLIENT_RCVBUF = 256 * 1024
+"""SO_RCVBUF of the slow readers' sockets (the kernel's autotuning would grow it to 32 MB here,
+which only delays when the bridge can tell that a reader stopped)."""
 
 FULL = Sizes()
 QUICK = Sizes(
@@ -507,6 +511,9 @@ def _slow_run(sizes: Sizes, upstream: str) -> dict[str, Any]:
             "connections": sizes.slow_clients,
             "spec": asdict(spec),
             "read_first": 20,
+            # A client's kernel takes what it is sent until its receive buffer is full (here
+            # autotuned up to 32 MB); only then does the bridge see a reader that stopped.
+            "rcvbuf": SLOW_CLIENT_RCVBUF,
         }
         load = Load(stack, "aistream", job)
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -143,10 +144,20 @@ class WsClient(asyncio.Protocol):
             self.transport.pause_reading()
 
 
-async def connect(host: str, port: int, path: str, on_message: OnMessage) -> WsClient:
-    """Open a WebSocket connection and complete its handshake."""
+async def connect(
+    host: str, port: int, path: str, on_message: OnMessage, rcvbuf: int = 0
+) -> WsClient:
+    """Open a WebSocket connection and complete its handshake; ``rcvbuf``: the socket's
+    SO_RCVBUF, set before connecting (0: the kernel's autotuning)."""
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: WsClient(on_message), host, port)
+    if rcvbuf:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+        _, client = await loop.create_connection(lambda: WsClient(on_message), sock=sock)
+    else:
+        _, client = await loop.create_connection(lambda: WsClient(on_message), host, port)
     key = base64.b64encode(os.urandom(16))
     assert client.transport is not None
     client.transport.write(

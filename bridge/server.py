@@ -11,6 +11,7 @@ import asyncio
 import http
 import logging
 import mimetypes
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -187,6 +188,11 @@ class BridgeServer:
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
+        sock = websocket.transport.get_extra_info("socket")
+        if sock is not None and self.settings.ws_socket_send_buffer:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.ws_socket_send_buffer
+            )
         connection = Connection(websocket, self.link.assign(), self.settings)
         self.connections.add(connection)
         log.info("connection %s opened from %s", connection.id, websocket.remote_address)

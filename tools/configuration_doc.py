@@ -69,6 +69,7 @@ GROUPS: list[tuple[str, list[str]]] = [
             "ws_close_timeout",
             "ws_compression",
             "ws_send_buffer",
+            "ws_socket_send_buffer",
             "max_connections",
             "max_generations_per_connection",
             "frames_per_second",
