@@ -394,9 +394,10 @@ async def _hold_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -
         async with asyncio.timeout(30):
             while tracker.messages < job["read_first"] * len(conns):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-        for conn in conns:
-            conn.pause_reading()
-        paused = len(conns)
+        if job.get("pause", True):  # (the control run keeps reading)
+            for conn in conns:
+                conn.pause_reading()
+            paused = len(conns)
     _say({"event": "holding", "paused": paused})
     await _wait_line("stop")
     return {"paused": paused}

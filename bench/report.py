@@ -211,7 +211,18 @@ def _idle_table(result: dict[str, Any]) -> str:
 def _slow_table(result: dict[str, Any]) -> str:
     f, p = result["figures"], result["params"]
     rows = [
-        ["peak bytes buffered per connection (RSS)", _cell(f["peak_bytes_per_connection"], 0)],
+        [
+            "peak RSS growth per connection, readers stopped",
+            _cell(f["peak_bytes_per_connection"], 0),
+        ],
+        [
+            "… the same streams, readers reading (control)",
+            _cell(f["control_peak_bytes_per_connection"], 0),
+        ],
+        [
+            "**buffered per connection because its reader stopped** (difference)",
+            _cell(f["buffered_bytes_per_connection"], 0),
+        ],
         [
             "upstreams closed / opened",
             f"{_cell(f['upstreams_closed'], 0)} / {_cell(f['upstreams'], 0)}",
@@ -227,7 +238,7 @@ def _slow_table(result: dict[str, Any]) -> str:
         f"of an unpaced stream, held {p['hold_s']:g} s"
     )
     return f"{title}\n\n{_table(['', 'aistream'], rows)}\n\n" + _cpu_table(
-        {"slow readers": result["processes"]}
+        {"slow readers": result["processes"], "control": result["control_processes"]}
     )
 
 
@@ -307,8 +318,13 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         value = med(s["idle"]["paths"]["aistream"]["bytes_per_connection"])
         out["Idle ≤ 16 KB per connection"] = _verdict(value, 16 * 1024)
     if "slow" in s:
-        value = med(s["slow"]["figures"]["peak_bytes_per_connection"])
+        value = med(s["slow"]["figures"]["buffered_bytes_per_connection"])
         out["Slow reader ≤ 1 MB buffered per connection"] = _verdict(value, 1 << 20)
+        closed = med(s["slow"]["figures"]["upstreams_closed"])
+        opened = med(s["slow"]["figures"]["upstreams"])
+        out["Slow reader: every upstream closed (slow_consumer)"] = _verdict(
+            closed, opened, at_most=False
+        )
     return out
 
 

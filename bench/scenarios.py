@@ -498,7 +498,7 @@ def idle(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
 # --- 5. Slow reader -----------------------------------------------------------------------------
 
 
-def _slow_run(sizes: Sizes, upstream: str) -> dict[str, Any]:
+def _slow_run(sizes: Sizes, upstream: str, pause: bool = True) -> dict[str, Any]:
     stack = Stack(("aistream",), upstream, quiet_patience=sizes.quiet_patience)
     servers = ("bridge", "generator")
     try:
@@ -514,6 +514,7 @@ def _slow_run(sizes: Sizes, upstream: str) -> dict[str, Any]:
             # A client's kernel takes what it is sent until its receive buffer is full (here
             # autotuned up to 32 MB); only then does the bridge see a reader that stopped.
             "rcvbuf": SLOW_CLIENT_RCVBUF,
+            "pause": pause,
         }
         load = Load(stack, "aistream", job)
         try:
@@ -544,18 +545,31 @@ def _slow_run(sizes: Sizes, upstream: str) -> dict[str, Any]:
 
 
 def slow(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
-    """Clients that stop reading mid-stream from an unpaced upstream: memory and upstream fate."""
-    runs = []
+    """Clients that stop reading mid-stream from an unpaced upstream: memory and upstream fate.
+
+    Each repeat also runs a *control*: the same streams for the same time, read throughout. The
+    generator and bridge grow by a working set just for serving unpaced streams (HTTP and gRPC
+    buffers, allocator arenas); what a stopped reader makes them buffer is the difference."""
+    runs, controls = [], []
     for rep in range(repeat):
         run = _slow_run(sizes, upstream)
+        control = _slow_run(sizes, upstream, pause=False)
+        run["control_peak_bytes_per_connection"] = control["peak_bytes_per_connection"]
+        run["buffered_bytes_per_connection"] = (
+            run["peak_bytes_per_connection"] - control["peak_bytes_per_connection"]
+        )
         runs.append(run)
+        controls.append(control)
         _log(
-            f"slow run {rep + 1}/{repeat}: peak {run['peak_bytes_per_connection']} B/conn, "
+            f"slow run {rep + 1}/{repeat}: peak {run['peak_bytes_per_connection']} B/conn "
+            f"(readers reading: {control['peak_bytes_per_connection']}), "
             f"upstreams closed {run['upstreams_closed']}/{run['upstreams']} "
             f"(last {run['closed_after_pause_ms_max']} ms after the pause)"
         )
     metrics = (
         "peak_bytes_per_connection",
+        "control_peak_bytes_per_connection",
+        "buffered_bytes_per_connection",
         "upstreams_closed",
         "upstreams",
         "closed_after_pause_ms_max",
@@ -565,6 +579,7 @@ def slow(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
         "params": {"clients": sizes.slow_clients, "hold_s": sizes.slow_hold, "read_first": 20},
         "figures": _aggregate_runs(runs, metrics),
         "processes": _aggregate_processes(runs),
+        "control_processes": _aggregate_processes(controls),
     }
 
 

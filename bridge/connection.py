@@ -117,7 +117,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            self._cancel_in_flight()  # the generator closes this connection's upstreams
+            self.cancel_in_flight()  # the generator closes this connection's upstreams
             tasks = [*(self._relays or ())]
             if self._sender is not None:
                 tasks.append(self._sender)
@@ -231,8 +231,9 @@ class Connection:
             reason,
         )
 
-    def _cancel_in_flight(self) -> None:
-        """Cancel every generation in flight at the generator (the socket is going away)."""
+    def cancel_in_flight(self) -> None:
+        """Cancel every generation in flight at the generator (the socket is going away; called
+        again when it is gone, a no-op then)."""
         for wire_id in self._in_flight.values():
             self._stream.cancel(wire_id)
 
@@ -298,7 +299,7 @@ class Connection:
         socket (a slow consumer); otherwise they go after what is queued (a graceful shutdown).
         """
         self._ending = True
-        self._cancel_in_flight()  # closes every upstream of this connection
+        self.cancel_in_flight()  # closes every upstream of this connection
         finals = []
         for request_id in list(self._in_flight):
             self._forget(request_id)

@@ -12,13 +12,15 @@ import http
 import logging
 import mimetypes
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Event
 from websockets.typing import Subprotocol
 
 from aistream.settings import Settings
@@ -59,6 +61,23 @@ def generator_channel(settings: Settings) -> grpc.aio.Channel:
         certificate_chain=cert,
     )
     return grpc.aio.secure_channel(settings.generator_target, credentials, options=_CHANNEL_OPTIONS)
+
+
+class _ServerConnection(ServerConnection):
+    """websockets' server connection, telling the bridge as soon as the client's close frame
+    arrives — before the closing handshake and the TCP close that end ``recv``."""
+
+    on_close_frame: Callable[[], None] | None = None
+
+    def process_event(self, event: Event) -> None:
+        super().process_event(event)
+        if (
+            isinstance(event, Frame)
+            and event.opcode is Opcode.CLOSE
+            and self.on_close_frame is not None
+        ):
+            on_close_frame, self.on_close_frame = self.on_close_frame, None
+            on_close_frame()
 
 
 def _select_subprotocol(
@@ -129,6 +148,7 @@ class BridgeServer:
             s.bridge_host,
             s.bridge_port,
             process_request=self._process_request,
+            create_connection=_ServerConnection,
             select_subprotocol=_select_subprotocol,
             compression="deflate" if s.ws_compression else None,
             max_size=s.ws_max_size,
@@ -194,6 +214,9 @@ class BridgeServer:
                 socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.ws_socket_send_buffer
             )
         connection = Connection(websocket, self.link.assign(), self.settings)
+        if isinstance(websocket, _ServerConnection):
+            # The client is going: its upstreams are closed now, not after the handshake.
+            websocket.on_close_frame = connection.cancel_in_flight
         self.connections.add(connection)
         log.info("connection %s opened from %s", connection.id, websocket.remote_address)
         try:

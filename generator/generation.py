@@ -21,7 +21,7 @@ from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from generator.limits import TimeLimits
-from generator.upstream import Delta, Role, Upstream, UpstreamFailure, UpstreamRequest
+from generator.upstream import Abortable, Delta, Role, Upstream, UpstreamFailure, UpstreamRequest
 
 __all__ = ["Generation", "upstream_request"]
 
@@ -62,6 +62,7 @@ class Generation:
     """The state and task body of one accepted Generate."""
 
     __slots__ = (
+        "_abortable",
         "_limits",
         "_outbox",
         "_settings",
@@ -96,6 +97,7 @@ class Generation:
         self.tokens = 0
         self.prompt_tokens = math.ceil(sum(len(text) for _, text in self.request.messages) / 4)
         self.ended = False
+        self._abortable: Abortable | None = None
 
     def start(self) -> None:
         """Queue the Start event (before the task runs, so it precedes everything else)."""
@@ -107,6 +109,8 @@ class Generation:
         if self.ended:
             return False
         self._finish_error(code, message, retryable)
+        if self._abortable is not None:
+            self._abortable.abort()  # the owner cancels the task; the upstream hears it now
         return True
 
     async def run(self) -> None:
@@ -119,7 +123,10 @@ class Generation:
         finish: str | None = None
         reported: tuple[int, int] | None = None
         try:
-            async with self._upstream.stream(self.request) as deltas:
+            stream = self._upstream.stream(self.request)
+            if isinstance(stream, Abortable):
+                self._abortable = stream
+            async with stream as deltas:
                 async for delta in deltas:
                     if delta.count:
                         await self._token(delta)

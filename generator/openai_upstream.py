@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal
@@ -218,11 +219,14 @@ class _PacedBody:
         if self._protocol is not None:
             self._protocol.resume_reading()
 
-    def release(self) -> None:
-        """Stop pacing (the answer is over): resume the socket if it is held."""
+    def release(self, *, resume: bool) -> None:
+        """Stop pacing (the answer is over); ``resume``: let the socket be read again if it is
+        held (to read the body's end; not when the connection is about to be closed)."""
         if self._resume_at is not None:
             self._resume_at.cancel()
-            self._resume()
+            self._resume_at = None
+            if resume and self._protocol is not None:
+                self._protocol.resume_reading()
 
 
 async def _no_more() -> bytes:
@@ -244,6 +248,7 @@ class _ChatStream:
         self._model = model
         self._pacing = pacing
         self._response: httpx2.Response | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._read: Callable[[], Awaitable[bytes]] = _no_more
         self._paced: _PacedBody | None = None
         self._decoder = SSEDecoder()
@@ -274,6 +279,8 @@ class _ChatStream:
         self._response = http_response
         aio = _aiohttp_response(http_response)
         if aio is not None:
+            if aio.connection is not None:
+                self._transport = aio.connection.transport
             self._paced = _PacedBody(aio, self._pacing)
             self._pacing.opened()
             self._read = self._paced.read
@@ -281,6 +288,17 @@ class _ChatStream:
             chunks = http_response.aiter_bytes()
             self._read = lambda: anext(chunks, b"")
         return self._deltas()
+
+    def abort(self) -> None:
+        """Shut the connection's socket down now: the upstream sees the close in this very
+        event-loop turn (closing the transport would send it a turn later, after the reading
+        task has been woken and unwound). ``__aexit__`` then closes it for good."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or self._done:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     async def __aexit__(
         self,
@@ -293,7 +311,7 @@ class _ChatStream:
         if self._response is None:
             return
         if self._paced is not None:
-            self._paced.release()
+            self._paced.release(resume=exc_type is None and self._done)
             self._pacing.closed()
         try:
             if exc_type is None and self._done:

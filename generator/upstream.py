@@ -8,7 +8,9 @@ An upstream opens one streamed completion per request::
 
 The iteration ends normally only when the model really finished (it sent its end-of-stream
 marker); a stream cut short raises ``UpstreamFailure``. Leaving the ``async with`` block, for any
-reason including cancellation, closes the upstream request (for HTTP: the connection).
+reason including cancellation, closes the upstream request (for HTTP: the connection). A stream
+may also be ``Abortable``: ``abort()`` closes it at once, from outside its task, so the upstream
+learns of a cancel before the task unwinds.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from aistream import codes
 from aistream.v1 import events_pb2 as pb
 
-__all__ = ["Delta", "Upstream", "UpstreamFailure", "UpstreamRequest"]
+__all__ = ["Abortable", "Delta", "Upstream", "UpstreamFailure", "UpstreamRequest"]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -65,6 +67,15 @@ def truncated() -> UpstreamFailure:
         "the upstream ended the stream before finishing",
         retryable=True,
     )
+
+
+@runtime_checkable
+class Abortable(Protocol):
+    """A stream that can be closed synchronously, from outside the task reading it."""
+
+    def abort(self) -> None:
+        """Close the upstream connection now (the reading task still leaves its block)."""
+        ...
 
 
 class Upstream(Protocol):

@@ -91,6 +91,7 @@ def test_idle_and_slow_reader_figures(quick: dict[str, Any]) -> None:
         assert _has(scenarios["idle"]["paths"][path]["bytes_per_connection"]), path
     figures = scenarios["slow"]["figures"]
     assert _has(figures["peak_bytes_per_connection"]) and _has(figures["upstreams"])
+    assert _has(figures["control_peak_bytes_per_connection"])
 
 
 def test_process_usage_and_plot(quick: dict[str, Any]) -> None:
