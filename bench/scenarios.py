@@ -52,7 +52,7 @@ class Sizes:
     """Seconds over which the live streams are started."""
     idle_connections: int = 10_000
     slow_clients: int = 20
-    slow_hold: float = 15.0
+    slow_hold: float = 25.0
     """Seconds the slow readers hold their connections after they stopped reading."""
     settle: float = 1.0
     """Seconds between runs, for the servers to finish tearing the last one down."""
