@@ -16,7 +16,7 @@ from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
 from generator.openai_upstream import OpenAIUpstream, _aiohttp_response, map_sdk_error, parse_chunk
 from generator.pacing import MIN_INTERVAL, ReadPacing
-from generator.upstream import Delta, UpstreamFailure, UpstreamRequest
+from generator.upstream import Abortable, Delta, UpstreamFailure, UpstreamRequest
 
 
 def _request(request_id: str = "r1") -> UpstreamRequest:
@@ -148,3 +148,22 @@ def test_map_sdk_error_timeout() -> None:
     request = httpx2.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
     failure = map_sdk_error(openai.APITimeoutError(request=request))
     assert (failure.code, failure.retryable) == (pb.ERROR_CODE_TIMEOUT, True)
+
+
+async def test_abort_closes_the_connection_before_the_block_is_left() -> None:
+    """``abort()`` (what a cancel calls) closes the upstream connection at once: the upstream
+    sees it while the reading code is still inside its ``async with``."""
+    async with FakeUpstream(Script(tokens=1000, interval=0.01)) as fake:
+        upstream = OpenAIUpstream(settings_for(fake))
+        try:
+            opened = upstream.stream(_request())
+            assert isinstance(opened, Abortable)
+            async with opened as stream:
+                async for delta in stream:
+                    if delta.count:
+                        break
+                opened.abort()
+                record = await fake.wait_closed(fake.records[0], 2 * UNIT)
+                assert record.outcome == "client_closed"
+        finally:
+            await upstream.aclose()
