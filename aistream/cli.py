@@ -192,7 +192,8 @@ GC_THRESHOLDS = (100_000, 50, 1000)
 """The cyclic garbage collector's thresholds in the servers. With the default (700, 10, 10) a
 process holding thousands of connections and generations runs a collection every few hundred
 allocations and a full one every few seconds, each pausing the event loop; at 1,000 streams those
-pauses were the tail of the time to first token (p99 60–140 ms → 37–63 ms in the harness)."""
+pauses were the tail of the time to first token (harness, three runs each: p99 151 / 223 / 214 ms
+with the defaults, 41 / 43 / 47 ms with these; docs/performance.md)."""
 
 
 def _tune_gc() -> None:

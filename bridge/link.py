@@ -70,11 +70,6 @@ class SharedStream:
         self._index = index
         self._current: _OpenCall | None = None
 
-    @property
-    def live(self) -> int:
-        """Generations routed over this stream now."""
-        return len(self._current.routes) if self._current is not None else 0
-
     def generate(self, receiver: Receiver, event: pb.ClientEvent) -> str:
         """Send a (validated) Generate for ``receiver``; the wire id it travels under."""
         current = self._open()

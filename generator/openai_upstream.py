@@ -180,7 +180,7 @@ class OpenAIUpstream:
 def _aiohttp_response(response: httpx2.Response) -> aiohttp.ClientResponse | None:
     """The aiohttp response under an SDK response, when the SDK's aiohttp transport carried it
     and the body is not content-encoded (SSE normally is not); None otherwise. (Reaches through
-    two private attributes; ``tests/test_upstream_openai.py`` fails if an upgrade moves them.)"""
+    two private attributes; ``tests/test_openai_upstream.py`` fails if an upgrade moves them.)"""
     if response.headers.get("content-encoding", "identity").lower() != "identity":
         return None
     stream = getattr(response.stream, "_stream", None)  # httpx2's BoundAsyncStream
