@@ -225,8 +225,17 @@ class _PacedBody:
         if self._resume_at is not None:
             self._resume_at.cancel()
             self._resume_at = None
-            if resume and self._protocol is not None:
-                self._protocol.resume_reading()
+            if resume:
+                self._resume()
+
+    def abort(self) -> None:
+        """Shut the socket down now: the upstream sees the close in this very event-loop turn
+        (closing the transport would send it a turn later)."""
+        transport = self._protocol.transport if self._protocol is not None else None
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 async def _no_more() -> bytes:
@@ -248,7 +257,6 @@ class _ChatStream:
         self._model = model
         self._pacing = pacing
         self._response: httpx2.Response | None = None
-        self._transport: asyncio.BaseTransport | None = None
         self._read: Callable[[], Awaitable[bytes]] = _no_more
         self._paced: _PacedBody | None = None
         self._decoder = SSEDecoder()
@@ -279,8 +287,6 @@ class _ChatStream:
         self._response = http_response
         aio = _aiohttp_response(http_response)
         if aio is not None:
-            if aio.connection is not None:
-                self._transport = aio.connection.transport
             self._paced = _PacedBody(aio, self._pacing)
             self._pacing.opened()
             self._read = self._paced.read
@@ -290,15 +296,11 @@ class _ChatStream:
         return self._deltas()
 
     def abort(self) -> None:
-        """Shut the connection's socket down now: the upstream sees the close in this very
-        event-loop turn (closing the transport would send it a turn later, after the reading
-        task has been woken and unwound). ``__aexit__`` then closes it for good."""
-        transport = self._transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or self._done:
-            return
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        """Close the upstream connection now, before the reading task has been woken and
+        unwound (``__aexit__`` then closes it for good). Only the aiohttp path can; an answer
+        already read to its end is left for the pool."""
+        if self._paced is not None and not self._done:
+            self._paced.abort()
 
     async def __aexit__(
         self,
