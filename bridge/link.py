@@ -1,11 +1,12 @@
 """The bridge's link to the generator: a few shared gRPC streams that every connection uses.
 
-Every browser connection could have its own ``StreamBatched`` call, but then each call carries
-one or two generations and every token is its own gRPC message — at a thousand streams that
-per-message cost, on both sides, is what saturates the processes. So the bridge keeps
-``generator_streams`` calls open and spreads connections over them (a connection stays on one,
-so its Generate and a later Cancel travel in order). On a shared call the generator batches the
-events of hundreds of generations into one message.
+Every browser connection could have its own call, but then each call carries one or two
+generations and every token is its own gRPC message — at a thousand streams that per-message
+cost, on both sides, is what saturates the processes. So the bridge keeps ``generator_streams``
+``StreamBatches`` calls open and spreads connections over them (a connection stays on one, so
+its Generate and a later Cancel travel in order). On a shared call the generator batches the
+events of hundreds of generations into one message, and the bridge the Generates and Cancels
+that gathered while its previous write was under way.
 
 Request ids are the browser's and only unique within its connection, so each Generate is sent
 under a *wire id* unique in this bridge (a hex counter) and every event coming back is routed by
@@ -34,7 +35,11 @@ __all__ = ["GeneratorLink", "Receiver", "SharedStream"]
 
 log = logging.getLogger(__name__)
 
-_Call = grpc.aio.StreamStreamCall[pb.ClientEvent, pb.ServerEventBatch]
+_Call = grpc.aio.StreamStreamCall[pb.ClientEventBatch, pb.ServerEventBatch]
+_BATCH = 256  # most events in one ClientEventBatch
+# A batch takes no more events once it holds 1 MiB: with frames of at most ws_max_size (1 MiB)
+# it stays under 2 MiB, well inside the 4 MiB a gRPC server accepts by default.
+_BATCH_BYTES = 1 << 20
 
 
 class Receiver(Protocol):
@@ -50,7 +55,7 @@ class Receiver(Protocol):
 
 
 class _OpenCall:
-    """One open ``StreamBatched`` call: its writer, its reader, the generations routed over it."""
+    """One open ``StreamBatches`` call: its writer, its reader, the generations routed over it."""
 
     __slots__ = ("call", "ended", "routes", "tasks", "writes")
 
@@ -94,7 +99,7 @@ class SharedStream:
 
     def _open(self) -> _OpenCall:
         if self._current is None or self._current.ended:
-            call: _Call = self._link.stub.StreamBatched(metadata=self._link.metadata)
+            call: _Call = self._link.stub.StreamBatches(metadata=self._link.metadata)
             current = _OpenCall(call)
             name = f"generator stream {self._index}"
             current.tasks = [
@@ -105,10 +110,18 @@ class SharedStream:
         return self._current
 
     async def _write(self, current: _OpenCall) -> None:
+        writes = current.writes
         try:
             while True:
-                event = await current.writes.get()
-                await current.call.write(event)
+                # Everything that waits goes in one message: while a write is under way the
+                # next Generates and Cancels gather, so under load the generator reads a
+                # batch per turn of its loop instead of one request per two.
+                events = [await writes.get()]
+                size = events[0].ByteSize()
+                while not writes.empty() and len(events) < _BATCH and size < _BATCH_BYTES:
+                    events.append(writes.get_nowait())
+                    size += events[-1].ByteSize()
+                await current.call.write(pb.ClientEventBatch(events=events))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             # The reader sees the call end too and reports every generation on it.
             log.debug("write to generator failed: %r", exc)

@@ -1,6 +1,8 @@
-"""The ``aistream.v1.Generator/Stream`` handler: many generations on one bidi gRPC stream.
+"""The ``aistream.v1.Generator`` handlers: many generations on one bidi gRPC stream.
 
-One ``StreamSession`` per call reads ClientEvents, starts and cancels generations keyed by request
+``Stream`` carries one event per message each way, ``StreamBatched`` groups the server's events,
+``StreamBatches`` the client's too; all three run the same session. One ``StreamSession`` per
+call reads ClientEvents, starts and cancels generations keyed by request
 id, and the handler writes the session's outbox to the call. When the call ends for any reason —
 the client cancels, disconnects or dies — grpc.aio cancels the handler (``CancelledError``; note
 that ``context.cancelled()`` does not report it): the ``finally`` block then cancels every task the
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 
 import grpc
 
@@ -68,6 +70,17 @@ class StreamSession:
         try:
             async for event in requests:
                 self.apply(event)
+        finally:
+            self._reading_done = True
+            self.outbox.wake()
+
+    async def read_batches(self, requests: AsyncIterator[pb.ClientEventBatch]) -> None:
+        """Apply every event of every ClientEventBatch of the call, in order, until the client
+        half-closes."""
+        try:
+            async for batch in requests:
+                for event in batch.events:
+                    self.apply(event)
         finally:
             self._reading_done = True
             self.outbox.wake()
@@ -192,7 +205,9 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEvent],
     ) -> AsyncIterator[pb.ServerEvent]:
         """Serve one bidirectional stream, one ServerEvent per message."""
-        async for batch in self._serve(request_iterator, context.peer(), batch_limit=1):
+        async for batch in self._serve(
+            lambda session: session.read(request_iterator), context.peer(), batch_limit=1
+        ):
             for event in batch:
                 yield event
 
@@ -202,16 +217,35 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEventBatch],
     ) -> AsyncIterator[pb.ServerEventBatch]:
         """Serve one bidirectional stream, every waiting ServerEvent in one message."""
-        async for batch in self._serve(request_iterator, context.peer(), batch_limit=_BATCH):
+        async for batch in self._serve(
+            lambda session: session.read(request_iterator), context.peer(), batch_limit=_BATCH
+        ):
+            yield pb.ServerEventBatch(events=batch)
+
+    async def StreamBatches(
+        self,
+        request_iterator: AsyncIterator[pb.ClientEventBatch],
+        context: grpc.aio.ServicerContext[pb.ClientEventBatch, pb.ServerEventBatch],
+    ) -> AsyncIterator[pb.ServerEventBatch]:
+        """Serve one bidirectional stream, batched both ways."""
+        async for batch in self._serve(
+            lambda session: session.read_batches(request_iterator),
+            context.peer(),
+            batch_limit=_BATCH,
+        ):
             yield pb.ServerEventBatch(events=batch)
 
     async def _serve(
-        self, requests: AsyncIterator[pb.ClientEvent], peer: str, batch_limit: int
+        self,
+        reading: Callable[[StreamSession], Coroutine[None, None, None]],
+        peer: str,
+        batch_limit: int,
     ) -> AsyncIterator[list[pb.ServerEvent]]:
-        """Run one call's session until the client half-closes or the call ends."""
+        """Run one call's session (``reading`` applies what the client sends to it) until the
+        client half-closes or the call ends."""
         session = StreamSession(self._upstream, self._settings, peer, self._capacity)
         self._sessions.add(session)
-        reader = asyncio.create_task(session.read(requests), name="stream reader")
+        reader = asyncio.create_task(reading(session), name="stream reader")
         loop = asyncio.get_running_loop()
         spacing = self._settings.stream_flush_interval if batch_limit > 1 else 0.0
         wrote_at = -math.inf

@@ -423,6 +423,50 @@ async def test_batched_stream_carries_the_same_lifecycle(fake: FakeUpstream, gen
     call.cancel()
 
 
+async def test_client_batches_are_applied_in_order_each_event_on_its_own(
+    fake: FakeUpstream, gen: Gen
+) -> None:
+    """StreamBatches: the events of one ClientEventBatch are applied in order, each as if it had
+    come alone — an invalid one gets its Error and the others run, a Cancel in the same batch
+    ends the Generate before it — and an empty batch does nothing."""
+    fake.script = Script(tokens=30, interval=0.01)
+    _, channel = await gen()
+    call = generator_pb2_grpc.GeneratorStub(channel).StreamBatches()
+
+    def generate(request_id: str) -> pb.ClientEvent:
+        return pb.ClientEvent(generate=pb.Generate(request_id=request_id, prompt="x"))
+
+    await call.write(pb.ClientEventBatch())
+    await call.write(
+        pb.ClientEventBatch(
+            events=[
+                generate("r1"),
+                generate(""),  # invalid: no request id
+                generate("r2"),
+                pb.ClientEvent(cancel=pb.Cancel(request_id="r2")),
+                pb.ClientEvent(),  # invalid: no event
+            ]
+        )
+    )
+    events: dict[str, list[str]] = {}
+    ends: dict[str, pb.ServerEvent] = {}
+    async for batch in call:
+        for event in batch.events:
+            body = getattr(event, kind(event))
+            events.setdefault(body.request_id, []).append(kind(event))
+            if kind(event) in ("done", "error"):
+                ends.setdefault(body.request_id, event)
+        if {"r1", "r2"} <= ends.keys() and len(events.get("", [])) == 2:
+            break
+    assert events[""] == ["error", "error"]
+    assert {ends[""].error.code} == {pb.ERROR_CODE_INVALID_REQUEST}
+    assert events["r1"][0] == "start" and events["r1"][-1] == "done"
+    assert events["r1"].count("token") >= 1
+    assert events["r2"][0] == "start" and events["r2"][-1] == "error"
+    assert ends["r2"].error.code == pb.ERROR_CODE_CANCELLED
+    call.cancel()
+
+
 async def test_an_upstream_ignoring_max_tokens_is_cut_off(fake: FakeUpstream, gen: Gen) -> None:
     """If the upstream streams past max_tokens, the generator ends with done(length) at the
     limit and closes the upstream connection."""

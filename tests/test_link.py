@@ -5,9 +5,16 @@ Every stack here runs with ``generator_streams=1``, so all connections share one
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+from typing import cast
+
 from conftest import TERMINAL, UNIT, StackFactory
 
 from aistream.testing.fake_upstream import Script
+from aistream.v1 import events_pb2 as pb
+from aistream.v1 import generator_pb2_grpc
+from bridge.link import GeneratorLink
 
 
 async def test_the_same_request_id_on_two_connections_stays_apart(
@@ -87,3 +94,68 @@ async def test_a_slow_reader_does_not_hold_up_its_neighbours(make_stack: StackFa
     closed = await stack.fake.wait_closed(slow_record, 30 * UNIT)
     assert closed.outcome == "client_closed"
     slow.ws.transport.abort()  # (a closing handshake would wait for the unread backlog)
+
+
+class _RecordingCall:
+    """Stands in for the StreamBatches call (below the link): records what the writer sends,
+    each write taking a moment as a real one does; yields no events."""
+
+    def __init__(self) -> None:
+        self.writes: list[pb.ClientEventBatch] = []
+        self.ended = asyncio.Event()
+
+    async def write(self, batch: pb.ClientEventBatch) -> None:
+        self.writes.append(batch)
+        await asyncio.sleep(0.01)
+
+    def __aiter__(self) -> _RecordingCall:
+        return self
+
+    async def __anext__(self) -> pb.ServerEventBatch:
+        await self.ended.wait()
+        raise StopAsyncIteration
+
+    def cancel(self) -> bool:
+        self.ended.set()
+        return True
+
+
+class _Nobody:
+    def deliver(self, request_id: str, event: pb.ServerEvent) -> None:
+        raise AssertionError("no events expected")
+
+    def lost(self, request_ids: list[str], reason: str) -> None:
+        pass
+
+
+async def test_waiting_generates_and_cancels_travel_in_one_batch_in_order() -> None:
+    """The link's writer sends every Generate and Cancel that gathered while a write was under
+    way as one ClientEventBatch, in order, and starts a new batch once one holds 1 MiB."""
+    call = _RecordingCall()
+    stub = SimpleNamespace(StreamBatches=lambda metadata: call)
+    link = GeneratorLink(cast(generator_pb2_grpc.GeneratorStub, stub), (), streams=1)
+    stream = link.assign()
+    nobody = _Nobody()
+
+    def generate(request_id: str, prompt: str = "p") -> pb.ClientEvent:
+        return pb.ClientEvent(generate=pb.Generate(request_id=request_id, prompt=prompt))
+
+    first = stream.generate(nobody, generate("a"))
+    await asyncio.sleep(0)  # the writer takes the first one alone and starts writing it
+    wires = [stream.generate(nobody, generate(f"b{i}")) for i in range(5)]
+    stream.cancel(wires[1])
+    big = "x" * 600_000  # two of these fill a batch
+    for i in range(3):
+        stream.generate(nobody, generate(f"big{i}", big))
+    for _ in range(50):
+        if sum(len(b.events) for b in call.writes) == 10:
+            break
+        await asyncio.sleep(0.01)
+    ids = [
+        [e.generate.request_id or f"cancel:{e.cancel.request_id}" for e in batch.events]
+        for batch in call.writes
+    ]
+    assert ids[0] == [first]
+    assert ids[1][:6] == [*wires, f"cancel:{wires[1]}"]
+    assert [len(b) for b in ids[1:]] == [8, 1]  # 6 small + 2 big (1.2 MB: full), the third
+    await link.close()

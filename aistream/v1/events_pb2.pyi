@@ -73,6 +73,12 @@ class ClientEvent(_message.Message):
     cancel: Cancel
     def __init__(self, generate: _Optional[_Union[Generate, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
 
+class ClientEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ClientEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ClientEvent, _Mapping]]] = ...) -> None: ...
+
 class Generate(_message.Message):
     __slots__ = ("request_id", "prompt", "messages", "model", "max_tokens", "temperature", "timeout_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

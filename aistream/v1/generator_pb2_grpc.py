@@ -49,6 +49,11 @@ class GeneratorStub:
                 request_serializer=aistream_dot_v1_dot_events__pb2.ClientEvent.SerializeToString,
                 response_deserializer=aistream_dot_v1_dot_events__pb2.ServerEventBatch.FromString,
                 _registered_method=True)
+        self.StreamBatches = channel.stream_stream(
+                '/aistream.v1.Generator/StreamBatches',
+                request_serializer=aistream_dot_v1_dot_events__pb2.ClientEventBatch.SerializeToString,
+                response_deserializer=aistream_dot_v1_dot_events__pb2.ServerEventBatch.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -80,7 +85,18 @@ class GeneratorServicer:
         every event that was waiting when the server wrote, in order. Under load this replaces
         thousands of small gRPC messages per second with a few large ones; at light load a batch
         holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
-        The bridge uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamBatches(self, request_iterator, context):
+        """StreamBatches is StreamBatched with the client's events grouped too: each
+        ClientEventBatch carries the Generates and Cancels that were waiting when the client
+        wrote, and the server applies them in order, each as if it had come alone (an invalid
+        one gets its Error; the others go on). A client that multiplexes many users' requests
+        on one call — the bridge does — then costs the server one read per batch instead of one
+        per request. An empty batch does nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +113,11 @@ def add_GeneratorServicer_to_server(servicer, server):
             'StreamBatched': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamBatched,
                     request_deserializer=aistream_dot_v1_dot_events__pb2.ClientEvent.FromString,
+                    response_serializer=aistream_dot_v1_dot_events__pb2.ServerEventBatch.SerializeToString,
+            ),
+            'StreamBatches': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamBatches,
+                    request_deserializer=aistream_dot_v1_dot_events__pb2.ClientEventBatch.FromString,
                     response_serializer=aistream_dot_v1_dot_events__pb2.ServerEventBatch.SerializeToString,
             ),
     }
@@ -158,6 +179,33 @@ class Generator:
             target,
             '/aistream.v1.Generator/StreamBatched',
             aistream_dot_v1_dot_events__pb2.ClientEvent.SerializeToString,
+            aistream_dot_v1_dot_events__pb2.ServerEventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBatches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/aistream.v1.Generator/StreamBatches',
+            aistream_dot_v1_dot_events__pb2.ClientEventBatch.SerializeToString,
             aistream_dot_v1_dot_events__pb2.ServerEventBatch.FromString,
             options,
             channel_credentials,

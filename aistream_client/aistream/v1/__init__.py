@@ -7,6 +7,7 @@ __all__ = (
     "Cancel",
     "ChatMessage",
     "ClientEvent",
+    "ClientEventBatch",
     "Done",
     "Error",
     "ErrorCode",
@@ -332,6 +333,21 @@ default_message_pool.register_message("aistream.v1", "ClientEvent", ClientEvent)
 
 
 @dataclass(eq=False, repr=False)
+class ClientEventBatch(betterproto2.Message):
+    """
+    ClientEventBatch is a group of ClientEvents, applied in order (Generator.StreamBatches).
+    """
+
+    events: "list[ClientEvent]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The events, oldest first.
+    """
+
+
+default_message_pool.register_message("aistream.v1", "ClientEventBatch", ClientEventBatch)
+
+
+@dataclass(eq=False, repr=False)
 class Done(betterproto2.Message):
     """
     Done says the upstream really finished the answer (it sent a finish reason
@@ -640,12 +656,29 @@ class GeneratorSyncStub:
         every event that was waiting when the server wrote, in order. Under load this replaces
         thousands of small gRPC messages per second with a few large ones; at light load a batch
         holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
-        The bridge uses it.
         """
 
         yield from self._channel.stream_stream(
             "/aistream.v1.Generator/StreamBatched",
             ClientEvent.SerializeToString,
+            ServerEventBatch.FromString,
+        )(iter(messages))
+
+    def stream_batches(
+        self, messages: "Iterable[ClientEventBatch]"
+    ) -> "Iterator[ServerEventBatch]":
+        """
+        StreamBatches is StreamBatched with the client's events grouped too: each
+        ClientEventBatch carries the Generates and Cancels that were waiting when the client
+        wrote, and the server applies them in order, each as if it had come alone (an invalid
+        one gets its Error; the others go on). A client that multiplexes many users' requests
+        on one call — the bridge does — then costs the server one read per batch instead of one
+        per request. An empty batch does nothing.
+        """
+
+        yield from self._channel.stream_stream(
+            "/aistream.v1.Generator/StreamBatches",
+            ClientEventBatch.SerializeToString,
             ServerEventBatch.FromString,
         )(iter(messages))
 
@@ -704,13 +737,40 @@ class GeneratorStub(betterproto2_grpclib.ServiceStub):
         every event that was waiting when the server wrote, in order. Under load this replaces
         thousands of small gRPC messages per second with a few large ones; at light load a batch
         holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
-        The bridge uses it.
         """
 
         async for response in self._stream_stream(
             "/aistream.v1.Generator/StreamBatched",
             messages,
             ClientEvent,
+            ServerEventBatch,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def stream_batches(
+        self,
+        messages: "AsyncIterable[ClientEventBatch] | Iterable[ClientEventBatch]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ServerEventBatch]":
+        """
+        StreamBatches is StreamBatched with the client's events grouped too: each
+        ClientEventBatch carries the Generates and Cancels that were waiting when the client
+        wrote, and the server applies them in order, each as if it had come alone (an invalid
+        one gets its Error; the others go on). A client that multiplexes many users' requests
+        on one call — the bridge does — then costs the server one read per batch instead of one
+        per request. An empty batch does nothing.
+        """
+
+        async for response in self._stream_stream(
+            "/aistream.v1.Generator/StreamBatches",
+            messages,
+            ClientEventBatch,
             ServerEventBatch,
             timeout=timeout,
             deadline=deadline,
