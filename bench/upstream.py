@@ -5,7 +5,8 @@ server-sent events, scripted by the prompt (``bench.spec``), and keeps one recor
 when it arrived, when the first token was written, when the client closed the connection. It is
 built to cost as little CPU as possible, so it is never what a scenario measures: one
 ``asyncio.Protocol`` per connection, token chunks rendered once and cycled, each paced stream
-driven by ``loop.call_at`` on its own absolute schedule (no task, no drift), an unpaced stream
+driven by ``loop.call_at`` on its own absolute schedule (no task, no drift; with no scripted TTFT
+the first token goes out as the request is read), an unpaced stream
 written in batches as fast as the socket's flow control allows.
 
 The client closing its connection is noticed in ``eof_received``/``connection_lost``, so a
@@ -220,7 +221,9 @@ class _Connection(asyncio.Protocol):
         self._stream = stream
         assert self._transport is not None
         self._transport.write(_HEAD)
-        if spec.interval > 0:
+        if spec.interval > 0 and spec.ttft <= 0:
+            self._tick(stream)  # the first token now, not behind this turn's due tokens
+        elif spec.interval > 0:
             stream.handle = self._loop.call_at(self._loop_time(stream.start), self._tick, stream)
         elif spec.ttft > 0:
             stream.handle = self._loop.call_at(self._loop_time(stream.start), self._pump, stream)
