@@ -95,8 +95,11 @@ class Settings:
     """Upper bound of the spacing between two reads of one answer's body (see above)."""
     max_generations: int = 2000
     """Generations running at once in the generator process; more → ``too_many_requests``."""
-    max_generations_per_stream: int = 1000
-    """Generations running at once on one gRPC stream; more → ``too_many_requests``."""
+    max_generations_per_stream: int = 2000
+    """Generations running at once on one gRPC stream; more → ``too_many_requests``. The bridge
+    sends all its generations over ``generator_streams`` shared streams (one by default), so
+    this bounds a bridge too: keep it at ``max_generations`` unless other clients share the
+    generator."""
 
     # --- bridge ---------------------------------------------------------------------------
     bridge_host: str = "127.0.0.1"
