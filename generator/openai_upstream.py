@@ -211,6 +211,9 @@ class _PacedBody:
         interval = self._pacing.interval()
         if not interval or self._protocol is None or self._resume_at is not None:
             return
+        if self._content.is_eof():
+            return  # the whole body is here: nothing on the socket to hold (and aiohttp's
+            # parser, between messages, refuses to be paused)
         self._protocol.pause_reading()
         self._resume_at = self._loop.call_later(interval, self._resume)
 

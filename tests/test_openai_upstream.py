@@ -100,6 +100,24 @@ async def test_paced_reads_coalesce_tokens_and_lose_none(reads_per_s: int) -> No
     assert record.outcome == "completed"
 
 
+async def test_an_answer_already_all_received_is_read_to_its_end_under_pacing() -> None:
+    """A body that arrived whole — larger than one read, the HTTP message already complete — is
+    read to its end under pacing: there is nothing left on the socket to hold (aiohttp refuses
+    to pause a parser between messages), so no read is held and no token lost."""
+    script = Script(tokens=1_000, interval=0, text="t" * 40, usage=True)  # ~110 KB, unpaced
+    async with FakeUpstream(script) as fake:
+        settings = settings_for(fake, upstream_reads_per_s=1, max_read_interval=0.05)
+        upstream = OpenAIUpstream(settings)
+        try:
+            async with upstream.stream(_request()) as stream:
+                await asyncio.sleep(0.2)  # the whole body arrives (two reads' worth)
+                deltas = [delta async for delta in stream]
+        finally:
+            await upstream.aclose()
+    assert sum(d.count for d in deltas) == 1_000
+    assert deltas[-1].finish_reason == "stop"
+
+
 async def test_a_held_answer_still_closes_its_connection_when_abandoned() -> None:
     """Leaving the stream while its socket is held (paused) closes the upstream connection."""
     async with FakeUpstream(Script(tokens=1000, interval=0.005)) as fake:
