@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from aistream import collector
 from aistream.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -188,21 +188,6 @@ async def _run_up(settings: Settings) -> None:
     await child.wait()
 
 
-GC_THRESHOLDS = (100_000, 50, 1000)
-"""The cyclic garbage collector's thresholds in the servers. With the default (700, 10, 10) a
-process holding thousands of connections and generations runs a collection every few hundred
-allocations and a full one every few seconds, each pausing the event loop; at 1,000 streams those
-pauses were the tail of the time to first token (harness, three runs each: p99 151 / 223 / 214 ms
-with the defaults, 41 / 43 / 47 ms with these; docs/performance.md)."""
-
-
-def _tune_gc() -> None:
-    """Collect less often, and never look at what start-up created (it lives forever)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aistream`` console script."""
     args = _parser().parse_args(argv)
@@ -218,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # websockets logs every connection and HTTP request at INFO; ours say what matters.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.root.level))
-    _tune_gc()
+    collector.install()
     if args.command == "generator":
         asyncio.run(_run_generator(settings, args.exit_with_parent))
     elif args.command == "bridge":

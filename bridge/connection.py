@@ -34,6 +34,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from aistream import codes
+from aistream.collector import release
 from aistream.lifecycle import Lifecycle, LifecycleViolation
 from aistream.outbox import Outbox
 from aistream.settings import Settings
@@ -146,6 +147,8 @@ class Connection:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                for task in tasks:
+                    release(task)
                 if self._in_flight:
                     log.info(
                         "connection %s closed with %d generations in flight: cancelled",

@@ -76,6 +76,13 @@ class _ServerConnection(ServerConnection):
         """The bridge connection this socket serves (its generations are cancelled on a
         close frame)."""
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # websockets binds our select_subprotocol to the protocol through a closure over this
+        # connection: a cycle that would keep every closed connection's buffers for the cycle
+        # collector (aistream/collector.py). The handshake is long over; drop the binding.
+        vars(self.protocol).pop("select_subprotocol", None)
+
     def process_event(self, event: Event) -> None:
         super().process_event(event)
         if isinstance(event, Frame) and event.opcode is Opcode.CLOSE and self.served is not None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 import grpc
 
 from aistream import codes
+from aistream.collector import release
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
@@ -143,6 +144,7 @@ class StreamSession:
         return None
 
     def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
+        release(task)
         self._capacity.running -= 1
         entry = self._running.get(request_id)
         if entry is not None and entry[1] is task:
