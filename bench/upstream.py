@@ -4,10 +4,12 @@ It answers ``POST /v1/chat/completions`` (``"stream": true``) with chat-completi
 server-sent events, scripted by the prompt (``bench.spec``), and keeps one record per request:
 when it arrived, when the first token was written, when the client closed the connection. It is
 built to cost as little CPU as possible, so it is never what a scenario measures: one
-``asyncio.Protocol`` per connection, token chunks rendered once and cycled, each paced stream
-driven by ``loop.call_at`` on its own absolute schedule (no task, no drift; with no scripted TTFT
-the first token goes out as the request is read), an unpaced stream
-written in batches as fast as the socket's flow control allows.
+``asyncio.Protocol`` per connection, token chunks rendered once and cycled, each paced stream on
+its own absolute schedule (no task, no drift; with no scripted TTFT the first token goes out as
+the request is read), an unpaced stream written in batches as fast as the socket's flow control
+allows. Paced tokens due in the same millisecond share one timer (``_Slots``): at 1,000 streams
+that is ~1,000 timers a second instead of 30,000, each of which cost a heap push and pop compared
+by a Python ``__lt__``; a token goes out at most 1 ms after its time, never before.
 
 The client closing its connection is noticed in ``eof_received``/``connection_lost``, so a
 record's ``closed_at`` is the moment the kernel told us. Control: ``GET /_bench/records``,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import resource
 import signal
 import sys
@@ -96,12 +99,35 @@ class Record:
     outcome: str = "in_progress"
 
 
+class _Slots:
+    """Paced writes due in the same millisecond, run by one timer."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._due: dict[int, list[tuple[_Connection, _Stream]]] = {}
+
+    def add(self, at: float, connection: _Connection, stream: _Stream) -> None:
+        """Run ``connection._tick(stream)`` at monotonic time ``at`` (rounded up to the ms)."""
+        slot = math.ceil(at * 1000)
+        waiting = self._due.get(slot)
+        if waiting is None:
+            waiting = self._due[slot] = []
+            when = self._loop.time() + (slot / 1000 - time.monotonic())
+            self._loop.call_at(when, self._run, slot)
+        waiting.append((connection, stream))
+
+    def _run(self, slot: int) -> None:
+        for connection, stream in self._due.pop(slot):
+            connection._tick(stream)  # a no-op if the stream has ended meanwhile
+
+
 class _Server:
-    """Shared state: the records."""
+    """Shared state: the records and the paced schedule."""
 
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.connections = 0
+        self.slots = _Slots()
 
 
 class _Stream:
@@ -242,8 +268,7 @@ class _Connection(asyncio.Protocol):
             return
         self._write_tokens(stream, stream.next + 1)
         if self._stream is stream:
-            due = stream.start + stream.next * stream.interval
-            stream.handle = self._loop.call_at(self._loop_time(due), self._tick, stream)
+            self._server.slots.add(stream.start + stream.next * stream.interval, self, stream)
 
     def _pump(self, stream: _Stream) -> None:
         """Write unpaced tokens in batches while the socket takes them."""
