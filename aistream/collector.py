@@ -6,12 +6,13 @@ cycle collector frees it, and a collection pauses the event loop for as long as 
 every young object (at 1,000 live streams: 50–200 ms, every stream stalled). So:
 
 * **Nothing the servers end leaves a cycle.** Ending a generation or a connection must free it by
-  reference counting alone: ``release`` for the tasks we cancel; the bridge breaks the one cycle
-  websockets makes per connection (``bridge/server.py``); and on Python < 3.12 every closed
-  asyncio socket transport keeps itself alive through a cached bound method (CPython gh-100348,
-  fixed in 3.12), which ``install`` mends by dropping it once the socket is done. A test holds
-  this: no way a generation or a connection ends leaves anything for the collector
-  (tests/test_collector.py).
+  reference counting alone: ``release`` for the tasks we cancel; the bridge breaks the two cycles
+  websockets makes per connection (``bridge/server.py``); the generator keeps its frames out of
+  the error aiohttp's reader keeps (``generator/openai_upstream.py``); and on Python < 3.12
+  every closed asyncio socket transport keeps itself alive through a cached bound method
+  (CPython gh-100348, fixed in 3.12), which ``install`` mends by dropping it once the socket is
+  done. A test holds this: however a generation or a connection ends, nothing of it outlives
+  it and nothing is left for the collector (tests/test_collector.py).
 * **The collector runs rarely**, so that with no cycles made it has almost nothing to do: its
   young generation is counted as objects allocated minus objects freed, and with nothing left to
   cycles that count only grows while the servers take on more work. What start-up made is frozen

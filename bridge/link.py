@@ -131,20 +131,7 @@ class SharedStream:
         routes = current.routes
         try:
             async for batch in current.call:
-                for event in batch.events:
-                    kind = event.WhichOneof("event")
-                    if kind is None:
-                        continue
-                    body = getattr(event, kind)
-                    if kind in ("done", "error"):
-                        route = routes.pop(body.request_id, None)
-                    else:
-                        route = routes.get(body.request_id)
-                    if route is None:
-                        continue  # cancelled by its connection: nobody waits for it
-                    receiver, request_id = route
-                    body.request_id = request_id
-                    receiver.deliver(request_id, event)
+                _route(batch, routes)
                 # Let the connections' senders write before the next batch.
                 await asyncio.sleep(0)
         except grpc.aio.AioRpcError as exc:
@@ -171,6 +158,26 @@ class SharedStream:
         for task in current.tasks:
             task.cancel()
         await asyncio.gather(*current.tasks, return_exceptions=True)
+
+
+def _route(batch: pb.ServerEventBatch, routes: dict[str, tuple[Receiver, str]]) -> None:
+    """Deliver each event of ``batch`` to its connection, renamed to the connection's id. (Its
+    own function so that no connection stays referenced from the reader's loop once the batch
+    is delivered.)"""
+    for event in batch.events:
+        kind = event.WhichOneof("event")
+        if kind is None:
+            continue
+        body = getattr(event, kind)
+        if kind in ("done", "error"):
+            route = routes.pop(body.request_id, None)
+        else:
+            route = routes.get(body.request_id)
+        if route is None:
+            continue  # cancelled by its connection: nobody waits for it
+        receiver, request_id = route
+        body.request_id = request_id
+        receiver.deliver(request_id, event)
 
 
 class GeneratorLink:

@@ -78,10 +78,15 @@ class _ServerConnection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        # websockets binds our select_subprotocol to the protocol through a closure over this
-        # connection: a cycle that would keep every closed connection's buffers for the cycle
-        # collector (aistream/collector.py). The handshake is long over; drop the binding.
-        vars(self.protocol).pop("select_subprotocol", None)
+        # Two reference cycles of websockets' would keep every closed connection, buffers and
+        # all, for the cycle collector (aistream/collector.py). Both are done with by now: the
+        # select_subprotocol bound to the protocol through a closure over this connection (the
+        # handshake is long over), and the protocol's parser, a generator parked at its last
+        # ``yield`` whose frame holds the protocol (the stream has ended; websockets never
+        # steps it again once it has seen the end).
+        protocol = self.protocol
+        vars(protocol).pop("select_subprotocol", None)
+        protocol.parser.close()
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)

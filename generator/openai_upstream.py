@@ -335,7 +335,11 @@ class _ChatStream:
             try:
                 chunk = await read()
             except _READ_ERRORS as exc:
-                raise self._failure(exc) from exc
+                # aiohttp's reader keeps the error that ended it, and the error's traceback
+                # would keep this frame — this stream, its response — in a cycle with the
+                # reader (aistream/collector.py). Its message says what happened; its frames
+                # are aiohttp's.
+                raise self._failure(exc) from exc.with_traceback(None)
             if not chunk:
                 if self._finished:  # some servers end after the finish reason without [DONE]
                     return
