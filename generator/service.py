@@ -68,20 +68,21 @@ class StreamSession:
 
     async def read(self, requests: AsyncIterator[pb.ClientEvent]) -> None:
         """Apply every ClientEvent of the call until the client half-closes."""
-        try:
-            async for event in requests:
-                self.apply(event)
-        finally:
-            self._reading_done = True
-            self.outbox.wake()
+        async for event in requests:
+            self.apply(event)
 
     async def read_batches(self, requests: AsyncIterator[pb.ClientEventBatch]) -> None:
         """Apply every event of every ClientEventBatch of the call, in order, until the client
         half-closes."""
+        async for batch in requests:
+            for event in batch.events:
+                self.apply(event)
+
+    async def reading(self, reader: Coroutine[None, None, None]) -> None:
+        """Run ``reader`` (``read`` or ``read_batches``); however it ends, the client is done
+        sending."""
         try:
-            async for batch in requests:
-                for event in batch.events:
-                    self.apply(event)
+            await reader
         finally:
             self._reading_done = True
             self.outbox.wake()
@@ -247,7 +248,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         client half-closes or the call ends."""
         session = StreamSession(self._upstream, self._settings, peer, self._capacity)
         self._sessions.add(session)
-        reader = asyncio.create_task(reading(session), name="stream reader")
+        reader = asyncio.create_task(session.reading(reading(session)), name="stream reader")
         loop = asyncio.get_running_loop()
         spacing = self._settings.stream_flush_interval if batch_limit > 1 else 0.0
         wrote_at = -math.inf
