@@ -78,11 +78,12 @@ class StreamSession:
             for event in batch.events:
                 self.apply(event)
 
-    async def reading(self, reader: Coroutine[None, None, None]) -> None:
-        """Run ``reader`` (``read`` or ``read_batches``); however it ends, the client is done
-        sending."""
+    async def reading(self, read: Callable[[StreamSession], Coroutine[None, None, None]]) -> None:
+        """Run ``read(self)`` (a ``read`` or ``read_batches`` of the call); however it ends, the
+        client is done sending. (Called inside, so a task cancelled before it starts leaves no
+        coroutine unawaited.)"""
         try:
-            await reader
+            await read(self)
         finally:
             self._reading_done = True
             self.outbox.wake()
@@ -240,15 +241,15 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
 
     async def _serve(
         self,
-        reading: Callable[[StreamSession], Coroutine[None, None, None]],
+        read: Callable[[StreamSession], Coroutine[None, None, None]],
         peer: str,
         batch_limit: int,
     ) -> AsyncIterator[list[pb.ServerEvent]]:
-        """Run one call's session (``reading`` applies what the client sends to it) until the
+        """Run one call's session (``read`` applies what the client sends to it) until the
         client half-closes or the call ends."""
         session = StreamSession(self._upstream, self._settings, peer, self._capacity)
         self._sessions.add(session)
-        reader = asyncio.create_task(session.reading(reading(session)), name="stream reader")
+        reader = asyncio.create_task(session.reading(read), name="stream reader")
         loop = asyncio.get_running_loop()
         spacing = self._settings.stream_flush_interval if batch_limit > 1 else 0.0
         wrote_at = -math.inf
