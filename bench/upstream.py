@@ -99,6 +99,11 @@ class Record:
     outcome: str = "in_progress"
 
 
+def _loop_time(loop: asyncio.AbstractEventLoop, monotonic: float) -> float:
+    """The event loop's clock reading at ``time.monotonic()`` time ``monotonic``."""
+    return loop.time() + (monotonic - time.monotonic())
+
+
 class _Slots:
     """Paced writes due in the same millisecond, run by one timer."""
 
@@ -112,8 +117,7 @@ class _Slots:
         waiting = self._due.get(slot)
         if waiting is None:
             waiting = self._due[slot] = []
-            when = self._loop.time() + (slot / 1000 - time.monotonic())
-            self._loop.call_at(when, self._run, slot)
+            self._loop.call_at(_loop_time(self._loop, slot / 1000), self._run, slot)
         waiting.append((connection, stream))
 
     def _run(self, slot: int) -> None:
@@ -250,14 +254,15 @@ class _Connection(asyncio.Protocol):
         if spec.interval > 0 and spec.ttft <= 0:
             self._tick(stream)  # the first token now, not behind this turn's due tokens
         elif spec.interval > 0:
-            stream.handle = self._loop.call_at(self._loop_time(stream.start), self._tick, stream)
+            stream.handle = self._loop.call_at(
+                _loop_time(self._loop, stream.start), self._tick, stream
+            )
         elif spec.ttft > 0:
-            stream.handle = self._loop.call_at(self._loop_time(stream.start), self._pump, stream)
+            stream.handle = self._loop.call_at(
+                _loop_time(self._loop, stream.start), self._pump, stream
+            )
         else:
             self._pump(stream)
-
-    def _loop_time(self, monotonic: float) -> float:
-        return self._loop.time() + (monotonic - time.monotonic())
 
     # --- writing ----------------------------------------------------------------------------
 
