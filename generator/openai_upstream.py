@@ -7,6 +7,12 @@ which is ~15× cheaper per chunk than the SDK's typed chunk models. The SDK's ai
 brought in one piece, where the default transport yields (and costs Python work for) every HTTP
 chunk — one per token. Measured here: 3× the tokens per second per generator process.
 
+Opening a request through the SDK costs twice what sending it does, so once the SDK has sent one
+request a request's first attempt goes straight to that transport with the URL, headers and
+timeouts the SDK used (``first_attempts.FirstAttempts``); a first attempt that fails is handed
+to the SDK's own request as its first attempt, so retries, backoff and typed errors stay the
+SDK's.
+
 The body is read from aiohttp's ``StreamReader`` directly (one await per network read, every
 buffered byte at once) rather than through the SDK's and httpx's iterator wrappers, and under load
 its reads are spaced by ``pacing.ReadPacing``: the socket is paused after a read that brought
@@ -34,9 +40,11 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+from openai._vendor.httpx_aiohttp import AiohttpTransport
 
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
+from generator.first_attempts import FirstAttempts
 from generator.pacing import ReadPacing
 from generator.sse import SSEDecoder
 from generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
@@ -144,19 +152,24 @@ class OpenAIUpstream:
     def __init__(self, settings: Settings) -> None:
         self._default_model = settings.model
         self._pacing = ReadPacing(settings.upstream_reads_per_s, settings.max_read_interval)
-        self._client = openai.AsyncOpenAI(
-            base_url=settings.base_url,
-            # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
-            api_key=settings.api_key or "unused",
-            max_retries=settings.upstream_max_retries,
-            # aiohttp underneath (see above); one connection per running generation at most
-            # (the SDK's default pool stops at 1000), kept for reuse.
-            http_client=openai.DefaultAioHttpClient(
+        # aiohttp underneath (see above); one connection per running generation at most
+        # (the SDK's default pool stops at 1000), kept for reuse. First attempts are sent
+        # straight to it once the SDK has sent one (first_attempts.py).
+        self._first = FirstAttempts(
+            AiohttpTransport(
                 limits=httpx2.Limits(
                     max_connections=settings.max_generations,
                     max_keepalive_connections=settings.max_generations,
                 )
             ),
+            "/chat/completions",
+        )
+        self._client = openai.AsyncOpenAI(
+            base_url=settings.base_url,
+            # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
+            api_key=settings.api_key or "unused",
+            max_retries=settings.upstream_max_retries,
+            http_client=openai.DefaultAioHttpClient(transport=self._first),
             # Our own first-token / stall / total limits govern; the SDK's must not fire first.
             # No read timeout at all: aiohttp would re-arm its timer on every network read.
             timeout=httpx2.Timeout(
@@ -170,7 +183,9 @@ class OpenAIUpstream:
 
     def stream(self, request: UpstreamRequest) -> _ChatStream:
         """Open one streamed chat completion."""
-        return _ChatStream(self._client, request, self.model_name(request.model), self._pacing)
+        return _ChatStream(
+            self._client, self._first, request, self.model_name(request.model), self._pacing
+        )
 
     async def aclose(self) -> None:
         """Close the SDK's connection pool."""
@@ -180,10 +195,12 @@ class OpenAIUpstream:
 def _aiohttp_response(response: httpx2.Response) -> aiohttp.ClientResponse | None:
     """The aiohttp response under an SDK response, when the SDK's aiohttp transport carried it
     and the body is not content-encoded (SSE normally is not); None otherwise. (Reaches through
-    two private attributes; ``tests/test_openai_upstream.py`` fails if an upgrade moves them.)"""
+    private attributes; ``tests/test_openai_upstream.py`` fails if an upgrade moves them.)"""
     if response.headers.get("content-encoding", "identity").lower() != "identity":
         return None
-    stream = getattr(response.stream, "_stream", None)  # httpx2's BoundAsyncStream
+    stream = response.stream
+    # httpx2's BoundAsyncStream wraps the transport's stream when the SDK's client sent it
+    stream = getattr(stream, "_stream", stream)
     aio = getattr(stream, "_aiohttp_response", None)  # the SDK's AiohttpResponseStream
     return aio if isinstance(aio, aiohttp.ClientResponse) else None
 
@@ -251,11 +268,13 @@ class _ChatStream:
     def __init__(
         self,
         client: openai.AsyncOpenAI,
+        first: FirstAttempts,
         request: UpstreamRequest,
         model: str,
         pacing: ReadPacing,
     ) -> None:
         self._client = client
+        self._first = first
         self._request = request
         self._model = model
         self._pacing = pacing
@@ -278,13 +297,7 @@ class _ChatStream:
         if request.temperature is not None:
             body["temperature"] = request.temperature
         try:
-            # The SDK's generic POST: its base URL, auth, headers, retries and typed status
-            # errors, without re-validating a body we build the same way every time (its
-            # typed ``create`` spent a third of opening a request on that); ``cast_to`` the
-            # raw response, streamed, leaves the body to us.
-            http_response = await self._client.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
-            )
+            http_response = await self._open(body)
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self._failure(exc) from exc
         self._response = http_response
@@ -297,6 +310,33 @@ class _ChatStream:
             chunks = http_response.aiter_bytes()
             self._read = lambda: anext(chunks, b"")
         return self._deltas()
+
+    async def _open(self, body: dict[str, Any]) -> httpx2.Response:
+        """The streamed response to ``body``: a first attempt sent straight to the transport
+        when it can be; the SDK's request otherwise, and for everything after a failed first
+        attempt (which its request then takes as its own: first_attempts.py)."""
+        first = self._first
+        if first.ready:
+            outcome: httpx2.Response | Exception
+            try:
+                outcome = await first.send_first(orjson.dumps(body))
+            except Exception as exc:  # the SDK decides what every error means
+                outcome = exc
+            else:
+                if outcome.is_success:
+                    return outcome
+            async with first.replaying(outcome):
+                return await self._sdk_post(body)
+        return await self._sdk_post(body)
+
+    async def _sdk_post(self, body: dict[str, Any]) -> httpx2.Response:
+        # The SDK's generic POST: its base URL, auth, headers, retries and typed status errors,
+        # without re-validating a body we build the same way every time (its typed ``create``
+        # spent a third of opening a request on that); ``cast_to`` the raw response, streamed,
+        # leaves the body to us.
+        return await self._client.post(
+            "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
+        )
 
     def abort(self) -> None:
         """Close the upstream connection now, before the reading task has been woken and

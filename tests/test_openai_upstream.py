@@ -9,18 +9,31 @@ import gzip
 import aiohttp
 import httpx2
 import openai
+import orjson
 import pytest
 from conftest import UNIT, settings_for
 
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
+from generator.first_attempts import FirstAttempts
 from generator.openai_upstream import OpenAIUpstream, _aiohttp_response, map_sdk_error, parse_chunk
 from generator.pacing import MIN_INTERVAL, ReadPacing
 from generator.upstream import Abortable, Delta, UpstreamFailure, UpstreamRequest
 
 
-def _request(request_id: str = "r1") -> UpstreamRequest:
-    return UpstreamRequest(request_id, (("user", "hello"),), None, 10_000, None)
+def _request(request_id: str = "r1", prompt: str = "hello") -> UpstreamRequest:
+    return UpstreamRequest(request_id, (("user", prompt),), None, 10_000, None)
+
+
+_SHORT = '#fake {"tokens": 1, "interval": 0, "status": 200}'
+"""A prompt the fake answers with one token, whatever its script."""
+
+
+async def _warm(upstream: OpenAIUpstream) -> None:
+    """Send one short request through the SDK, so later first attempts go straight to the
+    transport (generator/first_attempts.py)."""
+    async with upstream.stream(_request("warm", _SHORT)) as stream:
+        assert [d async for d in stream][-1].finish_reason == "stop"
 
 
 async def test_the_sdk_response_is_read_from_aiohttp_directly(fake: FakeUpstream) -> None:
@@ -168,12 +181,17 @@ def test_map_sdk_error_timeout() -> None:
     assert (failure.code, failure.retryable) == (pb.ERROR_CODE_TIMEOUT, True)
 
 
-async def test_abort_closes_the_connection_before_the_block_is_left() -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["sdk", "first-attempt"])
+async def test_abort_closes_the_connection_before_the_block_is_left(warm: bool) -> None:
     """``abort()`` (what a cancel calls) closes the upstream connection at once: the upstream
-    sees it while the reading code is still inside its ``async with``."""
+    sees it while the reading code is still inside its ``async with`` — whether the SDK opened
+    the request or its first attempt went straight to the transport."""
     async with FakeUpstream(Script(tokens=1000, interval=0.01)) as fake:
         upstream = OpenAIUpstream(settings_for(fake))
         try:
+            if warm:
+                await _warm(upstream)
+                fake.clear()
             opened = upstream.stream(_request())
             assert isinstance(opened, Abortable)
             async with opened as stream:
@@ -185,3 +203,100 @@ async def test_abort_closes_the_connection_before_the_block_is_left() -> None:
                 assert record.outcome == "client_closed"
         finally:
             await upstream.aclose()
+
+
+async def test_first_attempts_send_what_the_sdk_sends() -> None:
+    """Once the SDK has sent a request, first attempts go straight to its transport with the
+    same URL, headers and body (only the length differs with the body); the response is read
+    from aiohttp directly as before."""
+    async with FakeUpstream(Script(tokens=3)) as fake:
+        upstream = OpenAIUpstream(settings_for(fake))
+        try:
+            for request_id in ("r1", "r2-longer-id"):
+                deltas, _ = await _collect(upstream, request_id)
+                assert sum(d.count for d in deltas) == 3
+            assert upstream._first.sent_first == 1
+            response = await upstream._first.send_first(b'{"model":"m","messages":[]}')
+            try:
+                assert isinstance(_aiohttp_response(response), aiohttp.ClientResponse)
+            finally:
+                await response.aclose()
+        finally:
+            await upstream.aclose()
+    by_sdk, direct = fake.records[0], fake.records[1]
+    assert (direct.method, direct.path, direct.body) == (by_sdk.method, by_sdk.path, by_sdk.body)
+    assert direct.headers.pop("content-length") == str(len(orjson.dumps(direct.body)))
+    by_sdk.headers.pop("content-length")
+    assert direct.headers == by_sdk.headers
+    assert direct.headers["authorization"] == "Bearer test-key"
+    assert direct.headers["x-stainless-retry-count"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("retries", "answers", "statuses", "code"),
+    [
+        (1, [500, 200], [500, 200], None),
+        (0, [500], [500], pb.ERROR_CODE_UPSTREAM_ERROR),
+        (2, [400], [400], pb.ERROR_CODE_UPSTREAM_ERROR),
+        (1, [429, 429], [429, 429], pb.ERROR_CODE_RATE_LIMITED),
+        (2, [401], [401], pb.ERROR_CODE_UPSTREAM_ERROR),
+    ],
+    ids=["retried", "no-retries", "not-retryable", "retries-spent", "refused-credentials"],
+)
+async def test_a_failed_first_attempt_is_the_sdks_first_attempt(
+    retries: int, answers: list[int], statuses: list[int], code: int | None
+) -> None:
+    """A first attempt that fails is handed to the SDK, which takes it as its own first
+    attempt: its retry rules decide, Retry-After is honoured, its typed error ends it, and the
+    upstream gets exactly 1 + (retries the SDK chose) requests — never one more."""
+    queue = iter(answers)
+    scripts = {
+        status: Script(tokens=2) if status == 200 else Script(status=status, retry_after=0.05)
+        for status in answers
+    }
+    async with FakeUpstream(Script(tokens=1)) as fake:
+        upstream = OpenAIUpstream(settings_for(fake, upstream_max_retries=retries))
+        try:
+            await _warm(upstream)
+            fake.clear()
+            fake.script_for = lambda body: scripts[next(queue)]
+            if code is None:
+                deltas, _ = await _collect(upstream, "r1")
+                assert sum(d.count for d in deltas) == 2
+            else:
+                with pytest.raises(UpstreamFailure) as info:
+                    await _collect(upstream, "r1")
+                assert info.value.code == code
+            assert upstream._first.sent_first == 1
+        finally:
+            await upstream.aclose()
+    assert [r.status for r in fake.records] == statuses
+    if len(fake.records) == 2:  # the SDK waited as the 429/500 asked before trying again
+        assert fake.records[1].received_at - fake.records[0].received_at >= 0.05
+    assert fake.records[-1].headers["x-stainless-retry-count"] == str(len(statuses) - 1)
+
+
+async def test_a_first_attempt_that_cannot_connect_is_the_sdks_to_judge() -> None:
+    """The upstream gone after the SDK's first request: the first attempt's connection error
+    goes to the SDK, which reports it as it would its own (unavailable)."""
+    fake = FakeUpstream(Script(tokens=1))
+    await fake.start()
+    upstream = OpenAIUpstream(settings_for(fake, upstream_max_retries=1))
+    try:
+        await _warm(upstream)
+        await fake.close()
+        with pytest.raises(UpstreamFailure) as info:
+            await _collect(upstream, "r1")
+        assert (info.value.code, info.value.retryable) == (pb.ERROR_CODE_UNAVAILABLE, True)
+        assert upstream._first.sent_first == 1
+    finally:
+        await upstream.aclose()
+
+
+async def test_a_replay_the_sdk_never_took_is_closed() -> None:
+    """A failed first attempt's response is closed when the block ends, taken or not."""
+    transport = FirstAttempts(httpx2.MockTransport(lambda request: httpx2.Response(500)), "/x")
+    response = httpx2.Response(503, stream=httpx2.ByteStream(b"busy"))
+    async with transport.replaying(response):
+        pass
+    assert response.is_closed
