@@ -321,7 +321,9 @@ class _ChatStream:
             try:
                 outcome = await first.send_first(orjson.dumps(body))
             except Exception as exc:  # the SDK decides what every error means
-                outcome = exc
+                # (without this frame's traceback: kept here, it would hold the frame that
+                # holds it — a reference cycle, aistream/collector.py)
+                outcome = exc.with_traceback(None)
             else:
                 if outcome.is_success:
                     return outcome

@@ -24,7 +24,16 @@ from aistream.testing.fake_upstream import Script
 
 # Garbage of these packages would be ours, or made by the way we use them; the test's own
 # clients (websockets' client side) are not the servers' business.
-_SERVER_PACKAGES = ("aistream", "generator", "bridge", "aiohttp", "httpx", "openai", "grpc")
+_SERVER_PACKAGES = (
+    "aistream",
+    "generator",
+    "bridge",
+    "aiohttp",
+    "httpx",
+    "httpx2",
+    "openai",
+    "grpc",
+)
 _SERVER_TYPES = ("Task", "_SelectorSocketTransport", "ServerProtocol", "ServerConnection")
 # One of each per running generation or open connection: none may outlive it.
 _PER_STREAM_TYPES = (
