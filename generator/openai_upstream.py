@@ -153,23 +153,20 @@ class OpenAIUpstream:
         self._default_model = settings.model
         self._pacing = ReadPacing(settings.upstream_reads_per_s, settings.max_read_interval)
         # aiohttp underneath (see above); one connection per running generation at most
-        # (the SDK's default pool stops at 1000), kept for reuse. First attempts are sent
-        # straight to it once the SDK has sent one (first_attempts.py).
-        self._first = FirstAttempts(
-            AiohttpTransport(
-                limits=httpx2.Limits(
-                    max_connections=settings.max_generations,
-                    max_keepalive_connections=settings.max_generations,
-                )
-            ),
-            "/chat/completions",
+        # (the SDK's default pool stops at 1000), kept for reuse — in the transport we give the
+        # SDK's client and in any it makes itself (a proxy from the environment). First attempts
+        # are sent straight to ours once the SDK has sent one (first_attempts.py).
+        limits = httpx2.Limits(
+            max_connections=settings.max_generations,
+            max_keepalive_connections=settings.max_generations,
         )
+        self._first = FirstAttempts(AiohttpTransport(limits=limits), "/chat/completions")
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
             api_key=settings.api_key or "unused",
             max_retries=settings.upstream_max_retries,
-            http_client=openai.DefaultAioHttpClient(transport=self._first),
+            http_client=openai.DefaultAioHttpClient(transport=self._first, limits=limits),
             # Our own first-token / stall / total limits govern; the SDK's must not fire first.
             # No read timeout at all: aiohttp would re-arm its timer on every network read.
             timeout=httpx2.Timeout(
