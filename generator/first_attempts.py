@@ -21,10 +21,20 @@ Retry-After handling and its typed errors apply exactly as if it had sent the at
 and the upstream sees no extra request. Requests the SDK routes elsewhere (a proxy from the
 environment) never pass through here, so no template is learnt for them and they always go
 through the SDK.
+
+Every attempt's error passes through here too, and here it loses the reference cycles it comes
+with. A connection that cannot be made fails deep in aiohttp, whose connector (and
+aiohappyeyeballs under it) raises an error that a local variable of the raising frame still
+holds, while the error's traceback holds that frame: every refused or timed-out connection
+leaves a cycle of frames, tracebacks and errors for the cycle collector, and an upstream that is
+down while a thousand streams retry would make them by the thousand (aistream/collector.py).
+The finished frames of such an error's traceback, and of the errors it was raised from, have
+their locals cleared (``traceback.clear_frames``: file, line and function stay for the log).
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -92,7 +102,7 @@ class FirstAttempts(httpx2.AsyncBaseTransport):
             extensions=template.extensions,
         )
         self.sent_first += 1
-        return await self._transport.handle_async_request(request)
+        return await self._send(request)
 
     @asynccontextmanager
     async def replaying(self, outcome: httpx2.Response | Exception) -> AsyncIterator[None]:
@@ -114,12 +124,22 @@ class FirstAttempts(httpx2.AsyncBaseTransport):
         if replay is not None and replay.outcome is not None:
             outcome, replay.outcome = replay.outcome, None
             if isinstance(outcome, Exception):
-                raise outcome
+                try:
+                    raise outcome
+                finally:
+                    del outcome  # (the error's traceback holds this frame)
             outcome.request = request
             return outcome
         if self._template is None:
             self._learn(request)
-        return await self._transport.handle_async_request(request)
+        return await self._send(request)
+
+    async def _send(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return await self._transport.handle_async_request(request)
+        except Exception as exc:
+            _clear_frames(exc)
+            raise
 
     def _learn(self, request: httpx2.Request) -> None:
         if request.method != "POST" or not request.url.path.endswith(self._path):
@@ -132,3 +152,17 @@ class FirstAttempts(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close the transport underneath."""
         await self._transport.aclose()
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in the tracebacks of ``exc`` and of every error
+    it was raised from or while handling (module doc). Frames still running are left alone."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        pending.extend(e for e in (error.__cause__, error.__context__) if e is not None)
