@@ -28,6 +28,7 @@ from typing import Protocol
 
 import grpc
 
+from aistream.collector import release
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
 
@@ -106,6 +107,9 @@ class SharedStream:
                 asyncio.create_task(self._write(current), name=f"{name} writer"),
                 asyncio.create_task(self._read(current), name=f"{name} reader"),
             ]
+            for task in current.tasks:
+                # one cancelled (its call failed, or the link closed) keeps nothing in a cycle
+                task.add_done_callback(release)
             self._current = current
         return self._current
 

@@ -1,7 +1,9 @@
 """Ending things leaves nothing for the cycle collector (aistream/collector.py).
 
 A generation that completes, is cancelled, fails upstream, or is cut off with its socket, and the
-connection that ran it, must be freed by reference counting alone: anything left in a reference
+connection that ran it, must be freed by reference counting alone — so must every attempt at an
+upstream that cannot be reached, and the bridge's stream to a generator that went away: anything
+left in a reference
 cycle waits for a collection, and at a thousand live streams each collection stalls every stream
 for 50–200 ms. These tests run the scenarios with the collector off, then look for what is still
 alive that should not be, and ask the collector what it would have had to free.
@@ -52,9 +54,12 @@ _PER_STREAM_TYPES = (
 def _grpc_call_lookup(o: object) -> bool:
     """grpc's server holds the method lookup of the call it serves in a pair (its details and a
     Cython closure scope) that the collector finds at every collection, however many
-    generations ran, and when idle too: not per generation."""
+    generations ran, and when idle too: not per generation. (Its resolver joins them when the
+    server stops with the call open.)"""
     name = type(o).__qualname__
-    return name == "_HandlerCallDetails" or name.endswith("_find_method_handler")
+    return name in ("_HandlerCallDetails", "_MethodResolver") or name.endswith(
+        "_find_method_handler"
+    )
 
 
 @pytest.fixture
@@ -186,6 +191,31 @@ async def test_every_way_a_generation_and_a_connection_end_leaves_no_cycle(
     # The last connection's handler may still be closing its socket; a cycle never goes.
     await _until(lambda: not _alive(_PER_STREAM_TYPES))
     assert _alive(_PER_STREAM_TYPES) == Counter()
+    assert _cyclic_garbage() == Counter()
+
+
+async def test_a_generator_that_goes_away_leaves_no_cycle_in_the_bridge(
+    make_stack: StackFactory, collector_off: None
+) -> None:
+    """The generator stops with a generation running: the connection hears of it, and the
+    bridge's shared stream — its call, its writer and reader tasks — goes by reference counting
+    (the writer, cancelled when its call ended, kept its error and so itself and the call)."""
+    stack = await make_stack(Script(tokens=200, interval=0.01))
+    client = await stack.client()
+    await client.generate("first", '#fake {"tokens": 3, "interval": 0}')
+    while (await client.recv())["type"] != "ai:done":
+        pass
+    await asyncio.sleep(0.05)
+    _cyclic_garbage()  # what lives as long as the servers
+    await client.generate("running")
+    while (await client.recv())["type"] != "ai:token":
+        pass
+    await stack.generator.stop(drain_timeout=0)
+    while (frame := await client.recv())["type"] != "ai:error":
+        pass
+    assert frame["requestId"] == "running"
+    assert await _until(lambda: stack.bridge.link.streams[0]._current is None)
+    await asyncio.sleep(0.05)  # the writer's cancellation lands
     assert _cyclic_garbage() == Counter()
 
 
