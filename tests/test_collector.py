@@ -3,10 +3,10 @@
 A generation that completes, is cancelled, fails upstream, or is cut off with its socket, and the
 connection that ran it, must be freed by reference counting alone — so must every attempt at an
 upstream that cannot be reached, and the bridge's stream to a generator that went away: anything
-left in a reference
-cycle waits for a collection, and at a thousand live streams each collection stalls every stream
-for 50–200 ms. These tests run the scenarios with the collector off, then look for what is still
-alive that should not be, and ask the collector what it would have had to free.
+left in a reference cycle waits for a collection, and at a thousand live streams each collection
+stalls every stream for 50–200 ms. These tests run the scenarios with the collector off, then
+look for what is still alive that should not be, and ask the collector what it would have had to
+free.
 """
 
 from __future__ import annotations
