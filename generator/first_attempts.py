@@ -28,13 +28,14 @@ aiohappyeyeballs under it) raises an error that a local variable of the raising 
 holds, while the error's traceback holds that frame: every refused or timed-out connection
 leaves a cycle of frames, tracebacks and errors for the cycle collector, and an upstream that is
 down while a thousand streams retry would make them by the thousand (aistream/collector.py).
-The finished frames of such an error's traceback, and of the errors it was raised from, have
-their locals cleared (``traceback.clear_frames``: file, line and function stay for the log).
+So the error, and every error it was raised from or while handling, lets go of its traceback
+(the frames then go by reference counting; what the error says stays, and nothing logs an
+upstream failure's traceback). Frames are never cleared: on Python 3.11 clearing a suspended
+coroutine's frame would close the coroutine.
 """
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -138,7 +139,7 @@ class FirstAttempts(httpx2.AsyncBaseTransport):
         try:
             return await self._transport.handle_async_request(request)
         except Exception as exc:
-            _clear_frames(exc)
+            _drop_tracebacks(exc)
             raise
 
     def _learn(self, request: httpx2.Request) -> None:
@@ -154,9 +155,9 @@ class FirstAttempts(httpx2.AsyncBaseTransport):
         await self._transport.aclose()
 
 
-def _clear_frames(exc: BaseException) -> None:
-    """Clear the locals of the finished frames in the tracebacks of ``exc`` and of every error
-    it was raised from or while handling (module doc). Frames still running are left alone."""
+def _drop_tracebacks(exc: BaseException) -> None:
+    """``exc`` and every error it was raised from or while handling let go of their tracebacks
+    (module doc); re-raised, ``exc`` gets a new one from the frame that raises it."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -164,5 +165,5 @@ def _clear_frames(exc: BaseException) -> None:
         if id(error) in seen:
             continue
         seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
+        error.__traceback__ = None
         pending.extend(e for e in (error.__cause__, error.__context__) if e is not None)
