@@ -53,6 +53,7 @@ __all__ = ["OpenAIUpstream", "map_sdk_error", "parse_chunk"]
 
 log = logging.getLogger(__name__)
 
+_PATH = "/chat/completions"  # after the base URL; first attempts learn their template from it
 _DONE = b"[DONE]"
 _REUSE_WAIT = 0.05  # seconds to wait for the end of a finished body, for connection reuse
 _READ_SIZE = 64 * 1024  # bytes taken from the response body at most per read
@@ -160,7 +161,7 @@ class OpenAIUpstream:
             max_connections=settings.max_generations,
             max_keepalive_connections=settings.max_generations,
         )
-        self._first = FirstAttempts(AiohttpTransport(limits=limits), "/chat/completions")
+        self._first = FirstAttempts(AiohttpTransport(limits=limits), _PATH)
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
@@ -333,9 +334,7 @@ class _ChatStream:
         # without re-validating a body we build the same way every time (its typed ``create``
         # spent a third of opening a request on that); ``cast_to`` the raw response, streamed,
         # leaves the body to us.
-        return await self._client.post(
-            "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
-        )
+        return await self._client.post(_PATH, cast_to=httpx2.Response, body=body, stream=True)
 
     def abort(self) -> None:
         """Close the upstream connection now, before the reading task has been woken and

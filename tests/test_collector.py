@@ -111,9 +111,12 @@ def _cyclic_garbage() -> Counter[str]:
     try:
         gc.collect()
         found = Counter(
-            _name(o)
+            name
             for o in gc.garbage
-            if (_name(o).split(".")[0] in _SERVER_PACKAGES or type(o).__qualname__ in _SERVER_TYPES)
+            if (
+                (name := _name(o)).split(".")[0] in _SERVER_PACKAGES
+                or type(o).__qualname__ in _SERVER_TYPES
+            )
             and not _grpc_call_lookup(o)
         )
     finally:
@@ -225,8 +228,8 @@ async def test_an_unreachable_upstream_leaves_no_cycle(
 ) -> None:
     """Requests to an upstream nobody listens on end ``unavailable`` (each attempt, retries
     included, refused) and leave nothing for the collector: aiohttp's connector keeps the error
-    it raises in its own frame, which generator/first_attempts.py clears (with an upstream down
-    under load every request would leave that cycle)."""
+    it raises in its own frame, and generator/first_attempts.py has the error chain let go of
+    its tracebacks (with an upstream down under load every request would leave that cycle)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again before anyone connects
