@@ -115,7 +115,7 @@ def _stdin_closed() -> asyncio.Future[None]:
 
 
 async def _run_generator(settings: Settings, exit_with_parent: bool) -> None:
-    from generator.server import GeneratorServer
+    from aistream.generator.server import GeneratorServer
 
     stop = _stop_signals()
     server = GeneratorServer(settings)
@@ -131,7 +131,7 @@ async def _run_generator(settings: Settings, exit_with_parent: bool) -> None:
 
 
 async def _run_bridge(settings: Settings) -> None:
-    from bridge.server import WS_PATH, BridgeServer
+    from aistream.bridge.server import WS_PATH, BridgeServer
 
     stop = _stop_signals()
     server = BridgeServer(settings)
@@ -145,7 +145,7 @@ async def _run_bridge(settings: Settings) -> None:
 
 
 async def _run_up(settings: Settings) -> None:
-    from bridge.server import BridgeServer
+    from aistream.bridge.server import BridgeServer
 
     stop = _stop_signals()
     child = await asyncio.create_subprocess_exec(

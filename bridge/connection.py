@@ -6,7 +6,7 @@ connection's rate (``frames_per_second``, ``frames_burst``) and generations beyo
 (``max_generations_per_connection``) get ``too_many_requests`` (retryable). A Generate for an id
 already in flight is dropped (idempotent retries); a Cancel for an id not in flight is a no-op.
 
-gRPC side: generations go over one of the bridge's shared streams (``bridge.link``), which
+gRPC side: generations go over one of the bridge's shared streams (``aistream.bridge.link``), which
 routes their events back here renamed to this connection's ids; an idle connection costs the
 generator nothing. Events are relayed in order; the bridge's own ``Lifecycle`` refuses to relay
 anything out of order. If the stream fails (the generator died or is unreachable), every id in
@@ -30,6 +30,9 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from aistream.bridge import translate
+from aistream.bridge.link import SharedStream
+from aistream.bridge.ratelimit import TokenBucket
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -40,9 +43,6 @@ from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.validation import InvalidRequest, check_cancel, check_generate
-from bridge import translate
-from bridge.link import SharedStream
-from bridge.ratelimit import TokenBucket
 
 __all__ = ["Connection"]
 

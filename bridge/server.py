@@ -1,8 +1,8 @@
 """The bridge's server: WebSocket at ``/ws``, the built web client at ``/``, health at ``/healthz``.
 
 One port serves both the page and its socket, so ``aistream up`` prints one URL that works. One
-gRPC channel to the generator, and on it ``generator_streams`` shared streams (``bridge.link``),
-carry the generations of every connection.
+gRPC channel to the generator, and on it ``generator_streams`` shared streams
+(``aistream.bridge.link``), carry the generations of every connection.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, check_handshake
+from aistream.bridge.connection import Connection
+from aistream.bridge.link import GeneratorLink
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -26,9 +29,6 @@ from websockets.typing import Subprotocol
 
 from aistream.settings import Settings
 from aistream.v1 import generator_pb2_grpc
-from bridge.access import TOKEN_SUBPROTOCOL_PREFIX, check_handshake
-from bridge.connection import Connection
-from bridge.link import GeneratorLink
 
 __all__ = ["WS_PATH", "BridgeServer", "default_static_dir"]
 

@@ -16,12 +16,20 @@ import asyncio
 import logging
 import math
 
+from aistream.generator.limits import TimeLimits
+from aistream.generator.upstream import (
+    Abortable,
+    Delta,
+    Role,
+    Upstream,
+    UpstreamFailure,
+    UpstreamRequest,
+)
+
 from aistream import codes
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
-from generator.limits import TimeLimits
-from generator.upstream import Abortable, Delta, Role, Upstream, UpstreamFailure, UpstreamRequest
 
 __all__ = ["Generation", "upstream_request"]
 

@@ -40,14 +40,14 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+from aistream.generator.first_attempts import FirstAttempts
+from aistream.generator.pacing import ReadPacing
+from aistream.generator.sse import SSEDecoder
+from aistream.generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
 from openai._vendor.httpx_aiohttp import AiohttpTransport
 
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
-from generator.first_attempts import FirstAttempts
-from generator.pacing import ReadPacing
-from generator.sse import SSEDecoder
-from generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
 
 __all__ = ["OpenAIUpstream", "map_sdk_error", "parse_chunk"]
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 
 import grpc
+from aistream.generator.auth import TokenAuthInterceptor
+from aistream.generator.openai_upstream import OpenAIUpstream
+from aistream.generator.service import GeneratorService
+from aistream.generator.simulated import SimulatedUpstream
+from aistream.generator.upstream import Upstream
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from aistream.settings import Settings
 from aistream.v1 import generator_pb2, generator_pb2_grpc
-from generator.auth import TokenAuthInterceptor
-from generator.openai_upstream import OpenAIUpstream
-from generator.service import GeneratorService
-from generator.simulated import SimulatedUpstream
-from generator.upstream import Upstream
 
 __all__ = ["SERVICE_NAME", "GeneratorServer", "make_upstream"]
 

@@ -17,6 +17,8 @@ import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 
 import grpc
+from aistream.generator.generation import Generation
+from aistream.generator.upstream import Upstream
 
 from aistream import codes
 from aistream.collector import release
@@ -25,8 +27,6 @@ from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
 from aistream.validation import InvalidRequest, check_cancel, check_generate
-from generator.generation import Generation
-from generator.upstream import Upstream
 
 __all__ = ["GeneratorService", "StreamSession"]
 

@@ -11,7 +11,7 @@ export PATH="$root/.venv/bin:$PATH"
 echo "==> ruff, mypy --strict"
 ruff check .
 ruff format --check .
-mypy
+python tools/typecheck.py
 
 echo "==> pytest"
 pytest "$@"

@@ -25,6 +25,8 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from aistream.bridge.server import WS_PATH, BridgeServer
+from aistream.generator.server import GeneratorServer
 from websockets.asyncio.client import ClientConnection, connect
 
 from aistream.lifecycle import Lifecycle
@@ -32,8 +34,6 @@ from aistream.settings import Settings
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
-from bridge.server import WS_PATH, BridgeServer
-from generator.server import GeneratorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = float(os.environ.get("AISTREAM_TEST_TIME_SCALE", "1"))

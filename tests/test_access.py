@@ -1,11 +1,10 @@
-"""bridge.access and bridge.ratelimit: handshake decisions and the frame budget, without sockets."""
+"""aistream.bridge.access and .ratelimit: handshake decisions and the frame budget, no sockets."""
 
 from __future__ import annotations
 
 import pytest
-
-from bridge.access import check_handshake
-from bridge.ratelimit import TokenBucket
+from aistream.bridge.access import check_handshake
+from aistream.bridge.ratelimit import TokenBucket
 
 
 def _check(**overrides: object) -> int:

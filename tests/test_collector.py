@@ -42,11 +42,11 @@ _SERVER_PACKAGES = (
 _SERVER_TYPES = ("Task", "_SelectorSocketTransport", "ServerProtocol", "ServerConnection")
 # One of each per running generation or open connection: none may outlive it.
 _PER_STREAM_TYPES = (
-    "generator.generation.Generation",
-    "generator.openai_upstream._ChatStream",
+    "aistream.generator.generation.Generation",
+    "aistream.generator.openai_upstream._ChatStream",
     "aiohttp.client_reqrep.ClientResponse",
-    "bridge.connection.Connection",
-    "bridge.server._ServerConnection",
+    "aistream.bridge.connection.Connection",
+    "aistream.bridge.server._ServerConnection",
     "websockets.server.ServerProtocol",
 )
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
+from aistream.bridge.server import BridgeServer
+from aistream.generator.server import GeneratorServer
 from conftest import TERMINAL, UNIT, GrpcClient, StackFactory, settings_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,8 +26,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aistream.testing.fake_upstream import FakeUpstream, Script
-from bridge.server import BridgeServer
-from generator.server import GeneratorServer
 
 # --- limits -----------------------------------------------------------------------------------
 

@@ -1,13 +1,13 @@
-"""generator.limits: one lazily re-armed timer enforcing first-token, stall and total limits."""
+"""aistream.generator.limits: one lazily re-armed timer enforcing first-token, stall and total
+limits."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from aistream.generator.limits import TimeLimits
 from conftest import UNIT
-
-from generator.limits import TimeLimits
 
 
 async def _watched(limits: TimeLimits, body: asyncio.Future[None]) -> str:

@@ -1,4 +1,4 @@
-"""bridge.link: many connections' generations over a few shared gRPC streams, kept apart.
+"""aistream.bridge.link: many connections' generations over a few shared gRPC streams, kept apart.
 
 Every stack here runs with ``generator_streams=1``, so all connections share one stream.
 """
@@ -9,12 +9,12 @@ import asyncio
 from types import SimpleNamespace
 from typing import cast
 
+from aistream.bridge.link import GeneratorLink
 from conftest import TERMINAL, UNIT, StackFactory
 
 from aistream.testing.fake_upstream import Script
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
-from bridge.link import GeneratorLink
 
 
 async def test_the_same_request_id_on_two_connections_stays_apart(

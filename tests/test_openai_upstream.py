@@ -1,5 +1,5 @@
-"""generator.openai_upstream: chunk parsing, error mapping, and how the body is read (straight
-from aiohttp under the SDK, paced under load) against the fake upstream."""
+"""aistream.generator.openai_upstream: chunk parsing, error mapping, and how the body is read
+(straight from aiohttp under the SDK, paced under load) against the fake upstream."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ import httpx2
 import openai
 import orjson
 import pytest
+from aistream.generator.first_attempts import FirstAttempts
+from aistream.generator.openai_upstream import (
+    OpenAIUpstream,
+    _aiohttp_response,
+    map_sdk_error,
+    parse_chunk,
+)
+from aistream.generator.pacing import MIN_INTERVAL, ReadPacing
+from aistream.generator.upstream import Abortable, Delta, UpstreamFailure, UpstreamRequest
 from conftest import UNIT, settings_for
 
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
-from generator.first_attempts import FirstAttempts
-from generator.openai_upstream import OpenAIUpstream, _aiohttp_response, map_sdk_error, parse_chunk
-from generator.pacing import MIN_INTERVAL, ReadPacing
-from generator.upstream import Abortable, Delta, UpstreamFailure, UpstreamRequest
 
 
 def _request(request_id: str = "r1", prompt: str = "hello") -> UpstreamRequest:

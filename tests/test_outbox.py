@@ -1,4 +1,4 @@
-"""generator.outbox: bounded memory and token coalescing when the writer falls behind."""
+"""aistream.generator.outbox: bounded memory and token coalescing when the writer falls behind."""
 
 from __future__ import annotations
 

@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable
 
 import pytest
+from aistream.bridge.server import BridgeServer
+from aistream.generator.server import GeneratorServer
 from conftest import UNIT, Process, WsClient, settings_for
 from websockets.asyncio.client import connect
 
 from aistream.testing.fake_upstream import FakeUpstream, Script
-from bridge.server import BridgeServer
-from generator.server import GeneratorServer
 
 Spawn = Callable[..., Process]
 BRIDGE_READY = r"aistream bridge listening on http://127.0.0.1:(\d+)/"

@@ -1,10 +1,9 @@
-"""generator.sse: the incremental SSE decoder, fed bytes split every possible way."""
+"""aistream.generator.sse: the incremental SSE decoder, fed bytes split every possible way."""
 
 from __future__ import annotations
 
 import pytest
-
-from generator.sse import SSEDecoder
+from aistream.generator.sse import SSEDecoder
 
 STREAM = (
     b'data: {"a":1}\n\n: comment\n\ndata: {"b":2}\r\n\r\n'

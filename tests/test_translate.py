@@ -1,4 +1,4 @@
-"""bridge.translate: the schema-driven JSON ⇄ protobuf mapping, without sockets."""
+"""aistream.bridge.translate: the schema-driven JSON ⇄ protobuf mapping, without sockets."""
 
 from __future__ import annotations
 
@@ -6,12 +6,7 @@ import contextlib
 
 import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from aistream import codes
-from aistream.v1 import events_pb2 as pb
-from bridge.translate import (
+from aistream.bridge.translate import (
     CLIENT_TYPES,
     SERVER_TYPES,
     FrameError,
@@ -19,6 +14,11 @@ from bridge.translate import (
     encode_server_event,
     error_frame,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aistream import codes
+from aistream.v1 import events_pb2 as pb
 
 
 def test_frame_types_follow_the_schema_oneofs() -> None:
