@@ -1,6 +1,6 @@
 // The numbers shown under an answer. Pure.
 
-import type { RequestState } from "./store.ts";
+import type { RequestState } from "./request.ts";
 
 /** Time to first token in ms: the server's measurement when it sent one, else this page's. */
 export function timeToFirstToken(request: RequestState): number | undefined {
