@@ -1,4 +1,4 @@
-"""The bridge's server: WebSocket at ``/ws``, the built web client at ``/``, health at ``/healthz``.
+"""The bridge's server: WebSocket at ``/ws`` (and ``/``), the web client at ``/``, ``/healthz``.
 
 One port serves both the page and its socket, so ``aistream up`` prints one URL that works. One
 gRPC channel to the generator, and on it ``generator_streams`` shared streams
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import importlib.resources
 import logging
 import mimetypes
 import socket
@@ -108,8 +109,21 @@ def _select_subprotocol(
 
 
 def default_static_dir() -> Path:
-    """``webclient/dist`` of this checkout."""
+    """The built web client: packed in the installed wheel (``aistream/webclient/``, see
+    setup.py), else ``webclient/dist`` of the checkout this module runs from."""
+    packaged = Path(str(importlib.resources.files("aistream"))) / "webclient"
+    if (packaged / "index.html").is_file():
+        return packaged
     return Path(__file__).resolve().parent.parent / "webclient" / "dist"
+
+
+def _is_upgrade(request: Request) -> bool:
+    """The request asks for a WebSocket (rather than a page)."""
+    return any(
+        token.strip().lower() == "websocket"
+        for value in request.headers.get_all("Upgrade")
+        for token in value.split(",")
+    )
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -181,7 +195,8 @@ class BridgeServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path == WS_PATH:
+        if path == WS_PATH or (path == "/" and _is_upgrade(request)):
+            # A client written to the design this product grew out of opens the root path.
             return self._admit(request)
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")

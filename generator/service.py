@@ -1,7 +1,8 @@
 """The ``aistream.v1.Generator`` handlers: many generations on one bidi gRPC stream.
 
-``Stream`` carries one event per message each way, ``StreamBatched`` groups the server's events,
-``StreamBatches`` the client's too; all three run the same session. One ``StreamSession`` per
+``Stream`` carries one event per message each way (for backend services), ``StreamBatches`` groups
+the events both ways (the bridge's); the deprecated ``StreamBatched`` (server side grouped only) is
+still served until aistream.v2. All three run the same session. One ``StreamSession`` per
 call reads ClientEvents, starts and cancels generations keyed by request
 id, and the handler writes the session's outbox to the call. When the call ends for any reason —
 the client cancels, disconnects or dies — grpc.aio cancels the handler (``CancelledError``; note
@@ -220,7 +221,8 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         request_iterator: AsyncIterator[pb.ClientEvent],
         context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEventBatch],
     ) -> AsyncIterator[pb.ServerEventBatch]:
-        """Serve one bidirectional stream, every waiting ServerEvent in one message."""
+        """Deprecated (Stream or StreamBatches serve): one bidirectional stream, every waiting
+        ServerEvent in one message."""
         async for batch in self._serve(
             lambda session: session.read(request_iterator), context.peer(), batch_limit=_BATCH
         ):

@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
-from typecheck import GENERATED, expected_modules, package_dirs  # noqa: E402
+from typecheck import GENERATED, expected_modules, package_dirs
 
 SERVICES = ("aistream.generator", "aistream.bridge")
 ABOVE_SERVICES = {"aistream.cli", "aistream.__main__"}

@@ -71,3 +71,12 @@ def test_generated_code_is_what_buf_generate_makes(tmp_path: Path) -> None:
     assert fresh == committed, f"stale or missing generated files: {fresh ^ committed}"
     changed = [f for f in sorted(fresh) if not filecmp.cmp(tmp_path / f, ROOT / f, shallow=False)]
     assert not changed, f"generated files differ from buf generate: {changed}"
+
+
+def test_stream_batched_is_deprecated_and_still_served_by_the_schema() -> None:
+    """Of the three RPCs only StreamBatched is retired, the buf way: deprecated, not removed."""
+    from aistream.v1 import generator_pb2
+
+    service = generator_pb2.DESCRIPTOR.services_by_name["Generator"]
+    assert {m.name for m in service.methods} == {"Stream", "StreamBatched", "StreamBatches"}
+    assert {m.name for m in service.methods if m.GetOptions().deprecated} == {"StreamBatched"}

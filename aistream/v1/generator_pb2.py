@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from aistream.v1 import events_pb2 as aistream_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61istream/v1/generator.proto\x12\x0b\x61istream.v1\x1a\x18\x61istream/v1/events.proto2\xee\x01\n\tGenerator\x12@\n\x06Stream\x12\x18.aistream.v1.ClientEvent\x1a\x18.aistream.v1.ServerEvent(\x01\x30\x01\x12L\n\rStreamBatched\x12\x18.aistream.v1.ClientEvent\x1a\x1d.aistream.v1.ServerEventBatch(\x01\x30\x01\x12Q\n\rStreamBatches\x12\x1d.aistream.v1.ClientEventBatch\x1a\x1d.aistream.v1.ServerEventBatch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61istream/v1/generator.proto\x12\x0b\x61istream.v1\x1a\x18\x61istream/v1/events.proto2\xf3\x01\n\tGenerator\x12@\n\x06Stream\x12\x18.aistream.v1.ClientEvent\x1a\x18.aistream.v1.ServerEvent(\x01\x30\x01\x12Q\n\rStreamBatched\x12\x18.aistream.v1.ClientEvent\x1a\x1d.aistream.v1.ServerEventBatch\"\x03\x88\x02\x01(\x01\x30\x01\x12Q\n\rStreamBatches\x12\x1d.aistream.v1.ClientEventBatch\x1a\x1d.aistream.v1.ServerEventBatch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aistream.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GENERATOR'].methods_by_name['StreamBatched']._loaded_options = None
+  _globals['_GENERATOR'].methods_by_name['StreamBatched']._serialized_options = b'\210\002\001'
   _globals['_GENERATOR']._serialized_start=71
-  _globals['_GENERATOR']._serialized_end=309
+  _globals['_GENERATOR']._serialized_end=314
 # @@protoc_insertion_point(module_scope)

@@ -81,22 +81,25 @@ class GeneratorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamBatched(self, request_iterator, context):
-        """StreamBatched is Stream with the server's events grouped: each ServerEventBatch carries
-        every event that was waiting when the server wrote, in order. Under load this replaces
-        thousands of small gRPC messages per second with a few large ones; at light load a batch
-        holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
+        """StreamBatched is deprecated: use Stream, or StreamBatches for a client that multiplexes.
+        It is Stream with the server's events grouped (each ServerEventBatch carries every event
+        that was waiting when the server wrote, in order) and is still served, unchanged; it will
+        be removed with the next version of this package (aistream.v2).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamBatches(self, request_iterator, context):
-        """StreamBatches is StreamBatched with the client's events grouped too: each
-        ClientEventBatch carries the Generates and Cancels that were waiting when the client
-        wrote, and the server applies them in order, each as if it had come alone (an invalid
-        one gets its Error; the others go on). A client that multiplexes many users' requests
-        on one call — the bridge does — then costs the server one read per batch instead of one
-        per request. An empty batch does nothing.
+        """StreamBatches is Stream with the events grouped both ways. Each ClientEventBatch carries
+        the Generates and Cancels that were waiting when the client wrote, and the server applies
+        them in order, each as if it had come alone (an invalid one gets its Error; the others go
+        on); an empty batch does nothing. Each ServerEventBatch carries every event that was
+        waiting when the server wrote, in order. A client that multiplexes many users' requests on
+        one call — the bridge does — then costs one gRPC message per batch instead of one per
+        event: under load a few large messages replace thousands of small ones, at light load a
+        batch holds one event. Everything else — lifecycle, cancellation, errors — is as for
+        Stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

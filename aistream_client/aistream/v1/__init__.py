@@ -24,6 +24,7 @@ __all__ = (
     "UsageSource",
 )
 
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -524,7 +525,7 @@ default_message_pool.register_message("aistream.v1", "ServerEvent", ServerEvent)
 @dataclass(eq=False, repr=False)
 class ServerEventBatch(betterproto2.Message):
     """
-    ServerEventBatch is a group of ServerEvents, in order (Generator.StreamBatched).
+    ServerEventBatch is a group of ServerEvents, in order (Generator.StreamBatches).
     """
 
     events: "list[ServerEvent]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
@@ -652,11 +653,13 @@ class GeneratorSyncStub:
 
     def stream_batched(self, messages: "Iterable[ClientEvent]") -> "Iterator[ServerEventBatch]":
         """
-        StreamBatched is Stream with the server's events grouped: each ServerEventBatch carries
-        every event that was waiting when the server wrote, in order. Under load this replaces
-        thousands of small gRPC messages per second with a few large ones; at light load a batch
-        holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
+        StreamBatched is deprecated: use Stream, or StreamBatches for a client that multiplexes.
+        It is Stream with the server's events grouped (each ServerEventBatch carries every event
+        that was waiting when the server wrote, in order) and is still served, unchanged; it will
+        be removed with the next version of this package (aistream.v2).
         """
+
+        warnings.warn("Generator.stream_batched is deprecated", DeprecationWarning)
 
         yield from self._channel.stream_stream(
             "/aistream.v1.Generator/StreamBatched",
@@ -668,12 +671,15 @@ class GeneratorSyncStub:
         self, messages: "Iterable[ClientEventBatch]"
     ) -> "Iterator[ServerEventBatch]":
         """
-        StreamBatches is StreamBatched with the client's events grouped too: each
-        ClientEventBatch carries the Generates and Cancels that were waiting when the client
-        wrote, and the server applies them in order, each as if it had come alone (an invalid
-        one gets its Error; the others go on). A client that multiplexes many users' requests
-        on one call — the bridge does — then costs the server one read per batch instead of one
-        per request. An empty batch does nothing.
+        StreamBatches is Stream with the events grouped both ways. Each ClientEventBatch carries
+        the Generates and Cancels that were waiting when the client wrote, and the server applies
+        them in order, each as if it had come alone (an invalid one gets its Error; the others go
+        on); an empty batch does nothing. Each ServerEventBatch carries every event that was
+        waiting when the server wrote, in order. A client that multiplexes many users' requests on
+        one call — the bridge does — then costs one gRPC message per batch instead of one per
+        event: under load a few large messages replace thousands of small ones, at light load a
+        batch holds one event. Everything else — lifecycle, cancellation, errors — is as for
+        Stream.
         """
 
         yield from self._channel.stream_stream(
@@ -733,11 +739,13 @@ class GeneratorStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[ServerEventBatch]":
         """
-        StreamBatched is Stream with the server's events grouped: each ServerEventBatch carries
-        every event that was waiting when the server wrote, in order. Under load this replaces
-        thousands of small gRPC messages per second with a few large ones; at light load a batch
-        holds one event. Everything else — lifecycle, cancellation, errors — is as for Stream.
+        StreamBatched is deprecated: use Stream, or StreamBatches for a client that multiplexes.
+        It is Stream with the server's events grouped (each ServerEventBatch carries every event
+        that was waiting when the server wrote, in order) and is still served, unchanged; it will
+        be removed with the next version of this package (aistream.v2).
         """
+
+        warnings.warn("Generator.stream_batched is deprecated", DeprecationWarning)
 
         async for response in self._stream_stream(
             "/aistream.v1.Generator/StreamBatched",
@@ -759,12 +767,15 @@ class GeneratorStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[ServerEventBatch]":
         """
-        StreamBatches is StreamBatched with the client's events grouped too: each
-        ClientEventBatch carries the Generates and Cancels that were waiting when the client
-        wrote, and the server applies them in order, each as if it had come alone (an invalid
-        one gets its Error; the others go on). A client that multiplexes many users' requests
-        on one call — the bridge does — then costs the server one read per batch instead of one
-        per request. An empty batch does nothing.
+        StreamBatches is Stream with the events grouped both ways. Each ClientEventBatch carries
+        the Generates and Cancels that were waiting when the client wrote, and the server applies
+        them in order, each as if it had come alone (an invalid one gets its Error; the others go
+        on); an empty batch does nothing. Each ServerEventBatch carries every event that was
+        waiting when the server wrote, in order. A client that multiplexes many users' requests on
+        one call — the bridge does — then costs one gRPC message per batch instead of one per
+        event: under load a few large messages replace thousands of small ones, at light load a
+        batch holds one event. Everything else — lifecycle, cancellation, errors — is as for
+        Stream.
         """
 
         async for response in self._stream_stream(
