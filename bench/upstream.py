@@ -1,15 +1,16 @@
 """A fast fake OpenAI-compatible upstream for benchmarks: ``python -m bench.upstream``.
 
 It answers ``POST /v1/chat/completions`` (``"stream": true``) with chat-completion chunks as
-server-sent events, scripted by the prompt (``bench.spec``), and keeps one record per request:
-when it arrived, when the first token was written, when the client closed the connection. It is
-built to cost as little CPU as possible, so it is never what a scenario measures: one
-``asyncio.Protocol`` per connection, token chunks rendered once and cycled, each paced stream on
-its own absolute schedule (no task, no drift; with no scripted TTFT the first token goes out as
-the request is read), an unpaced stream written in batches as fast as the socket's flow control
-allows. Paced tokens due in the same millisecond share one timer (``_Slots``): at 1,000 streams
-that is ~1,000 timers a second instead of 30,000, each of which cost a heap push and pop compared
-by a Python ``__lt__``; a token goes out at most 1 ms after its time, never before.
+server-sent events, scripted by the prompt (``bench.spec``), and keeps one record per request: when
+it arrived, when the first token was written, when the client closed the connection. It is built to
+cost as little CPU as possible, so it is never what a scenario measures: one ``asyncio.Protocol``
+per connection, token chunks rendered once (by the product's fake upstream,
+``aistream.testing.fake_upstream.chunks``) and cycled, each paced stream on its own absolute
+schedule (no task, no drift; with no scripted TTFT the first token goes out as the request is
+read), an unpaced stream written in batches as fast as the socket's flow control allows. Paced
+tokens due in the same millisecond share one timer (``_Slots``): at 1,000 streams that is ~1,000
+timers a second instead of 30,000, each of which cost a heap push and pop compared by a Python
+``__lt__``; a token goes out at most 1 ms after its time, never before.
 
 The client closing its connection is noticed in ``eof_received``/``connection_lost``, so a
 record's ``closed_at`` is the moment the kernel told us. Control: ``GET /_bench/records``,
@@ -32,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from aistream.testing.fake_upstream.chunks import DONE, completion_chunk, sse_event, usage_chunk
 from bench.spec import parse_prompt, token_text
 
 __all__ = ["Record", "main"]
@@ -42,41 +44,34 @@ _HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
 )
+_ID, _CREATED, _MODEL = "chatcmpl-bench", 1_700_000_000, "bench"  # the same in every chunk
 
 
 def _http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def _event(obj: dict[str, Any]) -> bytes:
-    return _http_chunk(b"data: " + orjson.dumps(obj) + b"\n\n")
+def _event(payload: bytes) -> bytes:
+    """One SSE event, rendered by the product's fake upstream, framed as one HTTP chunk."""
+    return _http_chunk(sse_event(payload))
 
 
-def _chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": "bench",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
+def _chunk(delta: dict[str, str], finish: str | None) -> bytes:
+    return completion_chunk(_ID, _CREATED, _MODEL, delta, finish)
 
 
 _TOKENS = [_event(_chunk({"content": token_text(i)}, None)) for i in range(_CYCLE)]
 _FIRST = _event(_chunk({"role": "assistant", "content": token_text(0)}, None))
-_DONE = _http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+_DONE = _http_chunk(DONE) + b"0\r\n\r\n"
+
+
+_FINISH = {reason: _event(_chunk({}, reason)) for reason in ("stop", "length")}
 
 
 def _finish(reason: str, usage: tuple[int, int] | None) -> bytes:
-    out = _event(_chunk({}, reason))
+    out = _FINISH[reason]
     if usage is not None:
-        prompt, completion = usage
-        counts = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        out += _event({**_chunk({}, None), "choices": [], "usage": counts})
+        out += _event(usage_chunk(_ID, _CREATED, _MODEL, *usage))
     return out + _DONE
 
 
