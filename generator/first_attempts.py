@@ -9,9 +9,15 @@ short answers opens hundreds of requests a second, and that difference is a tent
 
 ``FirstAttempts`` is the transport the SDK's HTTP client is given. Every request the SDK sends
 passes through it to the aiohttp transport unchanged, and from the first one it sees for the
-endpoint (a first attempt: retry count 0) it keeps what does not depend on the body: the URL,
-the headers (auth, user agent, platform, retry count) and the timeouts. From then on
-``send_first`` sends a request's first attempt with them, straight to the transport.
+endpoint (a first attempt, as the ``is_first`` it is given recognises one) it keeps what does
+not depend on the body: the URL, the headers (auth, user agent, platform, retry count) and the
+timeouts. From then on ``send_first`` sends a request's first attempt with them, straight to the
+transport.
+
+This module is written against httpx2's public transport interface only. What it takes on trust
+from the SDK — how a first attempt is marked, that its headers do not change from request to
+request, that each attempt is one call of its transport in the calling task — is listed, and
+checked against the installed SDK, in ``sdk_private.py``.
 
 The SDK still owns everything but a success. When a first attempt fails — a status that is not
 2xx, or an error before the response — the caller runs the SDK's own request under
@@ -36,7 +42,7 @@ coroutine's frame would close the coroutine.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -74,11 +80,18 @@ class _Template:
 class FirstAttempts(httpx2.AsyncBaseTransport):
     """The SDK's transport, plus first attempts sent without the SDK (module doc)."""
 
-    def __init__(self, transport: httpx2.AsyncBaseTransport, path: str) -> None:
+    def __init__(
+        self,
+        transport: httpx2.AsyncBaseTransport,
+        path: str,
+        is_first: Callable[[httpx2.Request], bool],
+    ) -> None:
         """``transport``: the one that really sends; ``path``: the endpoint's path after the
-        base URL (``/chat/completions``)."""
+        base URL (``/chat/completions``); ``is_first``: whether a request the SDK sends is a
+        first attempt (``sdk_private.is_first_attempt``)."""
         self._transport = transport
         self._path = path
+        self._is_first = is_first
         self._template: _Template | None = None
         self.sent_first = 0
         """First attempts sent by ``send_first`` so far."""
@@ -145,7 +158,7 @@ class FirstAttempts(httpx2.AsyncBaseTransport):
     def _learn(self, request: httpx2.Request) -> None:
         if request.method != "POST" or not request.url.path.endswith(self._path):
             return
-        if request.headers.get("x-stainless-retry-count") != "0":
+        if not self._is_first(request):
             return
         headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _PER_REQUEST]
         self._template = _Template(request.url, headers, dict(request.extensions))

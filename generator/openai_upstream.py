@@ -19,6 +19,13 @@ its reads are spaced by ``pacing.ReadPacing``: the socket is paused after a read
 tokens and resumed when the answer's next read is due, so tokens that arrive meanwhile cost one
 read, one decode pass and one outbox entry together.
 
+Everything above that reaches below the SDK's public surface is in ``sdk_private.py``, which
+lists what it relies on and checks it against the installed SDK once at start-up. If anything
+has moved, one warning says what, and every answer goes through the SDK's public, typed
+streaming path instead (``_PublicChatStream``: ``chat.completions.create(stream=True)``,
+closed on leaving its block): slower, with the same errors, aborts and endings. It is also
+``OpenAIUpstream(settings, sdk_path="public")``.
+
 The response is always entered with ``async with``, so leaving the block for any reason — end,
 error, cancellation — closes the HTTP connection.
 
@@ -31,10 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiohttp
 import httpx2
@@ -42,9 +48,19 @@ import openai
 import orjson
 from aistream.generator.first_attempts import FirstAttempts
 from aistream.generator.pacing import ReadPacing
+from aistream.generator.sdk_private import (
+    PATH,
+    AiohttpBody,
+    aiohttp_response,
+    aiohttp_transport,
+    is_first_attempt,
+    refused_connection,
+    startup_problems,
+)
 from aistream.generator.sse import SSEDecoder
 from aistream.generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
-from openai._vendor.httpx_aiohttp import AiohttpTransport
+from openai import AsyncStream
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
@@ -53,10 +69,8 @@ __all__ = ["OpenAIUpstream", "map_sdk_error", "parse_chunk"]
 
 log = logging.getLogger(__name__)
 
-_PATH = "/chat/completions"  # after the base URL; first attempts learn their template from it
 _DONE = b"[DONE]"
 _REUSE_WAIT = 0.05  # seconds to wait for the end of a finished body, for connection reuse
-_READ_SIZE = 64 * 1024  # bytes taken from the response body at most per read
 _READ_ERRORS = (openai.OpenAIError, httpx2.HTTPError, aiohttp.ClientError)
 
 
@@ -65,13 +79,9 @@ def parse_chunk(data: bytes) -> Delta:
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise UpstreamFailure(
-            pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream sent a malformed stream", retryable=True
-        ) from None
+        raise _malformed() from None
     if not isinstance(chunk, dict):
-        raise UpstreamFailure(
-            pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream sent a malformed stream", retryable=True
-        )
+        raise _malformed()
     if "error" in chunk:
         raise _MidStreamError(chunk["error"])
     delta = Delta()
@@ -93,6 +103,12 @@ def parse_chunk(data: bytes) -> Delta:
     return delta
 
 
+def _malformed() -> UpstreamFailure:
+    return UpstreamFailure(
+        pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream sent a malformed stream", retryable=True
+    )
+
+
 class _MidStreamError(UpstreamFailure):
     """An ``{"error": …}`` event inside an otherwise healthy stream."""
 
@@ -103,21 +119,14 @@ class _MidStreamError(UpstreamFailure):
         self.detail = detail
 
 
-def _refused(exc: BaseException) -> bool:
-    """Whether a connection failure lies under ``exc`` (the aiohttp transport reports a refused
-    connection as a connect *timeout*)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
-            cause, aiohttp.ServerTimeoutError
-        ):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-def map_sdk_error(exc: Exception) -> UpstreamFailure:
-    """Translate an SDK or transport exception to the most specific UpstreamFailure."""
+def map_sdk_error(exc: Exception, *, reading: bool = False) -> UpstreamFailure:
+    """Translate an SDK or transport exception to the most specific UpstreamFailure.
+    ``reading``: raised by the SDK's iterator while reading the body (the public path), where
+    no read timeout is set, so a lost connection is what any connection error means there."""
+    if reading and isinstance(exc, openai.APIConnectionError):
+        return UpstreamFailure(
+            pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream connection failed", retryable=True
+        )
     if isinstance(exc, openai.RateLimitError):
         return UpstreamFailure(pb.ERROR_CODE_RATE_LIMITED, "the upstream is rate limiting requests")
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
@@ -132,7 +141,7 @@ def map_sdk_error(exc: Exception) -> UpstreamFailure:
         return UpstreamFailure(
             pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream rejected the request", retryable=False
         )
-    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
+    if isinstance(exc, openai.APITimeoutError) and not refused_connection(exc):
         return UpstreamFailure(pb.ERROR_CODE_TIMEOUT, "the upstream did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamFailure(pb.ERROR_CODE_UNAVAILABLE, "the upstream cannot be reached")
@@ -150,7 +159,9 @@ class OpenAIUpstream:
 
     kind: Literal["openai"] = "openai"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sdk_path: Literal["auto", "public"] = "auto") -> None:
+        """``sdk_path``: ``auto`` streams below the SDK when its start-up checks pass
+        (``sdk_private.py``), ``public`` always through its public streaming path."""
         self._default_model = settings.model
         self._pacing = ReadPacing(settings.upstream_reads_per_s, settings.max_read_interval)
         # aiohttp underneath (see above); one connection per running generation at most
@@ -161,13 +172,29 @@ class OpenAIUpstream:
             max_connections=settings.max_generations,
             max_keepalive_connections=settings.max_generations,
         )
-        self._first = FirstAttempts(AiohttpTransport(limits=limits), _PATH)
+        moved = startup_problems() if sdk_path == "auto" else ()
+        if moved:
+            log.warning(
+                "openai %s moved what aistream reads below it (sdk_private.py): %s; "
+                "streaming through its public path instead (slower)",
+                openai.__version__,
+                "; ".join(moved),
+            )
+        fast = sdk_path == "auto" and not moved
+        self.path: Literal["fast", "public"] = "fast" if fast else "public"
+        """How answers are streamed: below the SDK, or through its public path."""
+        self._first: FirstAttempts | None = None
+        if self.path == "fast":
+            self._first = FirstAttempts(aiohttp_transport(limits), PATH, is_first_attempt)
+            http_client = openai.DefaultAioHttpClient(transport=self._first, limits=limits)
+        else:
+            http_client = _public_http_client(limits)
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             # A local server (Ollama, llama.cpp) needs no key, but the SDK insists on one.
             api_key=settings.api_key or "unused",
             max_retries=settings.upstream_max_retries,
-            http_client=openai.DefaultAioHttpClient(transport=self._first, limits=limits),
+            http_client=http_client,
             # Our own first-token / stall / total limits govern; the SDK's must not fire first.
             # No read timeout at all: aiohttp would re-arm its timer on every network read.
             timeout=httpx2.Timeout(
@@ -179,81 +206,38 @@ class OpenAIUpstream:
         """The requested model, or the configured default."""
         return requested or self._default_model
 
-    def stream(self, request: UpstreamRequest) -> _ChatStream:
+    def stream(self, request: UpstreamRequest) -> _ChatStream | _PublicChatStream:
         """Open one streamed chat completion."""
-        return _ChatStream(
-            self._client, self._first, request, self.model_name(request.model), self._pacing
-        )
+        model = self.model_name(request.model)
+        if self._first is None:
+            return _PublicChatStream(self._client, request, model)
+        return _ChatStream(self._client, self._first, request, model, self._pacing)
 
     async def aclose(self) -> None:
         """Close the SDK's connection pool."""
         await self._client.close()
 
 
-def _aiohttp_response(response: httpx2.Response) -> aiohttp.ClientResponse | None:
-    """The aiohttp response under an SDK response, when the SDK's aiohttp transport carried it
-    and the body is not content-encoded (SSE normally is not); None otherwise. (Reaches through
-    private attributes; ``tests/test_openai_upstream.py`` fails if an upgrade moves them.)"""
-    if response.headers.get("content-encoding", "identity").lower() != "identity":
-        return None
-    stream = response.stream
-    # httpx2's BoundAsyncStream wraps the transport's stream when the SDK's client sent it
-    stream = getattr(stream, "_stream", stream)
-    aio = getattr(stream, "_aiohttp_response", None)  # the SDK's AiohttpResponseStream
-    return aio if isinstance(aio, aiohttp.ClientResponse) else None
+def _public_http_client(limits: httpx2.Limits) -> httpx2.AsyncClient:
+    """The SDK's aiohttp client (public, ``openai[aiohttp]``), or its default if that cannot
+    be had."""
+    try:
+        return openai.DefaultAioHttpClient(limits=limits)
+    except RuntimeError:  # the aiohttp extra is not usable
+        return openai.DefaultAsyncHttpxClient(limits=limits)
 
 
-class _PacedBody:
-    """An aiohttp response body read straight from its ``StreamReader``, paced (module doc)."""
-
-    __slots__ = ("_content", "_loop", "_pacing", "_protocol", "_resume_at")
-
-    def __init__(self, response: aiohttp.ClientResponse, pacing: ReadPacing) -> None:
-        self._content = response.content
-        connection = response.connection
-        self._protocol = connection.protocol if connection is not None else None
-        self._pacing = pacing
-        self._loop = asyncio.get_running_loop()
-        self._resume_at: asyncio.TimerHandle | None = None
-
-    async def read(self) -> bytes:
-        """What arrived since the last read, up to ``_READ_SIZE`` (waits for some); b"" at the
-        end. The cap keeps one read's worth of tokens — what enters an outbox at once — small."""
-        return await self._content.read(_READ_SIZE)
-
-    def hold(self) -> None:
-        """Tokens were just read: leave the socket unread until this answer's next turn."""
-        interval = self._pacing.interval()
-        if not interval or self._protocol is None or self._resume_at is not None:
-            return
-        if self._content.is_eof():
-            return  # the whole body is here: nothing on the socket to hold (and aiohttp's
-            # parser, between messages, refuses to be paused)
-        self._protocol.pause_reading()
-        self._resume_at = self._loop.call_later(interval, self._resume)
-
-    def _resume(self) -> None:
-        self._resume_at = None
-        if self._protocol is not None:
-            self._protocol.resume_reading()
-
-    def release(self, *, resume: bool) -> None:
-        """Stop pacing (the answer is over); ``resume``: let the socket be read again if it is
-        held (to read the body's end; not when the connection is about to be closed)."""
-        if self._resume_at is not None:
-            self._resume_at.cancel()
-            self._resume_at = None
-            if resume:
-                self._resume()
-
-    def abort(self) -> None:
-        """Shut the socket down now: the upstream sees the close in this very event-loop turn
-        (closing the transport would send it a turn later)."""
-        transport = self._protocol.transport if self._protocol is not None else None
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+def _body(request: UpstreamRequest, model: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": role, "content": text} for role, text in request.messages],
+        "max_tokens": request.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return body
 
 
 async def _no_more() -> bytes:
@@ -278,30 +262,25 @@ class _ChatStream:
         self._pacing = pacing
         self._response: httpx2.Response | None = None
         self._read: Callable[[], Awaitable[bytes]] = _no_more
-        self._paced: _PacedBody | None = None
+        self._paced: AiohttpBody | None = None
         self._decoder = SSEDecoder()
         self._finished = False
         self._done = False
 
+    @property
+    def direct(self) -> bool:
+        """Whether the body is read straight from aiohttp (once entered)."""
+        return self._paced is not None
+
     async def __aenter__(self) -> AsyncIterator[Delta]:
-        request = self._request
-        body: dict[str, Any] = {
-            "model": self._model,
-            "messages": [{"role": role, "content": text} for role, text in request.messages],
-            "max_tokens": request.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
         try:
-            http_response = await self._open(body)
+            http_response = await self._open(_body(self._request, self._model))
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self._failure(exc) from exc
         self._response = http_response
-        aio = _aiohttp_response(http_response)
+        aio = aiohttp_response(http_response)
         if aio is not None:
-            self._paced = _PacedBody(aio, self._pacing)
+            self._paced = AiohttpBody(aio, self._pacing)
             self._pacing.opened()
             self._read = self._paced.read
         else:  # another transport, or an encoded body: the SDK's byte iterator
@@ -334,7 +313,7 @@ class _ChatStream:
         # without re-validating a body we build the same way every time (its typed ``create``
         # spent a third of opening a request on that); ``cast_to`` the raw response, streamed,
         # leaves the body to us.
-        return await self._client.post(_PATH, cast_to=httpx2.Response, body=body, stream=True)
+        return await self._client.post(PATH, cast_to=httpx2.Response, body=body, stream=True)
 
     def abort(self) -> None:
         """Close the upstream connection now, before the reading task has been woken and
@@ -416,13 +395,115 @@ class _ChatStream:
         return merged
 
     def _failure(self, exc: Exception) -> UpstreamFailure:
-        failure = map_sdk_error(exc)
-        status = getattr(exc, "status_code", None)
-        log.warning(
-            "upstream failed request_id=%s status=%s error=%s: %s",
-            self._request.request_id,
-            status,
-            type(exc).__name__,
-            exc,
-        )
-        return failure
+        return _failure(self._request.request_id, exc)
+
+
+class _PublicChatStream:
+    """One streamed chat completion through the SDK's public, typed path: the fallback when
+    ``sdk_private``'s checks fail (module doc). The same deltas, errors, aborts and endings as
+    ``_ChatStream`` but one: the SDK's iterator does not show ``[DONE]``, so here an answer is
+    finished when a finish reason came (an upstream that sends ``[DONE]`` without one is a
+    truncated answer here, a finished one on the fast path)."""
+
+    def __init__(self, client: openai.AsyncOpenAI, request: UpstreamRequest, model: str) -> None:
+        self._client = client
+        self._request = request
+        self._model = model
+        self._stream: AsyncStream[ChatCompletionChunk] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsyncIterator[Delta]:
+        request = self._request
+        messages = [{"role": role, "content": text} for role, text in request.messages]
+        try:
+            self._stream = await self._client.chat.completions.create(
+                model=self._model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                max_tokens=request.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                temperature=openai.omit if request.temperature is None else request.temperature,
+            )
+        except openai.OpenAIError as exc:
+            raise _failure(request.request_id, exc) from exc
+        return self._deltas(self._stream)
+
+    def abort(self) -> None:
+        """Close the upstream connection now: the SDK's close of the response starts in a task
+        of its own, which runs before the reading task is woken (``__aexit__`` waits for it)."""
+        if self._stream is not None and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._stream.close())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # The SDK's ``async with stream`` does just this: closes the response, and with it the
+        # connection unless the body was read to its end. Runs on every exit.
+        if self._stream is None:
+            return
+        try:
+            await self._stream.close()
+        finally:
+            if self._closing is not None:
+                with contextlib.suppress(Exception):
+                    await self._closing
+
+    async def _deltas(self, stream: AsyncStream[ChatCompletionChunk]) -> AsyncIterator[Delta]:
+        finished = False
+        try:
+            async for chunk in stream:
+                delta = _delta_of(chunk)
+                if delta.finish_reason is not None:
+                    finished = True
+                yield delta
+        except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            raise _failure(self._request.request_id, exc, reading=True) from exc
+        except openai.APIError as exc:  # an {"error": …} event (the SDK's plain APIError)
+            log.warning(
+                "upstream error event request_id=%s: %r", self._request.request_id, exc.body
+            )
+            raise _MidStreamError(exc.body) from None
+        except ValueError:  # a data line that is not JSON
+            raise _malformed() from None
+        if not finished:  # the SDK's iterator ends quietly however the body ended
+            raise truncated()
+
+
+def _delta_of(chunk: object) -> Delta:
+    """A typed chunk as ``parse_chunk`` reads the same JSON (attributes may be missing: the
+    SDK builds chunks without validating them)."""
+    if not isinstance(chunk, ChatCompletionChunk):
+        raise _malformed()
+    delta = Delta()
+    choices = getattr(chunk, "choices", None)
+    if isinstance(choices, list) and choices:
+        choice = choices[0]
+        content = getattr(getattr(choice, "delta", None), "content", None)
+        if isinstance(content, str) and content:
+            delta.text = content
+            delta.count = 1
+        reason = getattr(choice, "finish_reason", None)
+        if isinstance(reason, str):
+            delta.finish_reason = reason
+    usage = getattr(chunk, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if isinstance(prompt, int) and isinstance(completion, int):
+        delta.prompt_tokens, delta.completion_tokens = prompt, completion
+    return delta
+
+
+def _failure(request_id: str, exc: Exception, *, reading: bool = False) -> UpstreamFailure:
+    failure = map_sdk_error(exc, reading=reading)
+    status = getattr(exc, "status_code", None)
+    log.warning(
+        "upstream failed request_id=%s status=%s error=%s: %s",
+        request_id,
+        status,
+        type(exc).__name__,
+        exc,
+    )
+    return failure

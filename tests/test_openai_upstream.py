@@ -1,26 +1,27 @@
-"""aistream.generator.openai_upstream: chunk parsing, error mapping, and how the body is read
-(straight from aiohttp under the SDK, paced under load) against the fake upstream."""
+"""aistream.generator.openai_upstream: chunk parsing, error mapping, how the body is read
+(straight from aiohttp under the SDK, paced under load) against the fake upstream, and the same
+conversations through the SDK's public streaming path (the fallback)."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 import aiohttp
+import grpc
 import httpx2
 import openai
 import orjson
 import pytest
 from aistream.generator.first_attempts import FirstAttempts
-from aistream.generator.openai_upstream import (
-    OpenAIUpstream,
-    _aiohttp_response,
-    map_sdk_error,
-    parse_chunk,
-)
+from aistream.generator.openai_upstream import OpenAIUpstream, map_sdk_error, parse_chunk
 from aistream.generator.pacing import MIN_INTERVAL, ReadPacing
+from aistream.generator.sdk_private import aiohttp_response, is_first_attempt
+from aistream.generator.server import GeneratorServer
 from aistream.generator.upstream import Abortable, Delta, UpstreamFailure, UpstreamRequest
-from conftest import UNIT, settings_for
+from conftest import UNIT, GrpcClient, settings_for
 
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
@@ -51,7 +52,7 @@ async def test_the_sdk_response_is_read_from_aiohttp_directly(fake: FakeUpstream
         async with client.chat.completions.with_streaming_response.create(
             model="m", messages=[{"role": "user", "content": "hi"}], stream=True
         ) as response:
-            assert isinstance(_aiohttp_response(response.http_response), aiohttp.ClientResponse)
+            assert isinstance(aiohttp_response(response.http_response), aiohttp.ClientResponse)
     finally:
         await client.close()
 
@@ -61,7 +62,7 @@ def test_an_encoded_body_is_left_to_the_sdk() -> None:
     response = httpx2.Response(
         200, headers={"content-encoding": "gzip"}, content=gzip.compress(b"")
     )
-    assert _aiohttp_response(response) is None
+    assert aiohttp_response(response) is None
 
 
 def test_read_pacing_spreads_the_budget_over_live_answers() -> None:
@@ -186,13 +187,20 @@ def test_map_sdk_error_timeout() -> None:
     assert (failure.code, failure.retryable) == (pb.ERROR_CODE_TIMEOUT, True)
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["sdk", "first-attempt"])
-async def test_abort_closes_the_connection_before_the_block_is_left(warm: bool) -> None:
+@pytest.mark.parametrize(
+    ("warm", "sdk_path"),
+    [(False, "auto"), (True, "auto"), (False, "public")],
+    ids=["sdk", "first-attempt", "public"],
+)
+async def test_abort_closes_the_connection_before_the_block_is_left(
+    warm: bool, sdk_path: Literal["auto", "public"]
+) -> None:
     """``abort()`` (what a cancel calls) closes the upstream connection at once: the upstream
     sees it while the reading code is still inside its ``async with`` — whether the SDK opened
-    the request or its first attempt went straight to the transport."""
+    the request, its first attempt went straight to the transport, or the SDK's public path
+    streams it."""
     async with FakeUpstream(Script(tokens=1000, interval=0.01)) as fake:
-        upstream = OpenAIUpstream(settings_for(fake))
+        upstream = OpenAIUpstream(settings_for(fake), sdk_path=sdk_path)
         try:
             if warm:
                 await _warm(upstream)
@@ -223,7 +231,7 @@ async def test_first_attempts_send_what_the_sdk_sends() -> None:
             assert upstream._first.sent_first == 1
             response = await upstream._first.send_first(b'{"model":"m","messages":[]}')
             try:
-                assert isinstance(_aiohttp_response(response), aiohttp.ClientResponse)
+                assert isinstance(aiohttp_response(response), aiohttp.ClientResponse)
             finally:
                 await response.aclose()
         finally:
@@ -300,8 +308,184 @@ async def test_a_first_attempt_that_cannot_connect_is_the_sdks_to_judge() -> Non
 
 async def test_a_replay_the_sdk_never_took_is_closed() -> None:
     """A failed first attempt's response is closed when the block ends, taken or not."""
-    transport = FirstAttempts(httpx2.MockTransport(lambda request: httpx2.Response(500)), "/x")
+    transport = FirstAttempts(
+        httpx2.MockTransport(lambda request: httpx2.Response(500)), "/x", is_first_attempt
+    )
     response = httpx2.Response(503, stream=httpx2.ByteStream(b"busy"))
     async with transport.replaying(response):
         pass
     assert response.is_closed
+
+
+async def test_the_fast_path_is_used_when_the_sdk_passes_its_checks() -> None:
+    """With the installed SDK, answers are read straight from aiohttp and, after the first,
+    sent as first attempts below the SDK (a regression here would only be slower)."""
+    async with FakeUpstream(Script(tokens=3)) as fake:
+        upstream = OpenAIUpstream(settings_for(fake))
+        try:
+            assert upstream.path == "fast"
+            for request_id in ("r1", "r2"):
+                opened = upstream.stream(_request(request_id))
+                async with opened as stream:
+                    assert [d async for d in stream][-1].finish_reason == "stop"
+                assert getattr(opened, "direct", False)
+            assert upstream._first is not None and upstream._first.sent_first == 1
+        finally:
+            await upstream.aclose()
+
+
+# --- the same conversations on both paths (gRPC in, fake upstream out) ------------------------
+
+SECRET = "SECRET-upstream-detail-10.1.2.3"
+SdkPath = Literal["auto", "public"]
+Gen = Callable[..., Awaitable[GrpcClient]]
+
+
+@pytest.fixture(params=["auto", "public"], ids=["fast", "public"])
+async def gen(request: pytest.FixtureRequest, fake: FakeUpstream) -> AsyncIterator[Gen]:
+    """Start a generator on the fake whose upstream streams by the fast or the public path;
+    returns a recording gRPC client. At the end no upstream request or connection is left."""
+    sdk_path: SdkPath = request.param
+    started: list[tuple[GeneratorServer, grpc.aio.Channel, GrpcClient]] = []
+
+    async def start(**overrides: object) -> GrpcClient:
+        settings = settings_for(fake, **overrides)
+        upstream = OpenAIUpstream(settings, sdk_path=sdk_path)
+        assert upstream.path == ("fast" if sdk_path == "auto" else "public")
+        server = GeneratorServer(settings, upstream=upstream)
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        client = GrpcClient(channel, f"grpc-{sdk_path}")
+        started.append((server, channel, client))
+        return client
+
+    yield start
+    for server, channel, client in started:
+        client.call.cancel()
+        await channel.close(None)
+        await server.stop(drain_timeout=0)
+    await fake.wait_for(lambda: not fake.active() and not fake.connections)
+
+
+async def _answer(client: GrpcClient, request_id: str) -> tuple[list[str], str, pb.ServerEvent]:
+    """Read ``request_id``'s events to its end: their kinds, its text, the terminal event."""
+    kinds: list[str] = []
+    text = ""
+    while True:
+        event = await client.recv()
+        kind = event.WhichOneof("event")
+        assert kind is not None
+        kinds.append(kind)
+        if kind == "token":
+            text += event.token.chunk
+        if kind in ("done", "error"):
+            return kinds, text, event
+
+
+async def test_a_complete_answer(fake: FakeUpstream, gen: Gen) -> None:
+    """Start, the tokens in order, then Done with the finish reason and the upstream's usage."""
+    fake.script = Script(tokens=4, interval=0.005)
+    client = await gen()
+    await client.generate("r1", "tell me")
+    kinds, text, end = await _answer(client, "r1")
+    assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"token"}
+    assert text == "tok0 tok1 tok2 tok3 "
+    assert end.done.finish_reason == pb.FINISH_REASON_STOP
+    assert end.done.usage.source == pb.USAGE_SOURCE_UPSTREAM
+    assert end.done.usage.completion_tokens == 4
+    assert fake.records[0].body["stream_options"] == {"include_usage": True}
+    assert fake.records[0].outcome == "completed"
+
+
+async def test_a_finish_reason_without_usage_is_done_with_an_estimate(
+    fake: FakeUpstream, gen: Gen
+) -> None:
+    """An upstream that sends no usage: Done with its finish reason and estimated usage."""
+    fake.script = Script(tokens=3, usage=False, finish_reason="length")
+    client = await gen()
+    await client.generate("r1")
+    _, _, end = await _answer(client, "r1")
+    assert end.done.finish_reason == pb.FINISH_REASON_LENGTH
+    assert end.done.usage.source == pb.USAGE_SOURCE_ESTIMATED
+    assert end.done.usage.completion_tokens == 3
+
+
+async def test_cancel_closes_the_upstream(fake: FakeUpstream, gen: Gen) -> None:
+    """Cancel ends the id with Error(cancelled) and the upstream sees its connection closed."""
+    fake.script = Script(tokens=1000, interval=0.01)
+    client = await gen()
+    await client.generate("r1")
+    while (await client.recv()).WhichOneof("event") != "token":
+        pass
+    await client.cancel("r1")
+    end = await client.finish("r1")
+    assert end.error.code == pb.ERROR_CODE_CANCELLED
+    record = await fake.wait_closed(fake.records[0], 2 * UNIT)
+    assert record.outcome == "client_closed"
+    assert record.tokens_sent < 1000
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retryable"),
+    [
+        (400, pb.ERROR_CODE_UPSTREAM_ERROR, False),
+        (401, pb.ERROR_CODE_UPSTREAM_ERROR, False),
+        (429, pb.ERROR_CODE_RATE_LIMITED, True),
+        (500, pb.ERROR_CODE_UPSTREAM_ERROR, True),
+    ],
+)
+async def test_status_errors_map_to_the_same_codes(
+    fake: FakeUpstream, gen: Gen, status: int, code: int, retryable: bool
+) -> None:
+    """An error status ends in its code, without the upstream's text."""
+    fake.script = Script(status=status, error_message=SECRET)
+    client = await gen()
+    await client.generate("r1")
+    end = await client.finish("r1")
+    assert (end.error.code, end.error.retryable) == (code, retryable)
+    assert SECRET not in str(end)
+
+
+async def test_retries_and_unreachable(fake: FakeUpstream, gen: Gen) -> None:
+    """A 500 then a good answer is Done after two requests; a refused connection is
+    unavailable (retryable)."""
+    answers = iter([Script(status=500, retry_after=0.01), Script(tokens=3)])
+    fake.script_for = lambda body: next(answers)
+    client = await gen(upstream_max_retries=2)
+    await client.generate("r1")
+    assert (await client.finish("r1")).WhichOneof("event") == "done"
+    assert [r.status for r in fake.records] == [500, 200]
+    closed = FakeUpstream()
+    await closed.start()
+    url = closed.base_url
+    await closed.close()
+    client = await gen(base_url=url)
+    await client.generate("r2")
+    end = await client.finish("r2")
+    assert (end.error.code, end.error.retryable) == (pb.ERROR_CODE_UNAVAILABLE, True)
+
+
+@pytest.mark.parametrize(
+    ("script", "words"),
+    [
+        (Script(tokens=10, close_after=3), "before finishing"),
+        (Script(tokens=10, reset_after=3), "connection failed"),
+        (Script(tokens=10, malformed_after=3), "malformed"),
+        (Script(tokens=10, error_event_after=3, error_message=SECRET), "failed during"),
+    ],
+    ids=["truncated", "reset", "malformed", "error-event"],
+)
+async def test_a_cut_stream_is_an_error_never_done(
+    fake: FakeUpstream, gen: Gen, script: Script, words: str
+) -> None:
+    """Truncation, reset, malformed SSE and error events after tokens end in a retryable
+    upstream_error saying which, with the tokens sent so far counted."""
+    fake.script = script
+    client = await gen()
+    await client.generate("r1")
+    end = await client.finish("r1")
+    assert end.WhichOneof("event") == "error"
+    assert (end.error.code, end.error.retryable) == (pb.ERROR_CODE_UPSTREAM_ERROR, True)
+    assert words in end.error.message
+    assert SECRET not in str(end)
+    assert end.error.usage.completion_tokens == 3
