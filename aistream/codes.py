@@ -17,8 +17,10 @@ same thing on every hop::
     ERROR_CODE_UNAUTHENTICATED unauthenticated      UNAUTHENTICATED      no         1008 (policy)
 
 ``retryable`` is the default; a specific failure may say otherwise (an upstream 5xx is retryable,
-an upstream 400 is not, though both are ``upstream_error``). The WebSocket close code is used
-when the failure ends the whole connection rather than one request.
+an upstream 400 is not, though both are ``upstream_error``): ``is_retryable`` is that rule, and
+everything that reports a failure goes through it. The WebSocket close code is used when the
+failure ends the whole connection rather than one request. The exceptions that carry these codes
+are in ``aistream.errors``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ import grpc
 
 from aistream.v1 import events_pb2 as pb
 
-__all__ = ["CODES", "CloseCode", "Code", "CodeInfo", "error_event", "info", "json_code"]
+__all__ = [
+    "CODES",
+    "CloseCode",
+    "Code",
+    "CodeInfo",
+    "error_event",
+    "info",
+    "is_retryable",
+    "json_code",
+]
 
 
 class CloseCode(enum.IntEnum):
@@ -117,15 +128,21 @@ def json_code(code: Code) -> str:
     return CODES[code].json
 
 
+def is_retryable(code: Code, explicit: bool | None = None) -> bool:
+    """Whether a failure with ``code`` may be retried: ``explicit`` if the failure says, else the
+    code's row in the table."""
+    return CODES[code].retryable if explicit is None else explicit
+
+
 def error_event(
     code: Code, message: str, request_id: str = "", *, retryable: bool | None = None
 ) -> pb.ServerEvent:
-    """An Error ServerEvent; ``retryable`` defaults to the code's row in the table."""
+    """An Error ServerEvent (``retryable`` as ``is_retryable`` decides)."""
     return pb.ServerEvent(
         error=pb.Error(
             request_id=request_id,
             code=code,
             message=message,
-            retryable=CODES[code].retryable if retryable is None else retryable,
+            retryable=is_retryable(code, retryable),
         )
     )

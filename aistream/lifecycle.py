@@ -8,18 +8,21 @@ A Generate that is rejected gets a lone ``error`` and no ``start``. Token ``seq`
 from 0 without gaps, a chunk of ``count`` coalesced tokens advancing the next ``seq`` by ``count``.
 Once an id has ended, a new Generate with that id starts a new, independent lifecycle.
 
-``Lifecycle`` is used by the bridge to know which ids are in flight and to refuse to relay anything
-out of order, and by the test suite's checker over every recorded conversation. In *strict* mode it
-also requires each ``start`` and each rejection to answer a Generate that was seen (``expect``).
+``RequestLifecycle`` is one id's place in that order; the bridge keeps one per generation in
+flight (its per-request record extends it) and relays nothing out of order. ``Lifecycle`` keeps one
+per running id of a whole conversation: the test suite's checker runs it over every recorded
+conversation. In *strict* mode it also requires each ``start`` and each rejection to answer a
+Generate that was seen (``expect``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["TERMINAL_KINDS", "Kind", "Lifecycle", "LifecycleViolation"]
+from aistream.errors import LifecycleViolation
+
+__all__ = ["TERMINAL_KINDS", "Kind", "Lifecycle", "LifecycleViolation", "RequestLifecycle"]
 
 Kind = Literal["start", "token", "done", "error"]
 TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error"})
@@ -28,23 +31,54 @@ TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error"})
 _NOT_COUNTED: Counter[str] = Counter()  # shared, never written: non-strict mode counts nothing
 
 
-class LifecycleViolation(Exception):
-    """An event broke the order start → token* → one terminal for its request id."""
+class RequestLifecycle:
+    """Where one request id is in its lifecycle: sent, started (and the next token ``seq``)."""
 
+    __slots__ = ("next_seq", "request_id", "started")
 
-@dataclass(slots=True)
-class _Running:
-    next_seq: int = 0
-    tokens: int = 0
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.started = False
+        self.next_seq = 0
+
+    def observe(self, kind: Kind, seq: int = 0, count: int = 1) -> bool:
+        """Apply one server event for this id: whether it ended the request, or raise
+        LifecycleViolation saying what was wrong. (A lone ``error`` ends a request that never
+        started: it was rejected.)"""
+        if kind == "token":  # the hot path: first, and no allocation
+            if not self.started:
+                raise LifecycleViolation(
+                    f"token for request {self.request_id!r}, which is not running"
+                )
+            if seq != self.next_seq:
+                raise LifecycleViolation(
+                    f"token seq {seq} for request {self.request_id!r}, expected {self.next_seq}"
+                )
+            self.next_seq += count if count > 0 else 1
+            return False
+        if kind == "start":
+            if self.started:
+                raise LifecycleViolation(f"second start for running request {self.request_id!r}")
+            self.started = True
+            return False
+        if kind == "done":
+            if not self.started:
+                raise LifecycleViolation(
+                    f"done for request {self.request_id!r}, which is not running"
+                )
+            return True
+        if kind == "error":
+            return True
+        raise LifecycleViolation(f"unknown event kind {kind!r}")
 
 
 class Lifecycle:
-    """The lifecycle state of every request id on one stream or connection."""
+    """The lifecycle state of every request id of one conversation (a stream or a connection)."""
 
     __slots__ = ("_expected", "_running", "_strict")
 
     def __init__(self, *, strict: bool = False) -> None:
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, RequestLifecycle] = {}
         self._expected: Counter[str] = Counter() if strict else _NOT_COUNTED
         self._strict = strict
 
@@ -65,31 +99,17 @@ class Lifecycle:
     def observe(self, kind: Kind, request_id: str, seq: int = 0, count: int = 1) -> None:
         """Apply one server event, or raise LifecycleViolation saying what was wrong."""
         state = self._running.get(request_id)
-        if kind == "start":
-            if state is not None:
-                raise LifecycleViolation(f"second start for running request {request_id!r}")
+        if state is None:
+            if kind == "error":
+                if request_id:  # a rejection; an error with no id answers an unreadable frame
+                    self._consume_expected(request_id, "rejection")
+                return
+            if kind != "start":
+                raise LifecycleViolation(f"{kind} for request {request_id!r}, which is not running")
             self._consume_expected(request_id, "start")
-            self._running[request_id] = _Running()
-        elif kind == "token":
-            if state is None:
-                raise LifecycleViolation(f"token for request {request_id!r}, which is not running")
-            if seq != state.next_seq:
-                raise LifecycleViolation(
-                    f"token seq {seq} for request {request_id!r}, expected {state.next_seq}"
-                )
-            state.next_seq += max(count, 1)
-            state.tokens += 1
-        elif kind == "done":
-            if state is None:
-                raise LifecycleViolation(f"done for request {request_id!r}, which is not running")
+            state = self._running[request_id] = RequestLifecycle(request_id)
+        if state.observe(kind, seq, count):
             del self._running[request_id]
-        elif kind == "error":
-            if state is not None:
-                del self._running[request_id]
-            elif request_id:  # a rejection; an error with no id answers an unreadable frame
-                self._consume_expected(request_id, "rejection")
-        else:  # pragma: no cover - Kind is closed
-            raise LifecycleViolation(f"unknown event kind {kind!r}")
 
     def _consume_expected(self, request_id: str, what: str) -> None:
         if not self._strict:

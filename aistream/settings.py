@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
+from aistream.errors import SettingsError
+
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
 
 ENV_PREFIX = "AISTREAM_"
-
-
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the setting."""
-
 
 UpstreamKind = Literal["openai", "simulated"]
 
@@ -148,6 +145,12 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     """Origins (``https://app.example``) allowed to open the WebSocket besides the bridge's own
     origin and localhost; comma-separated in the environment. Others get HTTP 403."""
+    public_hosts: tuple[str, ...] = ()
+    """Host names browsers reach the bridge by (``chat.example.com``, behind a proxy), besides
+    the address it listens on (and the loopback names when that is loopback or every
+    interface); comma-separated in the environment. A browser's handshake naming any other
+    ``Host`` is refused (HTTP 403): a page on a DNS-rebinding domain cannot pass as the
+    bridge's own origin."""
     auth_token: str | None = field(default=None, repr=False)
     """If set, browsers must present it: cookie ``aistream_token``, query ``?token=``, or the
     WebSocket subprotocol ``aistream.token.<token>``. Otherwise HTTP 401."""

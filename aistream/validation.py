@@ -2,26 +2,19 @@
 
 The generator is the authority (backend services call it directly); the bridge runs the same
 checks first so a bad browser frame is answered without touching the gRPC stream. Every failure is
-an ``InvalidRequest`` whose message is safe to send back and names the offending field by its JSON
-name.
+an ``InvalidRequest`` (``aistream.errors``) whose message is safe to send back and names the
+offending field by its JSON name.
 """
 
 from __future__ import annotations
 
 import math
 
+from aistream.errors import InvalidRequest
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 
 __all__ = ["InvalidRequest", "check_cancel", "check_generate", "check_request_id"]
-
-
-class InvalidRequest(ValueError):
-    """A ClientEvent that cannot be served as sent; ``str()`` is safe to show the client."""
-
-    def __init__(self, message: str, request_id: str = "") -> None:
-        super().__init__(message)
-        self.request_id = request_id
 
 
 def check_request_id(request_id: str, settings: Settings) -> None:

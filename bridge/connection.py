@@ -8,8 +8,10 @@ already in flight is dropped (idempotent retries); a Cancel for an id not in fli
 
 gRPC side: generations go over one of the bridge's shared streams (``aistream.bridge.link``), which
 routes their events back here renamed to this connection's ids; an idle connection costs the
-generator nothing. Events are relayed in order; the bridge's own ``Lifecycle`` refuses to relay
-anything out of order. If the stream fails (the generator died or is unreachable), every id in
+generator nothing. Each generation in flight has one record here (``_Request``: its ids and its
+place in the lifecycle), and nothing out of order is relayed. A request ends in one place,
+``Connection._end``, whatever ends it: its terminal event from the generator, a lost stream, a
+closing connection. If the stream fails (the generator died or is unreachable), every id in
 flight on it gets ``ai:error`` ``unavailable`` (retryable) and the next Generate opens a new
 stream; the channel reconnects with backoff on its own.
 
@@ -38,26 +40,31 @@ from websockets.exceptions import ConnectionClosed
 
 from aistream import codes
 from aistream.collector import release
-from aistream.lifecycle import Lifecycle, LifecycleViolation
+from aistream.errors import InvalidRequest, LifecycleViolation, Refused
+from aistream.lifecycle import RequestLifecycle
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
-from aistream.validation import InvalidRequest, check_cancel, check_generate
+from aistream.validation import check_cancel, check_generate
 
 __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)  # connection ids for the logs
-_NO_GENERATIONS: dict[str, str] = {}  # what an idle connection has in flight (shared)
+_NO_REQUESTS: dict[str, _Request] = {}  # what an idle connection has in flight (shared)
 _FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
 
 
-class _Refused(Exception):
-    """A well-formed frame this connection will not serve now (answered with ``event``)."""
+class _Request(RequestLifecycle):
+    """One generation in flight: the browser's id, the wire id it was sent under, and where it is
+    in its lifecycle (started, the next token ``seq``)."""
 
-    def __init__(self, event: pb.ServerEvent) -> None:
-        self.event = event
+    __slots__ = ("wire_id",)
+
+    def __init__(self, request_id: str, wire_id: str) -> None:
+        super().__init__(request_id)
+        self.wire_id = wire_id
 
 
 class Connection:
@@ -67,11 +74,10 @@ class Connection:
         "_accepting",
         "_ending",
         "_idle",
-        "_in_flight",
-        "_lifecycle",
         "_outbox",
         "_rate",
         "_relays",
+        "_requests",
         "_sender",
         "_settings",
         "_stream",
@@ -86,10 +92,9 @@ class Connection:
         self.id = next(_ids)
         self._stream = stream
         self._settings = settings
-        self._lifecycle: Lifecycle | None = None  # made on first generate, like the outbox
-        # request id → the wire id it was sent under; the shared empty dict until the first
-        # generate (never written to: see _on_frame)
-        self._in_flight: dict[str, str] = _NO_GENERATIONS
+        # request id → its record; the shared empty dict until the first generate (never
+        # written to: see _on_frame)
+        self._requests: dict[str, _Request] = _NO_REQUESTS
         self._relays: set[asyncio.Task[None]] | None = None  # the goodbye
         # Created on first use: an idle connection costs as little as possible.
         self._outbox: Outbox | None = None
@@ -117,16 +122,9 @@ class Connection:
         return self._rate
 
     @property
-    def lifecycle(self) -> Lifecycle:
-        """The lifecycle of every request id on this connection (what may be relayed)."""
-        if self._lifecycle is None:
-            self._lifecycle = Lifecycle()
-        return self._lifecycle
-
-    @property
     def in_flight(self) -> int:
         """Generations this connection has running."""
-        return len(self._in_flight)
+        return len(self._requests)
 
     async def serve(self, on_closed: Callable[[Connection], None] | None = None) -> None:
         """Run the connection until the socket closes, then cancel everything it started (and
@@ -149,11 +147,11 @@ class Connection:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 for task in tasks:
                     release(task)
-                if self._in_flight:
+                if self._requests:
                     log.info(
                         "connection %s closed with %d generations in flight: cancelled",
                         self.id,
-                        len(self._in_flight),
+                        len(self._requests),
                     )
             finally:
                 if on_closed is not None:
@@ -165,31 +163,31 @@ class Connection:
         try:
             event = translate.decode_client_frame(message)
             request_id = self._admit(event)
-        except (translate.FrameError, InvalidRequest) as exc:
+        except InvalidRequest as exc:  # (an InvalidFrame too)
             log.info("bad frame conn=%s request_id=%s: %s", self.id, exc.request_id, exc)
-            self._queue(codes.error_event(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id))
+            self._queue(exc.event())
             return
-        except _Refused as refused:
-            self._queue(refused.event)
+        except Refused as exc:
+            self._queue(exc.event())
             return
         if request_id is None:
             return  # nothing to do: a duplicate generate, or a cancel for an id not in flight
         if event.WhichOneof("event") == "generate":
             wire_id = self._stream.generate(self, event)
-            if self._in_flight is _NO_GENERATIONS:
-                self._in_flight = {}
-            self._in_flight[request_id] = wire_id
+            if self._requests is _NO_REQUESTS:
+                self._requests = {}
+            self._requests[request_id] = _Request(request_id, wire_id)
             log.debug("generate conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
         else:
             # The generator answers with Error(cancelled), routed here like any event.
-            self._stream.cancel(self._in_flight[request_id], forget=False)
+            self._stream.cancel(self._requests[request_id].wire_id, forget=False)
 
     def _admit(self, event: pb.ClientEvent) -> str | None:
         """Check one decoded frame against the limits; the id to forward, or None to drop it."""
         if event.WhichOneof("event") == "cancel":
             check_cancel(event.cancel, self._settings)
             request_id = event.cancel.request_id
-            if request_id not in self._in_flight:
+            if request_id not in self._requests:
                 return None  # unknown or finished: a harmless no-op
             self.rate.take(asyncio.get_running_loop().time())  # cancels are never refused
             return request_id
@@ -197,28 +195,18 @@ class Connection:
         check_generate(generate, self._settings)
         request_id = generate.request_id
         if not self.rate.take(asyncio.get_running_loop().time()):
-            raise _Refused(
-                codes.error_event(
-                    pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id
-                )
-            )
-        if request_id in self._in_flight:
+            raise Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id)
+        if request_id in self._requests:
             log.info("duplicate generate ignored request_id=%s conn=%s", request_id, self.id)
             return None
         if not self._accepting:
-            raise _Refused(
-                codes.error_event(
-                    pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id
-                )
-            )
-        if len(self._in_flight) >= self._settings.max_generations_per_connection:
-            limit = self._settings.max_generations_per_connection
-            raise _Refused(
-                codes.error_event(
-                    pb.ERROR_CODE_TOO_MANY_REQUESTS,
-                    f"at most {limit} generations at once per connection",
-                    request_id,
-                )
+            raise Refused(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
+        limit = self._settings.max_generations_per_connection
+        if len(self._requests) >= limit:
+            raise Refused(
+                pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                f"at most {limit} generations at once per connection",
+                request_id,
             )
         return request_id
 
@@ -237,63 +225,83 @@ class Connection:
         if self._ending:
             return  # (events still in flight when the connection is being closed are dropped)
         kind = event.WhichOneof("event")
-        body = getattr(event, kind)
+        request = self._requests.get(request_id)
+        if request is None:
+            log.error(
+                "dropped %s for an id not in flight conn=%s request_id=%s",
+                kind,
+                self.id,
+                request_id,
+            )
+            return
         try:
             if kind == "token":
-                self.lifecycle.observe("token", request_id, body.seq, body.count)
+                token = event.token
+                ended = request.observe("token", token.seq, token.count)
             else:
-                self.lifecycle.observe(kind, request_id)
+                ended = request.observe(kind)
         except LifecycleViolation as exc:
             log.error("dropped out-of-order event conn=%s: %s", self.id, exc)
             return
-        if kind in ("done", "error"):
-            self._forget(request_id)
-        self._queue(event)
+        if ended:
+            self._end(request_id, event)
+        else:
+            self._queue(event)
 
     def lost(self, request_ids: list[str], reason: str) -> None:
         """The shared stream these generations ran on failed (called by it)."""
-        if self._ending:
-            return
-        self._end_in_flight(
-            [rid for rid in request_ids if rid in self._in_flight],
-            pb.ERROR_CODE_UNAVAILABLE,
-            "the generator is unavailable",
-            reason,
-        )
+        ended = 0
+        for request_id in request_ids:
+            # (checked one by one: a slow-consumer cut-off on the way ends the rest)
+            if not self._ending and request_id in self._requests:
+                error = codes.error_event(
+                    pb.ERROR_CODE_UNAVAILABLE, "the generator is unavailable", request_id
+                )
+                self._end(request_id, error)
+                ended += 1
+        if ended:
+            log.info(
+                "%d generations ended conn=%s code=%s (%s)",
+                ended,
+                self.id,
+                codes.json_code(pb.ERROR_CODE_UNAVAILABLE),
+                reason,
+            )
 
     def cancel_in_flight(self) -> None:
         """Cancel every generation in flight at the generator (the socket is going away; called
         again when it is gone, a no-op then)."""
-        for wire_id in self._in_flight.values():
-            self._stream.cancel(wire_id)
+        for request in self._requests.values():
+            self._stream.cancel(request.wire_id)
 
-    def _forget(self, request_id: str) -> None:
-        self._in_flight.pop(request_id, None)
-        if not self._in_flight and self._idle is not None:
+    def _end(
+        self,
+        request_id: str,
+        terminal: pb.ServerEvent,
+        finals: list[pb.ServerEvent] | None = None,
+    ) -> None:
+        """End a request: the one place that does, whatever the reason.
+
+        Its record goes (and with it its lifecycle: nothing more is relayed for the id), the
+        generator is told to stop if it still runs it (a no-op when the generator ended it, or
+        its stream failed), a shutdown waiting for the last request hears of it, and
+        ``terminal`` goes to the client: queued, or into ``finals`` when the connection is
+        closing and writes its final frames itself.
+        """
+        request = self._requests.pop(request_id)
+        self._stream.cancel(request.wire_id)
+        if not self._requests and self._idle is not None:
             self._idle.set()
+        if finals is None:
+            self._queue(terminal)
+        else:
+            finals.append(terminal)
 
     def _queue(self, event: pb.ServerEvent) -> None:
         if self._ending:
             return
         if not self.outbox.offer(event):
             self._slow_consumer()
-
-    def _end_in_flight(
-        self, request_ids: list[str], code: codes.Code, message: str, reason: str
-    ) -> None:
-        for request_id in request_ids:
-            self._forget(request_id)
-            if self.lifecycle.is_running(request_id):
-                self.lifecycle.observe("error", request_id)
-            self._queue(codes.error_event(code, message, request_id))
-        if request_ids:
-            log.info(
-                "%d generations ended conn=%s code=%s (%s)",
-                len(request_ids),
-                self.id,
-                codes.json_code(code),
-                reason,
-            )
 
     async def _send_frames(self) -> None:
         while True:
@@ -329,13 +337,9 @@ class Connection:
         socket (a slow consumer); otherwise they go after what is queued (a graceful shutdown).
         """
         self._ending = True
-        self.cancel_in_flight()  # closes every upstream of this connection
-        finals = []
-        for request_id in list(self._in_flight):
-            self._forget(request_id)
-            if self.lifecycle.is_running(request_id):
-                self.lifecycle.observe("error", request_id)
-            finals.append(codes.error_event(code, message, request_id))
+        finals: list[pb.ServerEvent] = []
+        for request_id in list(self._requests):  # (ending each closes its upstream)
+            self._end(request_id, codes.error_event(code, message, request_id), finals)
         if drop_queued:
             if self._outbox is not None:
                 self._outbox.clear()
@@ -370,7 +374,7 @@ class Connection:
         rest with ``unavailable`` (retryable) and close the socket with 1012."""
         self._accepting = False
         self._idle = asyncio.Event()
-        if not self._in_flight:
+        if not self._requests:
             self._idle.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):

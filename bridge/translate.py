@@ -13,7 +13,8 @@ module, so a field added to an event in ``proto/`` appears on the wire with no c
   sent (the key is absent).
 * Server → client: plain scalars are always present, ``optional`` scalars and message fields
   only when set. Client → server: every field is optional, unknown keys are ignored (additive
-  evolution), wrong types are refused with a ``FrameError`` naming the key.
+  evolution), wrong types are refused with an ``InvalidFrame`` (``aistream.errors``) naming the
+  key.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 
 from aistream import codes
+from aistream.errors import InvalidFrame
 from aistream.v1 import events_pb2 as pb
 
 __all__ = [
     "CLIENT_TYPES",
     "SERVER_TYPES",
     "FrameError",
+    "InvalidFrame",
     "decode_client_frame",
     "encode_server_event",
     "error_frame",
@@ -42,14 +45,8 @@ __all__ = [
 TYPE_PREFIX = "ai:"
 _UINT32_MAX = (1 << 32) - 1
 
-
-class FrameError(ValueError):
-    """A client frame that cannot be turned into a ClientEvent; ``str()`` is safe to send back."""
-
-    def __init__(self, message: str, request_id: str = "") -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
+FrameError = InvalidFrame
+"""The name ``InvalidFrame`` had here before ``aistream.errors`` held every exception."""
 
 # --- the plans, built from descriptors ----------------------------------------------------------
 
@@ -84,7 +81,7 @@ def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
 
         def decode_string(value: Any, key: str) -> Any:
             if not isinstance(value, str):
-                raise FrameError(f"{key} must be a string")
+                raise InvalidFrame(f"{key} must be a string")
             return value
 
         return decode_string
@@ -92,7 +89,7 @@ def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
 
         def decode_bool(value: Any, key: str) -> Any:
             if not isinstance(value, bool):
-                raise FrameError(f"{key} must be true or false")
+                raise InvalidFrame(f"{key} must be true or false")
             return value
 
         return decode_bool
@@ -104,7 +101,7 @@ def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
                 or not isinstance(value, int)
                 or not 0 <= value <= _UINT32_MAX
             ):
-                raise FrameError(f"{key} must be a whole number from 0 to {_UINT32_MAX}")
+                raise InvalidFrame(f"{key} must be a whole number from 0 to {_UINT32_MAX}")
             return value
 
         return decode_uint32
@@ -112,9 +109,9 @@ def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
 
         def decode_number(value: Any, key: str) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise FrameError(f"{key} must be a number")
+                raise InvalidFrame(f"{key} must be a number")
             if not math.isfinite(value):
-                raise FrameError(f"{key} must be a finite number")
+                raise InvalidFrame(f"{key} must be a finite number")
             return float(value)
 
         return decode_number
@@ -125,7 +122,7 @@ def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
 
         def decode_enum(value: Any, key: str) -> Any:
             if not isinstance(value, str) or value not in numbers:
-                raise FrameError(f"{key} must be one of {allowed}")
+                raise InvalidFrame(f"{key} must be one of {allowed}")
             return numbers[value]
 
         return decode_enum
@@ -199,7 +196,7 @@ def _encode_message(message: Message, plan: tuple[_Field, ...]) -> dict[str, Any
 
 def _decode_message(value: Any, key: str, plan: tuple[_Field, ...], cls: type[Message]) -> Message:
     if not isinstance(value, dict):
-        raise FrameError(f"{key} must be an object")
+        raise InvalidFrame(f"{key} must be an object")
     return cls(**_decode_fields(value, plan, key + "."))
 
 
@@ -212,7 +209,7 @@ def _decode_fields(obj: dict[str, Any], plan: tuple[_Field, ...], prefix: str) -
         key = prefix + field.key
         if field.repeated:
             if not isinstance(value, list):
-                raise FrameError(f"{key} must be an array")
+                raise InvalidFrame(f"{key} must be an array")
             kwargs[field.name] = [
                 field.from_json(item, f"{key}[{i}]") for i, item in enumerate(value)
             ]
@@ -252,28 +249,28 @@ SERVER_TYPES: tuple[str, ...] = tuple(frame_type for _, frame_type in _SERVER.va
 
 
 def decode_client_frame(data: str | bytes) -> pb.ClientEvent:
-    """Parse one WebSocket message into a ClientEvent, or raise FrameError saying why not."""
+    """Parse one WebSocket message into a ClientEvent, or raise InvalidFrame saying why not."""
     if isinstance(data, bytes):
-        raise FrameError("binary frames are not supported: send JSON text frames")
+        raise InvalidFrame("binary frames are not supported: send JSON text frames")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise FrameError("the frame is not valid JSON") from None
+        raise InvalidFrame("the frame is not valid JSON") from None
     if not isinstance(obj, dict):
-        raise FrameError("the frame must be a JSON object")
+        raise InvalidFrame("the frame must be a JSON object")
     raw_id = obj.get("requestId")
     request_id = raw_id if isinstance(raw_id, str) else ""
     frame_type = obj.get("type")
     entry = _CLIENT.get(frame_type) if isinstance(frame_type, str) else None
     if entry is None:
-        raise FrameError(f"type must be one of {', '.join(CLIENT_TYPES)}", request_id)
+        raise InvalidFrame(f"type must be one of {', '.join(CLIENT_TYPES)}", request_id)
     if not isinstance(raw_id, str):
-        raise FrameError("requestId must be a string", "")
+        raise InvalidFrame("requestId must be a string", "")
     name, plan, cls = entry
     try:
         event = cls(**_decode_fields(obj, plan, ""))
-    except FrameError as exc:
-        raise FrameError(str(exc), request_id) from None
+    except InvalidFrame as exc:
+        raise InvalidFrame(str(exc), request_id) from None
     return pb.ClientEvent(**{name: event})  # type: ignore[arg-type]
 
 

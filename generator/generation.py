@@ -17,16 +17,10 @@ import logging
 import math
 
 from aistream.generator.limits import TimeLimits
-from aistream.generator.upstream import (
-    Abortable,
-    Delta,
-    Role,
-    Upstream,
-    UpstreamFailure,
-    UpstreamRequest,
-)
+from aistream.generator.upstream import Abortable, Delta, Role, Upstream, UpstreamRequest
 
 from aistream import codes
+from aistream.errors import UpstreamFailure
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
@@ -232,7 +226,7 @@ class Generation:
                     request_id=self.request_id,
                     code=code,
                     message=message,
-                    retryable=row.retryable if retryable is None else retryable,
+                    retryable=codes.is_retryable(code, retryable),
                     usage=self._usage(None),
                     duration_ms=self._elapsed_ms(now),
                 )

@@ -23,11 +23,12 @@ from aistream.generator.upstream import Upstream
 
 from aistream import codes
 from aistream.collector import release
+from aistream.errors import InvalidRequest
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
-from aistream.validation import InvalidRequest, check_cancel, check_generate
+from aistream.validation import check_cancel, check_generate
 
 __all__ = ["GeneratorService", "StreamSession"]
 
@@ -103,9 +104,7 @@ class StreamSession:
                 raise InvalidRequest("the event must be generate or cancel")
         except InvalidRequest as exc:
             log.info("rejected request_id=%s peer=%s: %s", exc.request_id, self._peer, exc)
-            self.outbox.put(
-                codes.error_event(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id)
-            )
+            self.outbox.put(exc.event())
 
     def _generate(self, generate: pb.Generate) -> None:
         request_id = generate.request_id

@@ -11,6 +11,9 @@ marker); a stream cut short raises ``UpstreamFailure``. Leaving the ``async with
 reason including cancellation, closes the upstream request (for HTTP: the connection). A stream
 may also be ``Abortable``: ``abort()`` closes it at once, from outside its task, so the upstream
 learns of a cancel before the task unwinds.
+
+``UpstreamFailure`` lives in ``aistream.errors`` with every other exception; it is exported here
+too, where the upstreams have always imported it from.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from aistream import codes
+from aistream.errors import UpstreamFailure
 from aistream.v1 import events_pb2 as pb
 
 __all__ = ["Abortable", "Delta", "Upstream", "UpstreamFailure", "UpstreamRequest"]
@@ -48,16 +51,6 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-
-
-class UpstreamFailure(Exception):
-    """The upstream could not produce the completion; ``message`` is safe to send to clients."""
-
-    def __init__(self, code: codes.Code, message: str, *, retryable: bool | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = codes.info(code).retryable if retryable is None else retryable
 
 
 def truncated() -> UpstreamFailure:

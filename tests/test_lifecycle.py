@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aistream.lifecycle import Lifecycle, LifecycleViolation
+from aistream.errors import LifecycleViolation
+from aistream.lifecycle import Lifecycle, RequestLifecycle
 
 
 def test_normal_sequence() -> None:
@@ -71,3 +72,33 @@ def test_id_may_be_reused_after_it_ended() -> None:
 def test_frame_level_error_without_id_is_allowed() -> None:
     """An error with an empty id answers an unreadable frame."""
     Lifecycle(strict=True).observe("error", "")
+
+
+def test_one_request_from_sent_to_its_terminal() -> None:
+    """A RequestLifecycle (one id, as the bridge keeps it from the Generate on) says which event
+    ends it: a done after its start, or an error whether it started or not."""
+    request = RequestLifecycle("a")
+    assert request.observe("start") is False
+    assert request.observe("token", 0, 2) is False
+    assert request.observe("token", 2, 1) is False
+    assert request.next_seq == 3
+    assert request.observe("done") is True
+    rejected = RequestLifecycle("b")
+    assert rejected.observe("error") is True
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [("token", 0)],
+        [("done", 0)],
+        [("start", 0), ("start", 0)],
+        [("start", 0), ("token", 1)],
+    ],
+)
+def test_one_request_out_of_order(events: list[tuple[str, int]]) -> None:
+    """A token or done before the start, a second start, or a seq gap is a violation."""
+    request = RequestLifecycle("a")
+    with pytest.raises(LifecycleViolation, match="'a'"):
+        for kind, seq in events:
+            request.observe(kind, seq)  # type: ignore[arg-type]

@@ -9,7 +9,6 @@ import pytest
 from aistream.bridge.translate import (
     CLIENT_TYPES,
     SERVER_TYPES,
-    FrameError,
     decode_client_frame,
     encode_server_event,
     error_frame,
@@ -18,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aistream import codes
+from aistream.errors import InvalidFrame
 from aistream.v1 import events_pb2 as pb
 
 
@@ -102,19 +102,23 @@ def test_cancel_decodes() -> None:
         ),
     ],
 )
-def test_bad_frames_raise_frame_error_naming_the_problem(
+def test_bad_frames_raise_invalid_frame_naming_the_problem(
     frame: str | bytes, message: str, request_id: str
 ) -> None:
-    """Each malformed frame raises FrameError with a safe message and the id when readable."""
-    with pytest.raises(FrameError) as info:
+    """Each malformed frame raises InvalidFrame with a safe message and the id when readable;
+    it is answered with invalid_request under that id."""
+    with pytest.raises(InvalidFrame) as info:
         decode_client_frame(frame)
     assert message in str(info.value)
     assert info.value.request_id == request_id
+    answer = encode_server_event(info.value.event())
+    assert answer == error_frame(pb.ERROR_CODE_INVALID_REQUEST, str(info.value), request_id)
+    assert orjson.loads(answer)["retryable"] is False
 
 
-def test_deeply_nested_json_is_a_frame_error() -> None:
+def test_deeply_nested_json_is_an_invalid_frame() -> None:
     """JSON nested beyond the parser's limit is refused, not a crash."""
-    with pytest.raises(FrameError):
+    with pytest.raises(InvalidFrame):
         decode_client_frame("[" * 100_000 + "]" * 100_000)
 
 
@@ -173,11 +177,11 @@ def test_start_frame() -> None:
 
 
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
-def test_decoder_never_raises_anything_but_frame_error(data: str | bytes) -> None:
-    """Arbitrary input decodes to a ClientEvent or raises FrameError, never anything else."""
+def test_decoder_never_raises_anything_but_invalid_frame(data: str | bytes) -> None:
+    """Arbitrary input decodes to a ClientEvent or raises InvalidFrame, never anything else."""
     try:
         event = decode_client_frame(data)
-    except FrameError as exc:
+    except InvalidFrame as exc:
         assert str(exc)
         orjson.loads(error_frame(pb.ERROR_CODE_INVALID_REQUEST, str(exc), exc.request_id))
     else:
@@ -209,8 +213,8 @@ _json_values = st.recursive(
 def test_structured_frames_never_crash_the_decoder(
     frame_type: object, fields: dict[str, object]
 ) -> None:
-    """Objects with the right keys but any values decode or raise FrameError."""
-    with contextlib.suppress(FrameError):
+    """Objects with the right keys but any values decode or raise InvalidFrame."""
+    with contextlib.suppress(InvalidFrame):
         decode_client_frame(orjson.dumps({"type": frame_type, **fields}).decode())
 
 

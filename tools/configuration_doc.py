@@ -81,6 +81,7 @@ GROUPS: list[tuple[str, list[str]]] = [
         "Access control",
         [
             "allowed_origins",
+            "public_hosts",
             "auth_token",
             "grpc_token",
             "tls_cert",
