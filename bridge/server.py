@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, check_handshake
+from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, HostNames, check_handshake
 from aistream.bridge.connection import Connection
 from aistream.bridge.link import GeneratorLink
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -117,6 +117,18 @@ def default_static_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "webclient" / "dist"
 
 
+def malformed(request: Request) -> str | None:
+    """Why a request is the client's error before anything looks at it, or None: a control
+    character in its target, not exactly one ``Host``, more than one ``Origin``."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in request.path):
+        return "control character in the request target"
+    if len(request.headers.get_all("Host")) != 1:
+        return "a request needs exactly one Host header"
+    if len(request.headers.get_all("Origin")) > 1:
+        return "more than one Origin header"
+    return None
+
+
 def _is_upgrade(request: Request) -> bool:
     """The request asks for a WebSocket (rather than a page)."""
     return any(
@@ -141,7 +153,10 @@ def static_response(root: Path | None, path: str) -> Response:
         body = b"aistream bridge: the web client is not built (run: npm run build in webclient/)\n"
         return _response(http.HTTPStatus.NOT_FOUND, body, "text/plain; charset=utf-8")
     relative = path.split("?", 1)[0].lstrip("/") or "index.html"
-    target = (root / relative).resolve()
+    try:
+        target = (root / relative).resolve()
+    except (OSError, ValueError):  # a name the file system cannot hold
+        return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
     base = root.resolve()
     if (base not in target.parents and target != base) or not target.is_file():
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
@@ -165,6 +180,7 @@ class BridgeServer:
             generator_pb2_grpc.GeneratorStub(self._channel), metadata, settings.generator_streams
         )
         self._server: Server | None = None
+        self.own_hosts = HostNames.of(settings.bridge_host, settings.public_hosts)
         self._on_closed = self._closed  # one bound method for every connection
         self.connections: set[Connection] = set()
         self.port = 0
@@ -186,6 +202,9 @@ class BridgeServer:
             close_timeout=s.ws_close_timeout,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self.own_hosts = HostNames.of(
+            s.bridge_host, s.public_hosts, machine_names=(socket.gethostname(),)
+        )
         # Connect to the generator now, not on the first browser's first generate.
         self._channel.get_state(try_to_connect=True)
         log.info(
@@ -194,6 +213,13 @@ class BridgeServer:
         return self.port
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        problem = malformed(request)
+        if problem is not None:
+            # The client's error: a 400 saying what, logged without a traceback.
+            log.info("bad request from %s: %s", connection.remote_address, problem)
+            return _response(
+                http.HTTPStatus.BAD_REQUEST, f"{problem}\n".encode(), "text/plain; charset=utf-8"
+            )
         path = request.path.split("?", 1)[0]
         if path == WS_PATH or (path == "/" and _is_upgrade(request)):
             # A client written to the design this product grew out of opens the root path.
@@ -210,7 +236,7 @@ class BridgeServer:
             path=request.path,
             origin=headers.get("Origin"),
             host=headers.get("Host"),
-            cookie=headers.get("Cookie"),
+            cookie="; ".join(headers.get_all("Cookie")) or None,
             subprotocols=[
                 p.strip()
                 for value in headers.get_all("Sec-WebSocket-Protocol")
@@ -218,6 +244,7 @@ class BridgeServer:
             ],
             allowed_origins=s.allowed_origins,
             auth_token=s.auth_token,
+            own_hosts=self.own_hosts,
         )
         if not verdict.allowed:
             log.warning(
