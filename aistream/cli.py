@@ -16,13 +16,13 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 from aistream import collector
+from aistream.children import AsyncChild, ChildError
 from aistream.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -148,27 +148,16 @@ async def _run_up(settings: Settings) -> None:
     from aistream.bridge.server import BridgeServer
 
     stop = _stop_signals()
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aistream",
-        "generator",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--exit-with-parent",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=os.environ.copy(),
-    )
-    assert child.stdout is not None
-    line = (await child.stdout.readline()).decode()
-    match = _GENERATOR_READY.search(line)
-    if match is None:
-        await child.wait()
-        raise SystemExit(f"aistream: the generator did not start (exit {child.returncode})")
-    upstream = line.rsplit("upstream: ", 1)[-1].rstrip(")\n")
+    argv = [sys.executable, "-m", "aistream", "generator", "--host", "127.0.0.1", "--port", "0"]
+    try:
+        # its stdin is a pipe: with --exit-with-parent the generator ends when this process does
+        started = await AsyncChild.start(
+            [*argv, "--exit-with-parent"], _GENERATOR_READY, name="the generator"
+        )
+    except ChildError as exc:
+        raise SystemExit(f"aistream: {exc}") from None
+    child, match = started.process, started.ready
+    upstream = match.string.rsplit("upstream: ", 1)[-1].rstrip(")\n")
     bridge = BridgeServer(settings.replace(generator_target=f"{match[1]}:{match[2]}"))
     port = await bridge.start()
     url = f"http://{settings.bridge_host}:{port}/"

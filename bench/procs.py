@@ -1,22 +1,16 @@
 """Child processes of the harness and what they cost: start, talk by lines, CPU and RSS, stop.
 
-Every server and load client is a separate process (``python -m …``). A child is ready when it
-prints its listening line; the harness reads every stdout line on a thread, so waiting for a line
-has a timeout and a child that dies says so with the end of its stderr. ``Meter`` samples CPU time
-and RSS of a set of children over a measuring window (psutil): CPU is reported in percent of one
-core, RSS at the end and at its peak.
+Every server and load client is a separate process (``python -m …``), an
+``aistream.children.Child``: ready when it prints its listening line, its stdout read on a thread
+(so waiting for a line has a timeout), its stderr in a log file whose end ``ChildError`` quotes
+when it dies. ``Meter`` samples CPU time and RSS of a set of children over a measuring window
+(psutil): CPU is reported in percent of one core, RSS at the end and at its peak.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import os
-import queue
-import re
 import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,10 +18,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import psutil
+
+from aistream import children
+from aistream.children import ChildError
 
 __all__ = ["ROOT", "Child", "ChildError", "Meter", "raise_fd_limit", "wait_quiet"]
 
@@ -85,12 +82,9 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-class ChildError(RuntimeError):
-    """A child process failed to start, died, or did not answer in time."""
-
-
-class Child:
-    """One child process whose stdout is read line by line."""
+class Child(children.Child):
+    """One harness child, ``python -m module args`` run from the checkout: its stderr in a log
+    file, its stdout read line by line, stopped at exit if still running."""
 
     def __init__(
         self,
@@ -102,48 +96,19 @@ class Child:
         timeout: float = 30.0,
     ) -> None:
         """Start ``python -m module args`` and wait for a stdout line matching ``ready``."""
-        self.name = name
         _LOGS.mkdir(exist_ok=True)
-        self.log_path = _LOGS / f"{name}.log"
-        self._log = self.log_path.open("w")
-        self.popen = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", module, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
+            ready,
+            name=name,
+            env=env,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            log=_LOGS / f"{name}.log",
+            timeout=timeout,
             preexec_fn=raise_fd_limit,
         )
         _LIVE.add(self)
         self.process = psutil.Process(self.popen.pid)
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        assert self.popen.stdout is not None
-        self._thread = threading.Thread(target=self._read, args=(self.popen.stdout,), daemon=True)
-        self._thread.start()
-        line = self.line(timeout)
-        match = re.search(ready, line)
-        if match is None:
-            self.stop()
-            raise ChildError(f"{name}: unexpected first line {line!r}")
-        self.ready = match
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def line(self, timeout: float) -> str:
-        """The next stdout line; ChildError if the child exits or is silent for ``timeout`` s."""
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise ChildError(f"{self.name}: no answer within {timeout:g}s") from None
-        if line is None:
-            self._lines.put(None)
-            raise ChildError(f"{self.name}: exited ({self.popen.poll()}): {self.stderr_tail()}")
-        return line
 
     def event(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
         """Wait for the JSON line ``{"event": name, …}`` (other lines are skipped)."""
@@ -161,28 +126,10 @@ class Child:
         self.popen.stdin.write(line + "\n")
         self.popen.stdin.flush()
 
-    def stderr_tail(self, lines: int = 8) -> str:
-        """The last lines the child wrote to stderr."""
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:])
-
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait (SIGKILL after ``timeout``); the exit code."""
         _LIVE.discard(self)
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        for stream in (self.popen.stdin, self.popen.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self._log.close()
-        return self.popen.returncode
+        return super().stop(timeout)
 
 
 @dataclass

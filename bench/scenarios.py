@@ -3,7 +3,8 @@
 Every scenario starts its own servers (``bench.stack``), runs its load clients as separate
 processes (``bench.client``), meters every process's CPU and RSS over the measuring window
 (``bench.procs.Meter``) and reports each figure as the median with min/max over ``repeat`` runs,
-aistream next to the baselines measured in the same run.
+aistream next to the baselines measured in the same run. ``repeated`` is the one loop that runs
+every variant of a scenario ``repeat`` times and ``Runs`` aggregates what it measured.
 """
 
 from __future__ import annotations
@@ -164,6 +165,12 @@ class Load:
                     client.send("exit")
             client.stop(5)
 
+    def __enter__(self) -> Load:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def _split_ttft(stack: Stack, timeline: dict[str, list[float]]) -> dict[str, float | None]:
     """Split each TTFT at the upstream's own record: request path (client sent → upstream
@@ -185,15 +192,12 @@ def _split_ttft(stack: Stack, timeline: dict[str, list[float]]) -> dict[str, flo
 
 def _run_loop(stack: Stack, path: str, job: dict[str, Any], window: float) -> dict[str, Any]:
     stack.reset()
-    load = Load(stack, path, job)
-    try:
+    with Load(stack, path, job) as load:
         load.send("go")
         time.sleep(job["warmup"])  # meter the measuring window only
         load.meter.start()
         result = load.results(120 + window)
         usage = load.meter.stop()
-    finally:
-        load.stop()
     return {
         "ttft_p50_ms": percentile(result["ttft_ms"], 50),
         "ttft_p99_ms": percentile(result["ttft_ms"], 99),
@@ -209,11 +213,10 @@ def _run_loop(stack: Stack, path: str, job: dict[str, Any], window: float) -> di
     }
 
 
-# --- aggregation --------------------------------------------------------------------------------
+# --- repeats and aggregation ---------------------------------------------------------------------
 
-
-def _aggregate_runs(runs: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Agg]:
-    return {m: aggregate([r.get(m) for r in runs]) for m in metrics}
+Run = dict[str, Any]
+"""One run's figures (and, under ``processes``, what ``Meter`` measured)."""
 
 
 def _aggregate_processes(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Agg]]:
@@ -251,6 +254,50 @@ def _log(message: str) -> None:
     print(f"[bench] {message}", flush=True)
 
 
+@dataclass(frozen=True)
+class Runs:
+    """The runs of each variant of a scenario, in the order they were measured."""
+
+    by_variant: dict[str, list[Run]]
+
+    def __getitem__(self, variant: str) -> list[Run]:
+        return self.by_variant[variant]
+
+    def figures(self, metrics: Sequence[str]) -> dict[str, dict[str, Agg]]:
+        """Each metric of each variant: median, min and max over its runs."""
+        return {
+            v: {m: aggregate([r.get(m) for r in runs]) for m in metrics}
+            for v, runs in self.by_variant.items()
+        }
+
+    def processes(self) -> dict[str, dict[str, dict[str, Agg]]]:
+        """CPU and RSS of each process, per variant, over its runs."""
+        return {v: _aggregate_processes(runs) for v, runs in self.by_variant.items()}
+
+
+def repeated(
+    title: str,
+    repeat: int,
+    variants: Sequence[str],
+    measure: Callable[[str], Run],
+    say: Callable[[Run], str],
+    settle: float = 0.0,
+) -> Runs:
+    """Measure each variant ``repeat`` times, interleaved (every variant's first run, then every
+    one's second, …: a drift of the machine hits them all alike). Each run is logged as
+    ``{title} run i/n {variant}: {say(run)}``, then the servers get ``settle`` s to tear it down.
+    ``measure`` starts and stops what the run needs; servers shared by every run are the caller's
+    (``with Stack(...)`` around this)."""
+    runs: dict[str, list[Run]] = {v: [] for v in variants}
+    for i in range(repeat):
+        for variant in variants:
+            run = measure(variant)
+            runs[variant].append(run)
+            _log(f"{title} run {i + 1}/{repeat} {variant}: {say(run)}")
+            time.sleep(settle)
+    return Runs(runs)
+
+
 # --- 1. TTFT added --------------------------------------------------------------------------------
 
 _LATENCY = ("ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms")
@@ -269,38 +316,39 @@ def ttft(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     spec = StreamSpec(ttft=0.0, interval=interval, tokens=sizes.stream_tokens)
     paths = ("aistream", "direct", "bare_ws", "bare_grpc")
     levels: dict[str, Any] = {}
-    stack = Stack(paths, upstream, quiet_patience=sizes.quiet_patience)
-    try:
+
+    def say(run: Run) -> str:
+        return (
+            f"ttft p50 {run['ttft_p50_ms']} p99 {run['ttft_p99_ms']} ms, "
+            f"{run['tokens_per_s']} tokens/s, errors {run['errors']}"
+        )
+
+    with Stack(paths, upstream, quiet_patience=sizes.quiet_patience) as stack:
         for level in sizes.levels:
-            runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
-            for rep in range(repeat):
-                for path in paths:
-                    job = {
-                        "mode": "loop",
-                        "connections": level,
-                        "spec": asdict(spec),
-                        "stagger": sizes.warmup,
-                        "warmup": sizes.warmup,
-                        "duration": sizes.window,
-                    }
-                    run = _run_loop(stack, path, job, sizes.window)
-                    runs[path].append(run)
-                    _log(
-                        f"ttft c={level} run {rep + 1}/{repeat} {path}: "
-                        f"ttft p50 {run['ttft_p50_ms']} p99 {run['ttft_p99_ms']} ms, "
-                        f"{run['tokens_per_s']} tokens/s, errors {run['errors']}"
-                    )
-                    time.sleep(sizes.settle)
+            job = {
+                "mode": "loop",
+                "connections": level,
+                "spec": asdict(spec),
+                "stagger": sizes.warmup,
+                "warmup": sizes.warmup,
+                "duration": sizes.window,
+            }
+            runs = repeated(
+                f"ttft c={level}",
+                repeat,
+                paths,
+                lambda path, job=job: _run_loop(stack, path, job, sizes.window),
+                say,
+                sizes.settle,
+            )
             levels[str(level)] = {
-                "paths": {p: _aggregate_runs(runs[p], _LOOP_METRICS) for p in paths},
+                "paths": runs.figures(_LOOP_METRICS),
                 "added_vs_direct": _differences(runs["aistream"], runs["direct"], _LATENCY),
                 "added_vs_bare_ws": _differences(runs["aistream"], runs["bare_ws"], _LATENCY),
                 "offered_tokens_per_s": round(level * sizes.rate, 1),
-                "processes": {p: _aggregate_processes(runs[p]) for p in paths},
+                "processes": runs.processes(),
                 "error_codes": [r["error_codes"] for r in runs["aistream"]],
             }
-    finally:
-        stack.stop()
     return {
         "params": {
             "levels": list(sizes.levels),
@@ -321,37 +369,34 @@ def firehose(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     """``firehose_clients`` connections streaming back to back from an unpaced upstream."""
     spec = StreamSpec(ttft=0.0, interval=0.0, tokens=sizes.firehose_tokens)
     paths = ("aistream", "direct", "bare_ws", "bare_grpc")
-    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
-    stack = Stack(paths, upstream, quiet_patience=sizes.quiet_patience)
-    try:
-        for rep in range(repeat):
-            for path in paths:
-                job = {
-                    "mode": "loop",
-                    "connections": sizes.firehose_clients,
-                    "spec": asdict(spec),
-                    "stagger": 0.0,
-                    "warmup": sizes.firehose_warmup,
-                    "duration": sizes.firehose_window,
-                }
-                run = _run_loop(stack, path, job, sizes.firehose_window)
-                runs[path].append(run)
-                _log(
-                    f"firehose run {rep + 1}/{repeat} {path}: {run['tokens_per_s']} tokens/s "
-                    f"in {run['messages_per_s']} messages/s, errors {run['errors']}"
-                )
-                time.sleep(sizes.settle)
-    finally:
-        stack.stop()
-    metrics = ("tokens_per_s", "messages_per_s", "errors")
+    job = {
+        "mode": "loop",
+        "connections": sizes.firehose_clients,
+        "spec": asdict(spec),
+        "stagger": 0.0,
+        "warmup": sizes.firehose_warmup,
+        "duration": sizes.firehose_window,
+    }
+    with Stack(paths, upstream, quiet_patience=sizes.quiet_patience) as stack:
+        runs = repeated(
+            "firehose",
+            repeat,
+            paths,
+            lambda path: _run_loop(stack, path, job, sizes.firehose_window),
+            lambda run: (
+                f"{run['tokens_per_s']} tokens/s in {run['messages_per_s']} messages/s, "
+                f"errors {run['errors']}"
+            ),
+            sizes.settle,
+        )
     return {
         "params": {
             "clients": sizes.firehose_clients,
             "stream_tokens": sizes.firehose_tokens,
             "window_s": sizes.firehose_window,
         },
-        "paths": {p: _aggregate_runs(runs[p], metrics) for p in paths},
-        "processes": {p: _aggregate_processes(runs[p]) for p in paths},
+        "paths": runs.figures(("tokens_per_s", "messages_per_s", "errors")),
+        "processes": runs.processes(),
     }
 
 
@@ -371,15 +416,12 @@ def _cancel_run(stack: Stack, path: str, how: str, streams: int, sizes: Sizes) -
         "live_timeout": 30.0,
     }
     stack.reset()
-    load = Load(stack, path, job)
-    try:
+    with Load(stack, path, job) as load:
         live = sum(c.event("live", 240)["live"] for c in load.clients)
         load.meter.start()
         load.send("go")
         result = load.results(300)
         usage = load.meter.stop()
-    finally:
-        load.stop()
     # a saturated generator may take seconds to close them: wait up to 30 s for every one
     deadline = time.monotonic() + 30
     while True:
@@ -409,36 +451,37 @@ def _cancel_run(stack: Stack, path: str, how: str, streams: int, sizes: Sizes) -
 
 def cancel(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     """With N live streams, cancel (or close) a sample one at a time, for each N."""
-    variants = (
-        ("aistream_cancel", "aistream", "cancel"),
-        ("aistream_close", "aistream", "close"),
-        ("direct_cancel", "direct", "cancel"),
-    )
+    variants = {  # name: (path, how)
+        "aistream_cancel": ("aistream", "cancel"),
+        "aistream_close": ("aistream", "close"),
+        "direct_cancel": ("direct", "cancel"),
+    }
     metrics = ("p50_ms", "p99_ms", "max_ms", "not_closed", "samples", "live_streams")
     levels: dict[str, Any] = {}
-    stack = Stack(("aistream", "direct"), upstream, quiet_patience=sizes.quiet_patience)
-    try:
+
+    def say(run: Run) -> str:
+        return (
+            f"p50 {run['p50_ms']} p99 {run['p99_ms']} ms, "
+            f"live {run['live_streams']}, not closed {run['not_closed']}"
+        )
+
+    with Stack(("aistream", "direct"), upstream, quiet_patience=sizes.quiet_patience) as stack:
         for streams in sizes.cancel_levels:
-            runs: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in variants}
             # the SDK client cannot hold 1,000 streams at 30 tokens/s here (see the TTFT
             # scenario: two client processes at ~100 %), so its baseline stops at 100
-            chosen = [v for v in variants if v[1] != "direct" or streams <= 100]
-            for rep in range(repeat):
-                for name, path, how in chosen:
-                    run = _cancel_run(stack, path, how, streams, sizes)
-                    runs[name].append(run)
-                    _log(
-                        f"cancel {streams} streams run {rep + 1}/{repeat} {name}: "
-                        f"p50 {run['p50_ms']} p99 {run['p99_ms']} ms, "
-                        f"live {run['live_streams']}, not closed {run['not_closed']}"
-                    )
-                    time.sleep(sizes.settle)
+            chosen = [n for n, (path, _) in variants.items() if path != "direct" or streams <= 100]
+            runs = repeated(
+                f"cancel {streams} streams",
+                repeat,
+                chosen,
+                lambda name, streams=streams: _cancel_run(stack, *variants[name], streams, sizes),
+                say,
+                sizes.settle,
+            )
             levels[str(streams)] = {
-                "variants": {n: _aggregate_runs(runs[n], metrics) for n in runs if runs[n]},
-                "processes": {n: _aggregate_processes(runs[n]) for n in runs if runs[n]},
+                "variants": runs.figures(metrics),
+                "processes": runs.processes(),
             }
-    finally:
-        stack.stop()
     return {
         "params": {
             "levels": list(sizes.cancel_levels),
@@ -453,22 +496,24 @@ def cancel(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
 
 # --- 4. Idle ------------------------------------------------------------------------------------
 
+_IDLE_SERVERS = {"aistream": ("bridge", "generator"), "bare_ws": ("bare_ws",)}
+"""The servers whose memory an idle connection costs, by path."""
 
-def _idle_run(stack: Stack, path: str, servers: Sequence[str], sizes: Sizes) -> dict[str, Any]:
-    processes = stack.processes()
-    time.sleep(sizes.settle)
-    before = sum(processes[s].memory_info().rss for s in servers)
-    job = {"mode": "idle", "connections": sizes.idle_connections}
-    load = Load(stack, path, job)
-    try:
-        load.wait("holding", 300)
+
+def _idle_run(path: str, upstream: str, sizes: Sizes) -> dict[str, Any]:
+    servers = _IDLE_SERVERS[path]
+    with Stack((path,), upstream, quiet_patience=sizes.quiet_patience) as stack:
+        processes = stack.processes()
         time.sleep(sizes.settle)
-        per_server = {s: processes[s].memory_info().rss for s in servers}
-        after = sum(per_server.values())
-        load.send("stop")
-        load.results(120)
-    finally:
-        load.stop()
+        before = sum(processes[s].memory_info().rss for s in servers)
+        job = {"mode": "idle", "connections": sizes.idle_connections}
+        with Load(stack, path, job) as load:
+            load.wait("holding", 300)
+            time.sleep(sizes.settle)
+            per_server = {s: processes[s].memory_info().rss for s in servers}
+            after = sum(per_server.values())
+            load.send("stop")
+            load.results(120)
     n = sizes.idle_connections
     return {
         "bytes_per_connection": round((after - before) / n),
@@ -478,20 +523,17 @@ def _idle_run(stack: Stack, path: str, servers: Sequence[str], sizes: Sizes) -> 
 
 def idle(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     """``idle_connections`` open WebSockets that never generate: memory per connection."""
-    runs: dict[str, list[dict[str, Any]]] = {"aistream": [], "bare_ws": []}
-    for rep in range(repeat):
-        for path, servers in (("aistream", ("bridge", "generator")), ("bare_ws", ("bare_ws",))):
-            stack = Stack((path,), upstream, quiet_patience=sizes.quiet_patience)
-            try:
-                run = _idle_run(stack, path, servers, sizes)
-            finally:
-                stack.stop()
-            runs[path].append(run)
-            _log(f"idle run {rep + 1}/{repeat} {path}: {run['bytes_per_connection']} B/conn")
+    runs = repeated(
+        "idle",
+        repeat,
+        tuple(_IDLE_SERVERS),
+        lambda path: _idle_run(path, upstream, sizes),
+        lambda run: f"{run['bytes_per_connection']} B/conn",
+    )
     return {
         "params": {"connections": sizes.idle_connections},
-        "paths": {p: _aggregate_runs(runs[p], ("bytes_per_connection",)) for p in runs},
-        "rss_after_mb": {p: [r["rss_after_mb"] for r in runs[p]] for p in runs},
+        "paths": runs.figures(("bytes_per_connection",)),
+        "rss_after_mb": {p: [r["rss_after_mb"] for r in rs] for p, rs in runs.by_variant.items()},
     }
 
 
@@ -499,9 +541,8 @@ def idle(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
 
 
 def _slow_run(sizes: Sizes, upstream: str, pause: bool = True) -> dict[str, Any]:
-    stack = Stack(("aistream",), upstream, quiet_patience=sizes.quiet_patience)
     servers = ("bridge", "generator")
-    try:
+    with Stack(("aistream",), upstream, quiet_patience=sizes.quiet_patience) as stack:
         processes = stack.processes()
         time.sleep(sizes.settle)
         before = sum(processes[s].memory_info().rss for s in servers)
@@ -516,8 +557,7 @@ def _slow_run(sizes: Sizes, upstream: str, pause: bool = True) -> dict[str, Any]
             "rcvbuf": SLOW_CLIENT_RCVBUF,
             "pause": pause,
         }
-        load = Load(stack, "aistream", job)
-        try:
+        with Load(stack, "aistream", job) as load:
             load.meter.start()
             load.wait("holding", 60)
             paused_at = time.monotonic()
@@ -526,10 +566,6 @@ def _slow_run(sizes: Sizes, upstream: str, pause: bool = True) -> dict[str, Any]
             records = stack.records()
             load.send("stop")
             load.results(60)
-        finally:
-            load.stop()
-    finally:
-        stack.stop()
     peak = sum(usage[s]["rss_peak_mb"] for s in servers) * 2**20
     closed = [r for r in records if r["closed_at"] is not None]
     closed_after = [round((r["closed_at"] - paused_at) * 1000, 1) for r in closed]
@@ -550,21 +586,21 @@ def slow(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     Each repeat also runs a *control*: the same streams for the same time, read throughout. The
     generator and bridge grow by a working set just for serving unpaced streams (HTTP and gRPC
     buffers, allocator arenas); what a stopped reader makes them buffer is the difference."""
-    runs, controls = [], []
-    for rep in range(repeat):
-        run = _slow_run(sizes, upstream)
-        control = _slow_run(sizes, upstream, pause=False)
+    runs = repeated(
+        "slow",
+        repeat,
+        ("paused", "control"),
+        lambda variant: _slow_run(sizes, upstream, pause=variant == "paused"),
+        lambda run: (
+            f"peak {run['peak_bytes_per_connection']} B/conn, "
+            f"upstreams closed {run['upstreams_closed']}/{run['upstreams']} "
+            f"(last {run['closed_after_pause_ms_max']} ms after the pause)"
+        ),
+    )
+    for run, control in zip(runs["paused"], runs["control"], strict=True):
         run["control_peak_bytes_per_connection"] = control["peak_bytes_per_connection"]
         run["buffered_bytes_per_connection"] = (
             run["peak_bytes_per_connection"] - control["peak_bytes_per_connection"]
-        )
-        runs.append(run)
-        controls.append(control)
-        _log(
-            f"slow run {rep + 1}/{repeat}: peak {run['peak_bytes_per_connection']} B/conn "
-            f"(readers reading: {control['peak_bytes_per_connection']}), "
-            f"upstreams closed {run['upstreams_closed']}/{run['upstreams']} "
-            f"(last {run['closed_after_pause_ms_max']} ms after the pause)"
         )
     metrics = (
         "peak_bytes_per_connection",
@@ -577,9 +613,9 @@ def slow(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     )
     return {
         "params": {"clients": sizes.slow_clients, "hold_s": sizes.slow_hold, "read_first": 20},
-        "figures": _aggregate_runs(runs, metrics),
-        "processes": _aggregate_processes(runs),
-        "control_processes": _aggregate_processes(controls),
+        "figures": runs.figures(metrics)["paused"],
+        "processes": runs.processes()["paused"],
+        "control_processes": runs.processes()["control"],
     }
 
 

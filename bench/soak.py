@@ -19,11 +19,7 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import random
-import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -36,6 +32,7 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from aistream.children import Child, ChildError
 from aistream.lifecycle import Lifecycle, LifecycleViolation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,24 +207,10 @@ async def _worker(url: str, books: Books, stop_at: float, seed: int) -> None:
 # --- processes --------------------------------------------------------------------------------
 
 
-def _spawn(
-    args: list[str], ready: str, env: dict[str, str]
-) -> tuple[subprocess.Popen[str], re.Match[str]]:
-    popen = subprocess.Popen(
-        [sys.executable, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **ENV, **env},
-        cwd=ROOT,
+def _spawn(name: str, args: list[str], ready: str, env: dict[str, str]) -> Child:
+    return Child(
+        [sys.executable, *args], ready, name=name, env={**ENV, **env}, cwd=ROOT, timeout=60
     )
-    assert popen.stdout is not None
-    line = popen.stdout.readline()
-    match = re.search(ready, line)
-    if match is None:
-        popen.kill()
-        raise SystemExit(f"soak: {args} did not start: {line!r}")
-    return popen, match
 
 
 def _fake_stats(base_url: str) -> dict[str, Any]:
@@ -252,19 +235,36 @@ def _rss_mb(pid: int) -> float:
 
 async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
     """Run the soak for ``duration`` seconds and return the report."""
-    fake, m = _spawn(
-        ["-m", "aistream.testing.fake_upstream", "--port", "0"], r"(http://\S+/v1)", {}
-    )
-    base_url = m[1]
-    upstream_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "soak"}
-    generator, m = _spawn(
-        ["-m", "aistream", "generator", "--port", "0"], r"listening on (\S+:\d+)", upstream_env
-    )
-    bridge, m = _spawn(
-        ["-m", "aistream", "bridge", "--port", "0", "--generator", m[1]], r"ws://(\S+/ws)", {}
-    )
-    url = "ws://" + m[1]
-    pids = {"generator": generator.pid, "bridge": bridge.pid}
+    started: list[Child] = []
+    try:
+        fake = _spawn(
+            "fake upstream",
+            ["-m", "aistream.testing.fake_upstream", "--port", "0"],
+            r"(http://\S+/v1)",
+            {},
+        )
+        started.append(fake)
+        base_url = fake.ready[1]
+        upstream_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "soak"}
+        generator = _spawn(
+            "generator",
+            ["-m", "aistream", "generator", "--port", "0"],
+            r"listening on (\S+:\d+)",
+            upstream_env,
+        )
+        started.append(generator)
+        bridge = _spawn(
+            "bridge",
+            ["-m", "aistream", "bridge", "--port", "0", "--generator", generator.ready[1]],
+            r"ws://(\S+/ws)",
+            {},
+        )
+    except BaseException:
+        for child in reversed(started):
+            child.kill()
+        raise
+    url = "ws://" + bridge.ready[1]
+    pids = {"generator": generator.popen.pid, "bridge": bridge.popen.pid}
     books = Books()
     try:
         # a short warm-up so start-up allocations are not counted as growth
@@ -288,12 +288,9 @@ async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
         still_active = await _settle(base_url, "active")
         rss_end = {name: _rss_mb(pid) for name, pid in pids.items()}
     finally:
-        for popen in (bridge, generator):
-            popen.send_signal(signal.SIGTERM)
-            popen.wait(30)
+        exit_codes = {"bridge": bridge.stop(30), "generator": generator.stop(30)}
     left_open = await _settle(base_url, "connections")
-    fake.send_signal(signal.SIGTERM)
-    fake.wait(30)
+    fake.stop(30)
     return {
         "duration_s": duration,
         "workers": workers,
@@ -308,7 +305,7 @@ async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
             for name in pids
         },
         "rss_mb_samples": samples,
-        "exit_codes": {"bridge": bridge.returncode, "generator": generator.returncode},
+        "exit_codes": exit_codes,
     }
 
 
@@ -323,7 +320,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     duration = args.minutes * 60 if args.minutes is not None else args.seconds
-    report = asyncio.run(soak(duration, args.workers, args.seed))
+    try:
+        report = asyncio.run(soak(duration, args.workers, args.seed))
+    except ChildError as exc:
+        raise SystemExit(f"soak: {exc}") from None
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

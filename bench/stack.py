@@ -31,7 +31,7 @@ generation would be measured too), no SDK retries, and no cap on ``max_tokens`` 
 
 
 class Stack:
-    """Start the servers ``paths`` need; ``stop`` ends them all."""
+    """Start the servers ``paths`` need; ``stop`` (or leaving ``with Stack(...)``) ends them all."""
 
     def __init__(
         self,
@@ -92,6 +92,12 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _start(
         self,

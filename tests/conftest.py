@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from aistream.bridge.server import WS_PATH, BridgeServer
 from aistream.generator.server import GeneratorServer
 from websockets.asyncio.client import ClientConnection, connect
 
+from aistream.children import Child
 from aistream.lifecycle import Lifecycle
 from aistream.settings import Settings
 from aistream.testing.fake_upstream import FakeUpstream, Script
@@ -323,17 +322,8 @@ async def stack(make_stack: StackFactory) -> Stack:
 # --- processes --------------------------------------------------------------------------------
 
 
-@dataclass
-class Process:
+class Process(Child):
     """An aistream command running as a child process, with what its ready line said."""
-
-    popen: subprocess.Popen[str]
-    ready: re.Match[str]
-
-    def kill(self) -> None:
-        """SIGKILL: the process dies without any cleanup."""
-        self.popen.kill()
-        self.popen.wait(10)
 
     def terminate(self) -> int:
         """SIGTERM and wait; the exit code."""
@@ -347,34 +337,17 @@ def processes() -> Iterator[Callable[..., Process]]:
     started: list[Process] = []
 
     def start(args: list[str], ready: str, env: dict[str, str] | None = None) -> Process:
-        popen_and_match = _spawn(args, ready, env)
-        started.append(popen_and_match)
-        return popen_and_match
+        process = Process(
+            [sys.executable, "-m", "aistream", *args],
+            ready,
+            name=f"aistream {args[0]}",
+            env={"AISTREAM_LOG_LEVEL": "WARNING", **(env or {})},
+            cwd=ROOT,
+            timeout=30 * UNIT,
+        )
+        started.append(process)
+        return process
 
     yield start
     for process in started:
-        if process.popen.poll() is None:
-            process.popen.kill()
-        process.popen.wait(10)
-        for stream in (process.popen.stdin, process.popen.stdout):
-            if stream is not None:
-                stream.close()
-
-
-def _spawn(args: list[str], ready: str, env: dict[str, str] | None) -> Process:
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "aistream", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "AISTREAM_LOG_LEVEL": "WARNING", **(env or {})},
-        cwd=ROOT,
-    )
-    assert popen.stdout is not None
-    line = popen.stdout.readline()
-    match = re.search(ready, line)
-    if match is None:
-        popen.kill()
-        popen.wait()
-        raise AssertionError(f"aistream {args[0]} did not start: {line!r}")
-    return Process(popen, match)
+        process.kill()
