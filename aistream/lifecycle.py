@@ -6,7 +6,10 @@ The order every accepted generation follows (PRODUCT.md, guarantee 1)::
 
 A Generate that is rejected gets a lone ``error`` and no ``start``. Token ``seq`` numbers count
 from 0 without gaps, a chunk of ``count`` coalesced tokens advancing the next ``seq`` by ``count``.
-Once an id has ended, a new Generate with that id starts a new, independent lifecycle.
+Once an id has ended, a new Generate with that id starts a new, independent lifecycle. A Generate
+for an id still running is not answered (the running generation answers it: idempotent
+retries) — unless the client cancelled that id: then it is answered once the cancelled one ends
+(a new lifecycle, or a lone ``error`` if it is refused or cancelled in turn).
 
 ``RequestLifecycle`` is one id's place in that order; the bridge keeps one per generation in
 flight (its per-request record extends it) and relays nothing out of order. ``Lifecycle`` keeps one
@@ -32,14 +35,16 @@ _NOT_COUNTED: Counter[str] = Counter()  # shared, never written: non-strict mode
 
 
 class RequestLifecycle:
-    """Where one request id is in its lifecycle: sent, started (and the next token ``seq``)."""
+    """Where one request id is in its lifecycle: sent, started (and the next token ``seq``),
+    cancelled by the client (its end is on its way)."""
 
-    __slots__ = ("next_seq", "request_id", "started")
+    __slots__ = ("cancelled", "next_seq", "request_id", "started")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.started = False
         self.next_seq = 0
+        self.cancelled = False
 
     def observe(self, kind: Kind, seq: int = 0, count: int = 1) -> bool:
         """Apply one server event for this id: whether it ended the request, or raise
@@ -83,9 +88,17 @@ class Lifecycle:
         self._strict = strict
 
     def expect(self, request_id: str) -> None:
-        """Record that a Generate for ``request_id`` was sent (strict mode uses it)."""
-        if self._strict and request_id not in self._running:
+        """Record that a Generate for ``request_id`` was sent (strict mode uses it): it will be
+        answered unless the id is running and was not cancelled."""
+        running = self._running.get(request_id)
+        if self._strict and (running is None or running.cancelled):
             self._expected[request_id] += 1
+
+    def cancel(self, request_id: str) -> None:
+        """Record that the client cancelled ``request_id`` (a no-op unless it is running)."""
+        running = self._running.get(request_id)
+        if running is not None:
+            running.cancelled = True
 
     def is_running(self, request_id: str) -> bool:
         """Whether ``request_id`` has started and not yet ended."""

@@ -13,9 +13,11 @@ longer queue. Two ways to respect the bounds:
 * ``offer`` (bridge) never waits: it refuses an event that would take the queued bytes past
   ``max_bytes``, and the caller applies its policy (slow consumer).
 
-``put`` queues a start or terminal event without waiting (each generation puts at most one of each,
-so they are bounded by the number of generations). After a terminal event no later token of that
-id merges into an earlier one.
+``put`` queues a start or terminal event without waiting. What a generation puts (one start, one
+terminal) is bounded by the number of generations; what answers a client (a start, a rejection)
+is bounded by its caller: while the queue is ``over`` (twice its bounds), the caller takes no
+further client event (``await room()``), so a client that sends faster than it reads is slowed
+to its reading speed. After a terminal event no later token of that id merges into an earlier one.
 """
 
 from __future__ import annotations
@@ -117,6 +119,21 @@ class Outbox:
             self._max_bytes is not None and self.bytes >= self._max_bytes
         )
 
+    @property
+    def over(self) -> bool:
+        """Whether the queue holds twice its bounds (events, or bytes): the headroom above
+        ``full`` is for the events that answer a client, so they never wait behind tokens;
+        past it, whoever takes client events stops until ``room``."""
+        return len(self._events) >= 2 * self._capacity or (
+            self._max_bytes is not None and self.bytes >= 2 * self._max_bytes
+        )
+
+    async def room(self) -> None:
+        """Until the queue is no longer ``over`` (at once if it is not)."""
+        while self.over:
+            self._has_room.clear()
+            await self._has_room.wait()
+
     def _append(self, item: _Item, size: int) -> None:
         self._events.append(item)
         self._empty.clear()
@@ -204,14 +221,23 @@ class Outbox:
         """Make a waiting ``get`` return None, so its caller can look at its own state again."""
         self._has_events.set()
 
-    async def get_batch(self, limit: int) -> list[pb.ServerEvent]:
+    async def get_batch(self, limit: int, max_size: int | None = None) -> list[pb.ServerEvent]:
         """Up to ``limit`` of the oldest events, waiting for one if the queue is empty; an empty
-        list if woken by ``wake``."""
+        list if woken by ``wake``. With ``max_size`` the batch takes no further event once what
+        it holds counts that much (text plus EVENT_OVERHEAD per event; its first event always)."""
         first = await self.get()
         if first is None:
             return []
         batch = [first]
+        if max_size is None:
+            while self._events and len(batch) < limit:
+                batch.append(self.get_nowait())
+            return batch
+        size = EVENT_OVERHEAD + (len(first.token.chunk) if first.HasField("token") else 0)
         while self._events and len(batch) < limit:
+            size += _size(self._events[0])
+            if size > max_size:
+                break
             batch.append(self.get_nowait())
         return batch
 

@@ -18,9 +18,27 @@ from typing import Any, Literal, get_type_hints
 
 from aistream.errors import SettingsError
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+__all__ = [
+    "ENV_PREFIX",
+    "GRPC_BATCH_BYTES",
+    "GRPC_MAX_MESSAGE_BYTES",
+    "MAX_SINGLE_EVENT_BYTES",
+    "Settings",
+    "SettingsError",
+]
 
 ENV_PREFIX = "AISTREAM_"
+
+# The gRPC hop's message sizes, set deliberately and the same on both sides, so that no setting
+# on either side can make one side send what the other refuses (which would fail a shared call,
+# and every user's generation on it, with RESOURCE_EXHAUSTED). A batch takes events while it holds
+# less than GRPC_BATCH_BYTES (and always its first event); a single event is at most
+# MAX_SINGLE_EVENT_BYTES (a browser frame, ws_max_size; an upstream event,
+# upstream_max_event_bytes; both capped by validation) plus its fields: every message stays far
+# inside GRPC_MAX_MESSAGE_BYTES, which each side gives grpc as its send and receive limit.
+GRPC_BATCH_BYTES = 1 << 20
+MAX_SINGLE_EVENT_BYTES = 8 << 20
+GRPC_MAX_MESSAGE_BYTES = 16 << 20
 
 UpstreamKind = Literal["openai", "simulated"]
 
@@ -38,6 +56,10 @@ class Settings:
     """Model asked of a real upstream when a Generate names none."""
     upstream_max_retries: int = 2
     """SDK retries of 429/5xx/connection errors, only before the first byte, within the deadline."""
+    upstream_max_event_bytes: int = 256 * 1024
+    """Largest server-sent event (or line) accepted from the upstream; a larger one ends that
+    generation with ``upstream_error`` (nothing else is affected). Also bounds what one event
+    may carry across the gRPC hop."""
     simulated_ttft: float = 0.25
     """Simulated model: delay before its first token."""
     simulated_tokens_per_s: float = 40.0
@@ -58,6 +80,8 @@ class Settings:
     # --- request limits -------------------------------------------------------------------
     max_request_id_chars: int = 128
     """Longest request id accepted."""
+    max_model_chars: int = 256
+    """Longest model name accepted."""
     max_prompt_chars: int = 100_000
     """Longest prompt accepted, in characters."""
     max_messages: int = 200
@@ -134,6 +158,15 @@ class Settings:
     """WebSocket connections at once; more are refused with HTTP 503."""
     max_generations_per_connection: int = 32
     """Generations running at once on one WebSocket; more → ``too_many_requests``."""
+    max_generations_per_client: int = 256
+    """Generations running at once for one client (``client_key``) over all its WebSockets;
+    more → ``too_many_requests``: opening many sockets does not take every slot from the rest.
+    0 = no per-client share."""
+    client_key: str = "peer"
+    """Who a client is, for ``max_generations_per_client``: ``peer`` (its IP address),
+    ``forwarded`` (the first address of ``X-Forwarded-For``, else the peer — only behind a proxy
+    that sets it), or ``header:NAME`` (the value of a header your authenticating proxy sets,
+    e.g. ``header:X-User-Id``; the peer when absent)."""
     frames_per_second: float = 50.0
     """Frames a WebSocket may send per second on average (cancels of running ids are free)."""
     frames_burst: int = 100
@@ -179,10 +212,12 @@ class Settings:
             "deadline",
             "max_deadline",
             "ws_max_size",
+            "upstream_max_event_bytes",
             "ws_ping_interval",
             "ws_ping_timeout",
             "ws_close_timeout",
             "max_request_id_chars",
+            "max_model_chars",
             "max_prompt_chars",
             "max_messages",
             "max_history_chars",
@@ -212,8 +247,22 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_generations_per_client < 0:
+            raise SettingsError("max_generations_per_client must be >= 0")
+        if self.client_key not in ("peer", "forwarded") and not (
+            self.client_key.startswith("header:") and len(self.client_key) > len("header:")
+        ):
+            raise SettingsError(
+                f"client_key must be peer, forwarded or header:NAME, got {self.client_key!r}"
+            )
         if self.upstream_max_retries < 0:
             raise SettingsError("upstream_max_retries must be >= 0")
+        for name in ("ws_max_size", "upstream_max_event_bytes"):
+            # One of these is the largest single event a gRPC message may have to carry.
+            if getattr(self, name) > MAX_SINGLE_EVENT_BYTES:
+                raise SettingsError(
+                    f"{name} must be at most {MAX_SINGLE_EVENT_BYTES}, got {getattr(self, name)}"
+                )
         if self.deadline > self.max_deadline:
             raise SettingsError(
                 f"deadline ({self.deadline}) must not exceed max_deadline ({self.max_deadline})"

@@ -44,6 +44,8 @@ def check_generate(generate: pb.Generate, settings: Settings) -> None:
         )
     if not generate.prompt and not any(m.content for m in generate.messages):
         raise InvalidRequest("prompt or messages must be non-empty", rid)
+    if len(generate.model) > settings.max_model_chars:
+        raise InvalidRequest(f"model is longer than {settings.max_model_chars} characters", rid)
     if generate.HasField("max_tokens") and generate.max_tokens == 0:
         raise InvalidRequest("maxTokens must be at least 1", rid)
     if generate.HasField("temperature") and not (

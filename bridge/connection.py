@@ -2,9 +2,13 @@
 
 Reading side: each text frame is decoded by ``translate`` and validated; a bad frame is answered in
 place with ``ai:error`` (``invalid_request``) and nothing else is touched. Frames beyond the
-connection's rate (``frames_per_second``, ``frames_burst``) and generations beyond its concurrency
-(``max_generations_per_connection``) get ``too_many_requests`` (retryable). A Generate for an id
-already in flight is dropped (idempotent retries); a Cancel for an id not in flight is a no-op.
+connection's rate (``frames_per_second``, ``frames_burst``; a bad frame spends it too, and one
+over it gets no answer) and generations beyond its concurrency (``max_generations_per_connection``)
+or its client's share (``max_generations_per_client``, ``shares.py``) get ``too_many_requests``
+(retryable). A Generate for an id already in flight is dropped (idempotent retries: the running
+generation answers it) — unless that id was cancelled and its end has not arrived yet: then it
+starts once the cancelled one has ended, as a new lifecycle, so every Generate is answered. A
+Cancel for an id not in flight is a no-op.
 
 gRPC side: generations go over one of the bridge's shared streams (``aistream.bridge.link``), which
 routes their events back here renamed to this connection's ids; an idle connection costs the
@@ -32,13 +36,14 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aistream.bridge import translate
-from aistream.bridge.link import SharedStream
-from aistream.bridge.ratelimit import TokenBucket
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from aistream import codes
+from aistream.bridge import translate
+from aistream.bridge.link import SharedStream
+from aistream.bridge.ratelimit import TokenBucket
+from aistream.bridge.shares import ClientShares
 from aistream.collector import release
 from aistream.errors import InvalidRequest, LifecycleViolation, Refused
 from aistream.lifecycle import RequestLifecycle
@@ -54,17 +59,20 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)  # connection ids for the logs
 _NO_REQUESTS: dict[str, _Request] = {}  # what an idle connection has in flight (shared)
 _FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
+_CANCELLED_AGAIN = pb.ClientEvent()  # a Generate that waited for its id's end, then cancelled
 
 
 class _Request(RequestLifecycle):
     """One generation in flight: the browser's id, the wire id it was sent under, and where it is
     in its lifecycle (started, the next token ``seq``)."""
 
-    __slots__ = ("wire_id",)
+    __slots__ = ("again", "wire_id")
 
     def __init__(self, request_id: str, wire_id: str) -> None:
         super().__init__(request_id)
         self.wire_id = wire_id
+        self.again: pb.ClientEvent | None = None
+        """A Generate for the same id that came after the cancel: started when this one ends."""
 
 
 class Connection:
@@ -72,6 +80,7 @@ class Connection:
 
     __slots__ = (
         "_accepting",
+        "_client",
         "_ending",
         "_idle",
         "_outbox",
@@ -80,18 +89,28 @@ class Connection:
         "_requests",
         "_sender",
         "_settings",
+        "_shares",
         "_stream",
         "id",
         "websocket",
     )
 
     def __init__(
-        self, websocket: ServerConnection, stream: SharedStream, settings: Settings
+        self,
+        websocket: ServerConnection,
+        stream: SharedStream,
+        settings: Settings,
+        shares: ClientShares | None = None,
+        client: str = "",
     ) -> None:
+        """``shares``: the bridge's per-client shares, ``client`` this connection's key in
+        them (None: no per-client share)."""
         self.websocket = websocket
         self.id = next(_ids)
         self._stream = stream
         self._settings = settings
+        self._shares = shares
+        self._client = client
         # request id → its record; the shared empty dict until the first generate (never
         # written to: see _on_frame)
         self._requests: dict[str, _Request] = _NO_REQUESTS
@@ -164,8 +183,10 @@ class Connection:
             event = translate.decode_client_frame(message)
             request_id = self._admit(event)
         except InvalidRequest as exc:  # (an InvalidFrame too)
-            log.info("bad frame conn=%s request_id=%s: %s", self.id, exc.request_id, exc)
-            self._queue(exc.event())
+            # A bad frame spends the frame budget like any other; past it, no answer.
+            if self.rate.take(asyncio.get_running_loop().time()):
+                log.info("bad frame conn=%s request_id=%s: %s", self.id, exc.request_id, exc)
+                self._queue(exc.event())
             return
         except Refused as exc:
             self._queue(exc.event())
@@ -173,14 +194,22 @@ class Connection:
         if request_id is None:
             return  # nothing to do: a duplicate generate, or a cancel for an id not in flight
         if event.WhichOneof("event") == "generate":
-            wire_id = self._stream.generate(self, event)
-            if self._requests is _NO_REQUESTS:
-                self._requests = {}
-            self._requests[request_id] = _Request(request_id, wire_id)
-            log.debug("generate conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
+            self._send_generate(request_id, event)
         else:
             # The generator answers with Error(cancelled), routed here like any event.
-            self._stream.cancel(self._requests[request_id].wire_id, forget=False)
+            request = self._requests[request_id]
+            if request.again is not None:
+                request.again = _CANCELLED_AGAIN  # the Generate waiting on the id, cancelled
+            request.cancelled = True
+            self._stream.cancel(request.wire_id, forget=False)
+
+    def _send_generate(self, request_id: str, event: pb.ClientEvent) -> None:
+        """Send an admitted Generate over the shared stream and keep its record."""
+        wire_id = self._stream.generate(self, event)
+        if self._requests is _NO_REQUESTS:
+            self._requests = {}
+        self._requests[request_id] = _Request(request_id, wire_id)
+        log.debug("generate conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
 
     def _admit(self, event: pb.ClientEvent) -> str | None:
         """Check one decoded frame against the limits; the id to forward, or None to drop it."""
@@ -196,9 +225,20 @@ class Connection:
         request_id = generate.request_id
         if not self.rate.take(asyncio.get_running_loop().time()):
             raise Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id)
-        if request_id in self._requests:
-            log.info("duplicate generate ignored request_id=%s conn=%s", request_id, self.id)
+        running = self._requests.get(request_id)
+        if running is not None:
+            if running.cancelled:
+                running.again = event  # answered when the cancelled one has ended
+                log.info("generate after cancel waits request_id=%s conn=%s", request_id, self.id)
+            else:
+                log.info("duplicate generate ignored request_id=%s conn=%s", request_id, self.id)
             return None
+        self._check_room(request_id)
+        return request_id
+
+    def _check_room(self, request_id: str) -> None:
+        """Refused unless a new generation may start now: accepting, within the connection's
+        concurrency and the client's share (taken here; given back in ``_end``)."""
         if not self._accepting:
             raise Refused(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
         limit = self._settings.max_generations_per_connection
@@ -208,7 +248,12 @@ class Connection:
                 f"at most {limit} generations at once per connection",
                 request_id,
             )
-        return request_id
+        if self._shares is not None and not self._shares.acquire(self._client):
+            raise Refused(
+                pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                f"at most {self._shares.limit} generations at once per client",
+                request_id,
+            )
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``work`` as a task of this connection (cancelled when it closes)."""
@@ -268,6 +313,31 @@ class Connection:
                 reason,
             )
 
+    def control_frame(self, unsent: int) -> None:
+        """A ping or a pong arrived (websockets answered a ping by itself), and ``unsent`` bytes
+        wait in the socket's buffer. Control frames spend the frame budget — a flood of them
+        closes the connection — and what they leave unsent counts against ``ws_send_buffer``
+        with the outbox: a client that pings and never reads is a slow consumer."""
+        if self._ending:
+            return
+        queued = self._outbox.bytes if self._outbox is not None else 0
+        if unsent + queued > self._settings.ws_send_buffer:
+            self._slow_consumer(unsent)
+        elif not self.rate.take(asyncio.get_running_loop().time()):
+            log.warning("control frame flood conn=%s: closing", self.id)
+            self._close_with(
+                pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                "too many frames",
+                "too many frames",
+                drop_queued=True,
+            )
+        else:
+            return
+        # A client that floods control frames, or does not read their answers, gets no closing
+        # handshake (each frame it sends would make more to write): its generations have ended
+        # (their upstreams closed), the socket goes now.
+        self.websocket.transport.abort()
+
     def cancel_in_flight(self) -> None:
         """Cancel every generation in flight at the generator (the socket is going away; called
         again when it is gone, a no-op then)."""
@@ -290,12 +360,35 @@ class Connection:
         """
         request = self._requests.pop(request_id)
         self._stream.cancel(request.wire_id)
-        if not self._requests and self._idle is not None:
-            self._idle.set()
+        if self._shares is not None:
+            self._shares.release(self._client)
         if finals is None:
             self._queue(terminal)
         else:
             finals.append(terminal)
+        if request.again is not None:
+            self._generate_again(request_id, request.again, finals)
+        if not self._requests and self._idle is not None:
+            self._idle.set()
+
+    def _generate_again(
+        self, request_id: str, event: pb.ClientEvent, finals: list[pb.ServerEvent] | None
+    ) -> None:
+        """Start the Generate that came after its id's cancel (the cancelled one has just
+        ended), or answer it with why it cannot start."""
+        try:
+            if event is _CANCELLED_AGAIN:
+                raise Refused(pb.ERROR_CODE_CANCELLED, "cancelled by the client", request_id)
+            if finals is not None or self._ending:
+                raise Refused(pb.ERROR_CODE_UNAVAILABLE, "the connection is closing", request_id)
+            self._check_room(request_id)
+        except Refused as exc:
+            if finals is None:
+                self._queue(exc.event())
+            else:
+                finals.append(exc.event())
+            return
+        self._send_generate(request_id, event)
 
     def _queue(self, event: pb.ServerEvent) -> None:
         if self._ending:
@@ -315,11 +408,11 @@ class Connection:
 
     # --- ending the connection ------------------------------------------------------------------
 
-    def _slow_consumer(self) -> None:
+    def _slow_consumer(self, unsent: int = 0) -> None:
         """The client let more than ws_send_buffer pile up: end its generations, close 1008."""
         if self._ending:
             return
-        queued = self._outbox.bytes if self._outbox is not None else 0
+        queued = (self._outbox.bytes if self._outbox is not None else 0) + unsent
         log.warning("slow consumer conn=%s: %d bytes queued, closing", self.id, queued)
         self._close_with(
             pb.ERROR_CODE_SLOW_CONSUMER,

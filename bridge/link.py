@@ -29,6 +29,7 @@ from typing import Protocol
 import grpc
 
 from aistream.collector import release
+from aistream.settings import GRPC_BATCH_BYTES
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
 
@@ -38,9 +39,9 @@ log = logging.getLogger(__name__)
 
 _Call = grpc.aio.StreamStreamCall[pb.ClientEventBatch, pb.ServerEventBatch]
 _BATCH = 256  # most events in one ClientEventBatch
-# A batch takes no more events once it holds 1 MiB: with frames of at most ws_max_size (1 MiB)
-# it stays under 2 MiB, well inside the 4 MiB a gRPC server accepts by default.
-_BATCH_BYTES = 1 << 20
+# A batch takes no more events once it holds GRPC_BATCH_BYTES: with frames of at most
+# ws_max_size it stays far inside what the generator accepts (aistream/settings.py).
+_BATCH_BYTES = GRPC_BATCH_BYTES
 
 
 class Receiver(Protocol):

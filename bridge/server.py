@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, HostNames, check_handshake
-from aistream.bridge.connection import Connection
-from aistream.bridge.link import GeneratorLink
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -28,7 +25,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Event
 from websockets.typing import Subprotocol
 
-from aistream.settings import Settings
+from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, HostNames, check_handshake
+from aistream.bridge.connection import Connection
+from aistream.bridge.link import GeneratorLink
+from aistream.bridge.shares import ClientShares, client_key_of
+from aistream.settings import GRPC_MAX_MESSAGE_BYTES, Settings
 from aistream.v1 import generator_pb2_grpc
 
 __all__ = ["WS_PATH", "BridgeServer", "default_static_dir"]
@@ -46,6 +47,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # Deliberate message limits, the same as the generator's (aistream/settings.py).
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
 ]
 
 
@@ -91,8 +95,14 @@ class _ServerConnection(ServerConnection):
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)
-        if isinstance(event, Frame) and event.opcode is Opcode.CLOSE and self.served is not None:
-            self.served.cancel_in_flight()
+        if isinstance(event, Frame) and self.served is not None:
+            opcode = event.opcode
+            if opcode is Opcode.CLOSE:
+                self.served.cancel_in_flight()
+            elif opcode is Opcode.PING or opcode is Opcode.PONG:
+                # websockets has written its pong already: it waits in the transport's buffer,
+                # outside the connection's outbox, and counts against the same bound.
+                self.served.control_frame(self.transport.get_write_buffer_size())
 
 
 def _select_subprotocol(
@@ -127,6 +137,19 @@ def malformed(request: Request) -> str | None:
     if len(request.headers.get_all("Origin")) > 1:
         return "more than one Origin header"
     return None
+
+
+def _client_key(websocket: ServerConnection, settings: Settings) -> str:
+    """Who the client on ``websocket`` is, for its share (``client_key``)."""
+    peer = websocket.remote_address
+    address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+    request = websocket.request
+    if request is None:
+        return address
+    headers = request.headers
+    return client_key_of(
+        settings.client_key, address, lambda name: ", ".join(headers.get_all(name)) or None
+    )
 
 
 def _is_upgrade(request: Request) -> bool:
@@ -181,6 +204,12 @@ class BridgeServer:
         )
         self._server: Server | None = None
         self.own_hosts = HostNames.of(settings.bridge_host, settings.public_hosts)
+        self.shares = (
+            ClientShares(settings.max_generations_per_client)
+            if settings.max_generations_per_client
+            else None
+        )
+        """Generations each client holds over all its connections (None: no share)."""
         self._on_closed = self._closed  # one bound method for every connection
         self.connections: set[Connection] = set()
         self.port = 0
@@ -267,11 +296,14 @@ class BridgeServer:
     def _handle(self, websocket: ServerConnection) -> Coroutine[Any, Any, None]:
         """websockets' handler for one socket: set it up and hand over ``Connection.serve``
         itself (not a coroutine awaiting it: one suspended frame fewer per connection)."""
-        send_buffer = self.settings.ws_socket_send_buffer
+        s = self.settings
+        send_buffer = s.ws_socket_send_buffer
         sock = websocket.transport.get_extra_info("socket")
         if sock is not None and send_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        connection = Connection(websocket, self.link.assign(), self.settings)
+        connection = Connection(
+            websocket, self.link.assign(), self.settings, self.shares, _client_key(websocket, s)
+        )
         if isinstance(websocket, _ServerConnection):
             # When the client says goodbye its upstreams are closed at once, not after the
             # closing handshake.

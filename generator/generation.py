@@ -16,11 +16,10 @@ import asyncio
 import logging
 import math
 
-from aistream.generator.limits import TimeLimits
-from aistream.generator.upstream import Abortable, Delta, Role, Upstream, UpstreamRequest
-
 from aistream import codes
 from aistream.errors import UpstreamFailure
+from aistream.generator.limits import TimeLimits
+from aistream.generator.upstream import Abortable, Delta, Role, Upstream, UpstreamRequest
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb

@@ -46,6 +46,9 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+from openai import AsyncStream
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
 from aistream.generator.first_attempts import FirstAttempts
 from aistream.generator.pacing import ReadPacing
 from aistream.generator.sdk_private import (
@@ -57,11 +60,8 @@ from aistream.generator.sdk_private import (
     refused_connection,
     startup_problems,
 )
-from aistream.generator.sse import SSEDecoder
+from aistream.generator.sse import EventTooLarge, SSEDecoder
 from aistream.generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
-from openai import AsyncStream
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
-
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 
@@ -70,6 +70,7 @@ __all__ = ["OpenAIUpstream", "map_sdk_error", "parse_chunk"]
 log = logging.getLogger(__name__)
 
 _DONE = b"[DONE]"
+_MERGE_CHARS = 64 * 1024  # most text merged from the events of one read into one Delta
 _REUSE_WAIT = 0.05  # seconds to wait for the end of a finished body, for connection reuse
 _READ_ERRORS = (openai.OpenAIError, httpx2.HTTPError, aiohttp.ClientError)
 
@@ -101,6 +102,22 @@ def parse_chunk(data: bytes) -> Delta:
         if isinstance(prompt, int) and isinstance(completion, int):
             delta.prompt_tokens, delta.completion_tokens = prompt, completion
     return delta
+
+
+def event_too_large() -> UpstreamFailure:
+    """The failure for an upstream event past ``upstream_max_event_bytes``."""
+    return UpstreamFailure(
+        pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream sent an event larger than aistream accepts"
+    )
+
+
+def no_finish_reason() -> UpstreamFailure:
+    """The failure for a stream that ended (``[DONE]``) without saying why it finished."""
+    return UpstreamFailure(
+        pb.ERROR_CODE_UPSTREAM_ERROR,
+        "the upstream ended the answer without a finish reason",
+        retryable=True,
+    )
 
 
 def _malformed() -> UpstreamFailure:
@@ -163,6 +180,7 @@ class OpenAIUpstream:
         """``sdk_path``: ``auto`` streams below the SDK when its start-up checks pass
         (``sdk_private.py``), ``public`` always through its public streaming path."""
         self._default_model = settings.model
+        self._max_event_bytes = settings.upstream_max_event_bytes
         self._pacing = ReadPacing(settings.upstream_reads_per_s, settings.max_read_interval)
         # aiohttp underneath (see above); one connection per running generation at most
         # (the SDK's default pool stops at 1000), kept for reuse — in the transport we give the
@@ -186,7 +204,10 @@ class OpenAIUpstream:
         self._first: FirstAttempts | None = None
         if self.path == "fast":
             self._first = FirstAttempts(aiohttp_transport(limits), PATH, is_first_attempt)
-            http_client = openai.DefaultAioHttpClient(transport=self._first, limits=limits)
+            # The upstream is configured, not discovered: a redirect is an upstream error.
+            http_client = openai.DefaultAioHttpClient(
+                transport=self._first, limits=limits, follow_redirects=False
+            )
         else:
             http_client = _public_http_client(limits)
         self._client = openai.AsyncOpenAI(
@@ -210,8 +231,10 @@ class OpenAIUpstream:
         """Open one streamed chat completion."""
         model = self.model_name(request.model)
         if self._first is None:
-            return _PublicChatStream(self._client, request, model)
-        return _ChatStream(self._client, self._first, request, model, self._pacing)
+            return _PublicChatStream(self._client, request, model, self._max_event_bytes)
+        return _ChatStream(
+            self._client, self._first, request, model, self._pacing, self._max_event_bytes
+        )
 
     async def aclose(self) -> None:
         """Close the SDK's connection pool."""
@@ -222,9 +245,9 @@ def _public_http_client(limits: httpx2.Limits) -> httpx2.AsyncClient:
     """The SDK's aiohttp client (public, ``openai[aiohttp]``), or its default if that cannot
     be had."""
     try:
-        return openai.DefaultAioHttpClient(limits=limits)
+        return openai.DefaultAioHttpClient(limits=limits, follow_redirects=False)
     except RuntimeError:  # the aiohttp extra is not usable
-        return openai.DefaultAsyncHttpxClient(limits=limits)
+        return openai.DefaultAsyncHttpxClient(limits=limits, follow_redirects=False)
 
 
 def _body(request: UpstreamRequest, model: str) -> dict[str, Any]:
@@ -254,6 +277,7 @@ class _ChatStream:
         request: UpstreamRequest,
         model: str,
         pacing: ReadPacing,
+        max_event_bytes: int,
     ) -> None:
         self._client = client
         self._first = first
@@ -263,7 +287,7 @@ class _ChatStream:
         self._response: httpx2.Response | None = None
         self._read: Callable[[], Awaitable[bytes]] = _no_more
         self._paced: AiohttpBody | None = None
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(max_event_bytes)
         self._finished = False
         self._done = False
 
@@ -361,16 +385,26 @@ class _ChatStream:
                 if self._finished:  # some servers end after the finish reason without [DONE]
                     return
                 raise truncated()
-            merged = self._decode(chunk)
-            if merged is not None:
-                if paced is not None and merged.count and not self._done:
+            deltas = self._decode(chunk)
+            if deltas:
+                if paced is not None and not self._done and any(d.count for d in deltas):
                     paced.hold()
-                yield merged
+                for delta in deltas:
+                    yield delta
+        if not self._finished:  # [DONE] alone is not the model saying it finished
+            raise no_finish_reason()
 
-    def _decode(self, chunk: bytes) -> Delta | None:
-        """All deltas completed by one network read, merged into one (or None)."""
+    def _decode(self, chunk: bytes) -> list[Delta]:
+        """The deltas completed by one network read, merged while their text stays under
+        ``_MERGE_CHARS`` (so usually one; none when the read completed no event)."""
+        out: list[Delta] = []
         merged: Delta | None = None
-        for data in self._decoder.feed(chunk):
+        try:
+            events = self._decoder.feed(chunk)
+        except EventTooLarge as exc:
+            log.warning("upstream event refused request_id=%s: %s", self._request.request_id, exc)
+            raise event_too_large() from None
+        for data in events:
             if data == _DONE:
                 self._done = True
                 break
@@ -383,8 +417,9 @@ class _ChatStream:
                 raise
             if delta.finish_reason is not None:
                 self._finished = True
-            if merged is None:
+            if merged is None or len(merged.text) + len(delta.text) > _MERGE_CHARS:
                 merged = delta
+                out.append(delta)
             else:
                 merged.text += delta.text
                 merged.count += delta.count
@@ -392,7 +427,7 @@ class _ChatStream:
                 if delta.prompt_tokens is not None:
                     merged.prompt_tokens = delta.prompt_tokens
                     merged.completion_tokens = delta.completion_tokens
-        return merged
+        return out
 
     def _failure(self, exc: Exception) -> UpstreamFailure:
         return _failure(self._request.request_id, exc)
@@ -405,7 +440,10 @@ class _PublicChatStream:
     finished when a finish reason came (an upstream that sends ``[DONE]`` without one is a
     truncated answer here, a finished one on the fast path)."""
 
-    def __init__(self, client: openai.AsyncOpenAI, request: UpstreamRequest, model: str) -> None:
+    def __init__(
+        self, client: openai.AsyncOpenAI, request: UpstreamRequest, model: str, max_event: int
+    ) -> None:
+        self._max_event = max_event
         self._client = client
         self._request = request
         self._model = model
@@ -456,6 +494,13 @@ class _PublicChatStream:
         try:
             async for chunk in stream:
                 delta = _delta_of(chunk)
+                if len(delta.text) > self._max_event:  # (the SDK's decoder has no cap)
+                    log.warning(
+                        "upstream event refused request_id=%s: text of %d characters",
+                        self._request.request_id,
+                        len(delta.text),
+                    )
+                    raise event_too_large()
                 if delta.finish_reason is not None:
                     finished = True
                 yield delta

@@ -58,6 +58,7 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+
 from aistream.generator.first_attempts import FirstAttempts
 from aistream.generator.pacing import ReadPacing
 

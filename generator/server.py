@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
 from aistream.generator.auth import TokenAuthInterceptor
 from aistream.generator.openai_upstream import OpenAIUpstream
 from aistream.generator.service import GeneratorService
 from aistream.generator.simulated import SimulatedUpstream
 from aistream.generator.upstream import Upstream
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
-
-from aistream.settings import Settings
+from aistream.settings import GRPC_MAX_MESSAGE_BYTES, Settings
 from aistream.v1 import generator_pb2, generator_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "GeneratorServer", "make_upstream"]
@@ -37,6 +37,9 @@ _OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Deliberate message limits, the same as the bridge's (aistream/settings.py).
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
 ]
 
 

@@ -8,6 +8,13 @@ id, and the handler writes the session's outbox to the call. When the call ends 
 the client cancels, disconnects or dies — grpc.aio cancels the handler (``CancelledError``; note
 that ``context.cancelled()`` does not report it): the ``finally`` block then cancels every task the
 session spawned and awaits them, so every upstream request is closed before the handler returns.
+
+Memory per call is bounded whatever the client does. Tokens wait for room in the outbox; a start
+or a rejection answers an event the client sent, so the reader applies no further event (not even
+the next one of the same batch) while the outbox is ``over`` its bounds: it reads the call only as
+fast as the client reads its replies, and gRPC flow control then stops the client's writes. The
+call is never ended for it (a status could not reach a client that does not read). Terminal
+events of running generations are bounded by ``max_generations_per_stream``.
 """
 
 from __future__ import annotations
@@ -18,14 +25,14 @@ import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 
 import grpc
-from aistream.generator.generation import Generation
-from aistream.generator.upstream import Upstream
 
 from aistream import codes
 from aistream.collector import release
 from aistream.errors import InvalidRequest
+from aistream.generator.generation import Generation
+from aistream.generator.upstream import Upstream
 from aistream.outbox import Outbox
-from aistream.settings import Settings
+from aistream.settings import GRPC_BATCH_BYTES, Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
 from aistream.validation import check_cancel, check_generate
@@ -35,6 +42,8 @@ __all__ = ["GeneratorService", "StreamSession"]
 log = logging.getLogger(__name__)
 
 _BATCH = 512  # most events in one ServerEventBatch
+# ...and at most this much (outbox units: characters + overhead; a character is at most 4 bytes).
+_BATCH_SIZE = GRPC_BATCH_BYTES // 4
 
 
 class Capacity:
@@ -69,15 +78,23 @@ class StreamSession:
         return self._reading_done and not self._running and not len(self.outbox)
 
     async def read(self, requests: AsyncIterator[pb.ClientEvent]) -> None:
-        """Apply every ClientEvent of the call until the client half-closes."""
+        """Apply every ClientEvent of the call until the client half-closes, none while the
+        outbox is over its bounds."""
+        outbox = self.outbox
         async for event in requests:
+            if outbox.over:
+                await outbox.room()
             self.apply(event)
 
     async def read_batches(self, requests: AsyncIterator[pb.ClientEventBatch]) -> None:
         """Apply every event of every ClientEventBatch of the call, in order, until the client
-        half-closes."""
+        half-closes; none while the outbox is over its bounds (also between the events of one
+        batch)."""
+        outbox = self.outbox
         async for batch in requests:
             for event in batch.events:
+                if outbox.over:
+                    await outbox.room()
                 self.apply(event)
 
     async def reading(self, read: Callable[[StreamSession], Coroutine[None, None, None]]) -> None:
@@ -263,7 +280,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                     pause = wrote_at + spacing - loop.time()
                     if pause > 0:
                         await asyncio.sleep(pause)
-                batch = await session.outbox.get_batch(batch_limit)
+                batch = await session.outbox.get_batch(batch_limit, _BATCH_SIZE)
                 if batch:
                     wrote_at = loop.time()
                     yield batch

@@ -23,8 +23,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import orjson
-from aistream.generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
 
+from aistream.generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 

@@ -23,11 +23,11 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from aistream.bridge.server import WS_PATH, BridgeServer
-from aistream.generator.server import GeneratorServer
 from websockets.asyncio.client import ClientConnection, connect
 
+from aistream.bridge.server import WS_PATH, BridgeServer
 from aistream.children import Child
+from aistream.generator.server import GeneratorServer
 from aistream.lifecycle import Lifecycle
 from aistream.settings import Settings
 from aistream.testing.fake_upstream import FakeUpstream, Script
@@ -62,7 +62,11 @@ def check_conversation(conversation: Conversation) -> None:
         kind = frame.get("type", "")
         if direction == "sent":
             # Any frame but a cancel may be answered under its id (a start, or a rejection).
-            if kind != "ai:cancel" and isinstance(request_id, str):
+            if not isinstance(request_id, str):
+                continue
+            if kind == "ai:cancel":
+                lifecycle.cancel(request_id)
+            else:
                 lifecycle.expect(request_id)
             continue
         assert kind.startswith("ai:"), f"{conversation.name}: frame without ai: type {frame}"

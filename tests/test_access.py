@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from aistream.bridge.access import HostNames, check_handshake, cookie_values
 from aistream.bridge.ratelimit import TokenBucket
 

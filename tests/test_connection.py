@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from aistream.bridge.connection import Connection
-from aistream.bridge.link import SharedStream
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from aistream.bridge.connection import Connection
+from aistream.bridge.link import SharedStream
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from aistream.bridge import translate
-from aistream.generator import upstream
 from conftest import ROOT
 
 from aistream import codes, errors, lifecycle, settings, validation
+from aistream.bridge import translate
 from aistream.errors import (
     AistreamError,
     InvalidFrame,
@@ -18,6 +17,7 @@ from aistream.errors import (
     RequestError,
     UpstreamFailure,
 )
+from aistream.generator import upstream
 from aistream.v1 import events_pb2 as pb
 
 CLASSES = [getattr(errors, name) for name in errors.__all__]

@@ -12,10 +12,10 @@ from typing import Any
 
 import grpc
 import pytest
-from aistream.generator.server import SERVICE_NAME, GeneratorServer
 from conftest import UNIT, GrpcClient, settings_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aistream.generator.server import SERVICE_NAME, GeneratorServer
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc

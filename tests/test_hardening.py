@@ -15,8 +15,6 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
-from aistream.bridge.server import BridgeServer
-from aistream.generator.server import GeneratorServer
 from conftest import TERMINAL, UNIT, GrpcClient, StackFactory, settings_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +23,8 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from aistream.bridge.server import BridgeServer
+from aistream.generator.server import GeneratorServer
 from aistream.testing.fake_upstream import FakeUpstream, Script
 
 # --- limits -----------------------------------------------------------------------------------

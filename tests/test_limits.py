@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aistream.generator.limits import TimeLimits
 from conftest import UNIT
+
+from aistream.generator.limits import TimeLimits
 
 
 async def _watched(limits: TimeLimits, body: asyncio.Future[None]) -> str:

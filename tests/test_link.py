@@ -9,9 +9,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import cast
 
-from aistream.bridge.link import GeneratorLink
 from conftest import TERMINAL, UNIT, StackFactory
 
+from aistream.bridge.link import GeneratorLink
 from aistream.testing.fake_upstream import Script
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc

@@ -15,14 +15,14 @@ import httpx2
 import openai
 import orjson
 import pytest
+from conftest import UNIT, GrpcClient, settings_for
+
 from aistream.generator.first_attempts import FirstAttempts
 from aistream.generator.openai_upstream import OpenAIUpstream, map_sdk_error, parse_chunk
 from aistream.generator.pacing import MIN_INTERVAL, ReadPacing
 from aistream.generator.sdk_private import aiohttp_response, is_first_attempt
 from aistream.generator.server import GeneratorServer
 from aistream.generator.upstream import Abortable, Delta, UpstreamFailure, UpstreamRequest
-from conftest import UNIT, GrpcClient, settings_for
-
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
 

@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from aistream.bridge.server import BridgeServer
-from aistream.generator.server import GeneratorServer
 from conftest import UNIT, Process, WsClient, settings_for
 from websockets.asyncio.client import connect
 
+from aistream.bridge.server import BridgeServer
+from aistream.generator.server import GeneratorServer
 from aistream.testing.fake_upstream import FakeUpstream, Script
 
 Spawn = Callable[..., Process]

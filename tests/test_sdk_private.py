@@ -12,13 +12,13 @@ import httpx2
 import pytest
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
-from aistream.generator import sdk_private
-from aistream.generator.openai_upstream import OpenAIUpstream
-from aistream.generator.upstream import UpstreamRequest
 from conftest import UNIT, settings_for
 from openai._base_client import BaseClient
 from openai._vendor.httpx_aiohttp.transport import AiohttpResponseStream
 
+from aistream.generator import sdk_private
+from aistream.generator.openai_upstream import OpenAIUpstream
+from aistream.generator.upstream import UpstreamRequest
 from aistream.testing.fake_upstream import FakeUpstream, Script
 
 

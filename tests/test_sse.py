@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from aistream.generator.sse import SSEDecoder
+
+from aistream.generator.sse import EventTooLarge, SSEDecoder
 
 STREAM = (
     b'data: {"a":1}\n\n: comment\n\ndata: {"b":2}\r\n\r\n'
@@ -39,3 +40,27 @@ def test_incomplete_event_waits() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"data: x\n") == []
     assert decoder.feed(b"\n") == [b"x"]
+
+
+def test_an_event_up_to_the_cap_passes_and_one_byte_more_does_not() -> None:
+    """The cap counts an event's data (lines joined); at the cap it passes, past it it raises."""
+    decoder = SSEDecoder(max_event_bytes=10)
+    assert decoder.feed(b"data: 1234\ndata: 56789\n\n") == [b"1234\n56789"]
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"data: 12345\ndata: 678901\n\n")
+
+
+def test_data_lines_without_a_blank_line_are_cut_at_the_cap() -> None:
+    """Many small data lines and no blank line: EventTooLarge once they pass the cap."""
+    decoder = SSEDecoder(max_event_bytes=1000)
+    with pytest.raises(EventTooLarge):
+        for _ in range(1000):
+            decoder.feed(b"data: x\n")
+
+
+def test_a_line_that_never_ends_is_cut_at_the_cap() -> None:
+    """Bytes with no line ending at all: EventTooLarge once the waiting line passes the cap."""
+    decoder = SSEDecoder(max_event_bytes=1000)
+    assert decoder.feed(b"data: " + b"x" * 900) == []
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"x" * 200)

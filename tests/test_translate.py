@@ -6,6 +6,10 @@ import contextlib
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aistream import codes
 from aistream.bridge.translate import (
     CLIENT_TYPES,
     SERVER_TYPES,
@@ -13,10 +17,6 @@ from aistream.bridge.translate import (
     encode_server_event,
     error_frame,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from aistream import codes
 from aistream.errors import InvalidFrame
 from aistream.v1 import events_pb2 as pb
 

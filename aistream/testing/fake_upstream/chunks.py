@@ -117,7 +117,7 @@ class Rendered:
         return data.replace(_CREATED_PATTERN, b'"created":%d' % created)
 
 
-def render_stream(texts: Sequence[str], model: str, finish_reason: str) -> Rendered:
+def render_stream(texts: Sequence[str], model: str, finish_reason: str | None) -> Rendered:
     """Render the token and finish chunks of a stream once (``Rendered.stamp`` finishes them)."""
     ids = (_ID_PLACEHOLDER, _CREATED_PLACEHOLDER, model)
     mark = "\x00content\x00"
@@ -132,5 +132,6 @@ def render_stream(texts: Sequence[str], model: str, finish_reason: str) -> Rende
         else:  # the same chunk with only the content spliced in: no dict, one small encode
             parts.append(b"data: %s%s%s\n\n" % (head, orjson.dumps(text), tail))
         offsets.append(offsets[-1] + len(parts[-1]))
-    parts.append(sse_event(completion_chunk(*ids, {}, finish_reason)))
+    if finish_reason is not None:
+        parts.append(sse_event(completion_chunk(*ids, {}, finish_reason)))
     return Rendered(b"".join(parts), tuple(offsets))

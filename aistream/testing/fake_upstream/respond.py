@@ -37,7 +37,7 @@ ROUTES = ("/v1/chat/completions", "/chat/completions")
 _BATCH = 64  # tokens per write when interval is 0
 _CACHE_SIZE = 128
 
-_CacheKey = tuple[str, str | None, int | None, str, int | None]
+_CacheKey = tuple[str, str | None, int | None, str | None, int | None]
 
 
 class Responder:
@@ -78,6 +78,8 @@ class Responder:
             if script.retry_after is not None:
                 headers.append(("retry-after", f"{script.retry_after:g}"))
                 headers.append(("retry-after-ms", f"{script.retry_after * 1000:g}"))
+            if script.location is not None:
+                headers.append(("location", script.location))
             return await self._whole(
                 conn, record, script.status, headers, scripted_error_body(script)
             )

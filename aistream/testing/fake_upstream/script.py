@@ -41,6 +41,8 @@ class Script:
     """Message of the default error body and of the mid-stream error event."""
     retry_after: float | None = None
     """Seconds for the ``retry-after`` and ``retry-after-ms`` headers (useful with 429)."""
+    location: str | None = None
+    """``Location`` header of a non-200 answer (a redirect, with a 3xx status)."""
     headers_delay: float = 0.0
     """Seconds to wait before sending the status line and headers."""
     ttft: float = 0.0
@@ -52,8 +54,9 @@ class Script:
     text: str | None = None
     """Text whose words (with trailing spaces) are the tokens, cycled if ``tokens`` is larger;
     without it the tokens are ``"tok0 "``, ``"tok1 "``, ..."""
-    finish_reason: str = "stop"
-    """Finish reason of a complete stream (``"length"`` when the request's max_tokens cut it)."""
+    finish_reason: str | None = "stop"
+    """Finish reason of a complete stream (``"length"`` when the request's max_tokens cut it);
+    ``None`` sends no finish reason at all, only ``[DONE]``."""
     stall_after: int | None = None
     """After this many tokens send nothing more and keep the connection open until the client
     closes it."""
@@ -147,7 +150,7 @@ def directive(body: Any) -> dict[str, Any] | None:
 
 def _check_json_value(name: str, value: Any, optional: bool) -> Any:
     """Check one JSON value for a script key, converting what JSON cannot express."""
-    if value is None and optional:
+    if value is None and (optional or name == "finish_reason"):
         return None
     if name == "error_body":
         if isinstance(value, str):
