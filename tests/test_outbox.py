@@ -117,3 +117,43 @@ async def test_offer_refuses_past_max_bytes() -> None:
     assert not box.offer(other)
     assert len(box) == 1
     assert box.bytes <= 300
+
+
+def _error(message: str) -> pb.ServerEvent:
+    return pb.ServerEvent(error=pb.Error(message=message))
+
+
+async def test_over_at_twice_the_bounds_and_room_waits_until_under() -> None:
+    """``over`` holds at twice capacity (or max_bytes): room() returns at once below it, and
+    otherwise waits until the writer has taken enough."""
+    box = Outbox(capacity=2, max_bytes=10_000)
+    for _ in range(3):
+        box.put(_error("no"))
+    assert box.full and not box.over
+    await asyncio.wait_for(box.room(), 1)  # full is not over: no wait
+    box.put(_error("no"))
+    assert box.over
+    waiter = asyncio.create_task(box.room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await box.get()
+    await asyncio.wait_for(waiter, 1)
+    assert not box.over
+    box.clear()
+    box.put(_error("x" * 20_000))  # one event past twice max_bytes
+    assert box.over
+
+
+async def test_room_and_tokens_wait_together() -> None:
+    """A token waiting for room and a room() waiter are both released by the writer."""
+    box = Outbox(capacity=1)
+    box.put(_start("a"))
+    box.put(_start("b"))
+    token = asyncio.create_task(box.put_token("a", "x", 0, 1))
+    room = asyncio.create_task(box.room())
+    await asyncio.sleep(0)
+    assert not token.done() and not room.done()
+    await box.get()
+    await box.get()
+    await asyncio.wait_for(asyncio.gather(token, room), 1)
+    assert len(box) == 1
