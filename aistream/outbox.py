@@ -70,7 +70,8 @@ def _size(item: _Item) -> int:
     if isinstance(item, _Tokens):
         return EVENT_OVERHEAD + item.length
     if item.WhichOneof("event") == "error":
-        return EVENT_OVERHEAD + len(item.error.message)
+        error = item.error
+        return EVENT_OVERHEAD + len(error.message) + len(error.request_id)
     return EVENT_OVERHEAD
 
 

@@ -158,9 +158,11 @@ class Settings:
     """WebSocket connections at once; more are refused with HTTP 503."""
     max_generations_per_connection: int = 32
     """Generations running at once on one WebSocket; more → ``too_many_requests``."""
-    max_generations_per_client: int = 256
+    max_generations_per_client: int = 1024
     """Generations running at once for one client (``client_key``) over all its WebSockets;
-    more → ``too_many_requests``: opening many sockets does not take every slot from the rest.
+    more → ``too_many_requests``: opening many sockets does not take every slot from the rest
+    (the default is half of what one generator runs, ``max_generations``). Behind a proxy every
+    client has the proxy's address: set ``client_key`` so that the share is per user.
     0 = no per-client share."""
     client_key: str = "peer"
     """Who a client is, for ``max_generations_per_client``: ``peer`` (its IP address),

@@ -180,7 +180,7 @@ class Connection:
 
     async def _on_frame(self, message: str | bytes) -> None:
         try:
-            event = translate.decode_client_frame(message)
+            event = translate.decode_client_frame(message, self._settings.max_request_id_chars)
             request_id = self._admit(event)
         except InvalidRequest as exc:  # (an InvalidFrame too)
             # A bad frame spends the frame budget like any other; past it, no answer.

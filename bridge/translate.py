@@ -248,8 +248,10 @@ SERVER_TYPES: tuple[str, ...] = tuple(frame_type for _, frame_type in _SERVER.va
 # --- the public functions -----------------------------------------------------------------------
 
 
-def decode_client_frame(data: str | bytes) -> pb.ClientEvent:
-    """Parse one WebSocket message into a ClientEvent, or raise InvalidFrame saying why not."""
+def decode_client_frame(data: str | bytes, max_request_id: int = 128) -> pb.ClientEvent:
+    """Parse one WebSocket message into a ClientEvent, or raise InvalidFrame saying why not.
+    An InvalidFrame names the frame's ``requestId`` when it is a string of at most
+    ``max_request_id`` characters, else ``""`` (an answer never echoes more than that)."""
     if isinstance(data, bytes):
         raise InvalidFrame("binary frames are not supported: send JSON text frames")
     try:
@@ -259,7 +261,7 @@ def decode_client_frame(data: str | bytes) -> pb.ClientEvent:
     if not isinstance(obj, dict):
         raise InvalidFrame("the frame must be a JSON object")
     raw_id = obj.get("requestId")
-    request_id = raw_id if isinstance(raw_id, str) else ""
+    request_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= max_request_id else ""
     frame_type = obj.get("type")
     entry = _CLIENT.get(frame_type) if isinstance(frame_type, str) else None
     if entry is None:
