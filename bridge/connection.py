@@ -158,6 +158,11 @@ class Connection:
         finally:
             try:
                 self.cancel_in_flight()  # the generator closes this connection's upstreams
+                in_flight = len(self._requests)
+                if self._shares is not None:
+                    for _ in range(in_flight):  # (ended with the socket: no terminal to send)
+                        self._shares.release(self._client)
+                self._requests = _NO_REQUESTS
                 tasks = [*(self._relays or ())]
                 if self._sender is not None:
                     tasks.append(self._sender)
@@ -166,11 +171,11 @@ class Connection:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 for task in tasks:
                     release(task)
-                if self._requests:
+                if in_flight:
                     log.info(
                         "connection %s closed with %d generations in flight: cancelled",
                         self.id,
-                        len(self._requests),
+                        in_flight,
                     )
             finally:
                 if on_closed is not None:

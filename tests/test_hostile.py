@@ -378,3 +378,17 @@ async def test_one_client_cannot_take_every_generation(make_stack: StackFactory)
     await a2.until(lambda f: f["type"] == "ai:start")
     await a2.send({"type": "ai:cancel", "requestId": "a2-2"})
     await a2.finish("a2-2")
+
+
+async def test_a_closed_socket_gives_its_clients_share_back(make_stack: StackFactory) -> None:
+    """Generations ended by their socket closing return to the client's share (no leak)."""
+    stack = await make_stack(max_generations_per_client=2, script=Script(tokens=1, ttft=5))
+    for round_ in range(3):
+        client = await stack.client(f"round {round_}")
+        for i in range(2):
+            await client.send({"type": "ai:generate", "requestId": f"r{i}", "prompt": "hi"})
+            await client.until(lambda f: f["type"] == "ai:start")
+        client.conversation.abandoned = True
+        await client.ws.close()
+        await stack.fake.wait_for(lambda: not stack.fake.active())
+    assert stack.bridge.shares is not None and len(stack.bridge.shares) == 0
