@@ -5,7 +5,9 @@ so scripts and tests can read where it is; logs go to stderr. SIGINT/SIGTERM shu
 (stop accepting, end in-flight generations with a retryable error, close upstreams) and exit 0.
 
 ``aistream up`` runs the generator as a child process and the bridge in this one — one generator
-process and one bridge process, as in production — and prints the URL to open.
+process and one bridge process, as in production — and prints the URL to open. Its generator
+serves ``/metrics`` on a port of its own (its ready line says where), and the bridge's
+``/metrics`` appends that page: one scrape sees both processes.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from aistream import collector
+from aistream import collector, logs, tracing
 from aistream.children import AsyncChild, ChildError
-from aistream.settings import Settings, SettingsError
+from aistream.settings import ENV_PREFIX, Settings, SettingsError
 
 __all__ = ["main"]
 
 log = logging.getLogger("aistream")
 
-_GENERATOR_READY = re.compile(r"aistream generator listening on (\S+):(\d+)")
+_GENERATOR_READY = re.compile(
+    r"aistream generator listening on (\S+):(\d+) \(upstream: (\w+)\)(?: metrics on (http://\S+))?"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generator", help="run the gRPC generator")
     gen.add_argument("--host", help="address (default 127.0.0.1)")
     gen.add_argument("--port", type=int, help="port (default 50051; 0 = any free port)")
+    gen.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics on this port (env AISTREAM_METRICS_PORT; 0 = any free port)",
+    )
     gen.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     upstream_flags(gen)
 
@@ -68,7 +77,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         "model": getattr(args, "model", None),
     }
     if args.command == "generator":
-        overrides |= {"generator_host": args.host, "generator_port": args.port}
+        overrides |= {
+            "generator_host": args.host,
+            "generator_port": args.port,
+            "metrics_port": args.metrics_port,
+        }
     else:
         overrides |= {"bridge_host": args.host, "bridge_port": args.port}
     if args.command == "bridge":
@@ -122,9 +135,14 @@ async def _run_generator(settings: Settings, exit_with_parent: bool) -> None:
     port = await server.start()
     if server.upstream.kind == "simulated":
         log.warning("no upstream configured: serving the SIMULATED model (set OPENAI_BASE_URL)")
+    metrics = ""
+    if server.metrics_port is not None:
+        host = settings.generator_host
+        host = f"[{host}]" if ":" in host else host
+        metrics = f" metrics on http://{host}:{server.metrics_port}/metrics"
     _say(
         f"aistream generator listening on {settings.generator_host}:{port} "
-        f"(upstream: {server.upstream.kind})"
+        f"(upstream: {server.upstream.kind}){metrics}"
     )
     await _until_stopped(stop, _stdin_closed() if exit_with_parent else None)
     await server.stop()
@@ -149,16 +167,28 @@ async def _run_up(settings: Settings) -> None:
 
     stop = _stop_signals()
     argv = [sys.executable, "-m", "aistream", "generator", "--host", "127.0.0.1", "--port", "0"]
+    if settings.metrics:
+        # The bridge's /metrics appends the generator's: one scrape sees both processes.
+        argv += ["--metrics-port", str(settings.metrics_port or 0)]
+    # `up`'s upstream flags reach its generator through its environment (never its command
+    # line, which any local user can read).
+    upstream_env = {
+        f"{ENV_PREFIX}BASE_URL": settings.base_url,
+        f"{ENV_PREFIX}API_KEY": settings.api_key,
+        f"{ENV_PREFIX}MODEL": settings.model,
+    }
+    child_env = {name: value for name, value in upstream_env.items() if value}
     try:
         # its stdin is a pipe: with --exit-with-parent the generator ends when this process does
         started = await AsyncChild.start(
-            [*argv, "--exit-with-parent"], _GENERATOR_READY, name="the generator"
+            [*argv, "--exit-with-parent"], _GENERATOR_READY, name="the generator", env=child_env
         )
     except ChildError as exc:
         raise SystemExit(f"aistream: {exc}") from None
     child, match = started.process, started.ready
-    upstream = match.string.rsplit("upstream: ", 1)[-1].rstrip(")\n")
-    bridge = BridgeServer(settings.replace(generator_target=f"{match[1]}:{match[2]}"))
+    upstream = match[3]
+    target = f"{match[1]}:{match[2]}"
+    bridge = BridgeServer(settings.replace(generator_target=target, generator_metrics_url=match[4]))
     port = await bridge.start()
     url = f"http://{settings.bridge_host}:{port}/"
     if settings.auth_token:
@@ -185,18 +215,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"aistream: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)  # (text or JSON lines, on stderr)
     # websockets logs every connection and HTTP request at INFO; ours say what matters.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.root.level))
     collector.install()
-    if args.command == "generator":
-        asyncio.run(_run_generator(settings, args.exit_with_parent))
-    elif args.command == "bridge":
-        asyncio.run(_run_bridge(settings))
-    else:
-        asyncio.run(_run_up(settings))
+    process = "generator" if args.command == "generator" else "bridge"
+    try:
+        tracing.configure(settings, service=f"aistream-{process}")
+    except SettingsError as exc:
+        print(f"aistream: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "generator":
+            asyncio.run(_run_generator(settings, args.exit_with_parent))
+        elif args.command == "bridge":
+            asyncio.run(_run_bridge(settings))
+        else:
+            asyncio.run(_run_up(settings))
+    finally:
+        tracing.shutdown()  # the spans still buffered are exported
     return 0

@@ -3,8 +3,9 @@
 Every field can be set from the environment as ``AISTREAM_<FIELD>`` (``AISTREAM_BRIDGE_PORT=9000``,
 ``AISTREAM_STALL_TIMEOUT=5``), and command-line flags override the environment. The upstream uses
 the ``openai`` SDK's standard names: ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``. When neither is set
-the embedded simulated model serves every request. Times are in seconds, sizes in bytes or
-characters as named. ``docs/configuration.md`` lists every field.
+the embedded simulated model serves every request. Traces are switched on by OpenTelemetry's
+standard names (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``…: ``_otel``). Times
+are in seconds, sizes in bytes or characters as named. ``docs/configuration.md`` lists every field.
 """
 
 from __future__ import annotations
@@ -206,6 +207,38 @@ class Settings:
 
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING or ERROR (logs go to stderr)."""
+    log_format: Literal["text", "json"] = "text"
+    """``text`` (time, level, logger, message) or ``json``: one JSON object per line with
+    ``time``, ``level``, ``logger``, ``message`` and every ``key=value`` of the message
+    (``request_id``, ``conn``, ``code``…) as a field, for log pipelines."""
+
+    # --- traces (OpenTelemetry; the ``otel`` extra) -----------------------------------------
+    traces_exporter: str | None = None
+    """Where spans go: ``otlp``, ``console``, or another installed OpenTelemetry exporter's
+    name; comma-separated for several. Read from the standard ``OTEL_TRACES_EXPORTER`` too; set
+    to ``otlp`` by ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``.
+    Unset or ``none``: no span is recorded (a client's ``traceparent`` is still passed on to
+    the upstream). The exporter reads its own ``OTEL_*`` settings (endpoint, headers, service
+    name, sampler)."""
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    """The ``otlp`` exporter's protocol; read from the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL`` too."""
+
+    # --- metrics (Prometheus; docs/operations.md, "Metrics") ---------------------------------
+    metrics: bool = True
+    """Record metrics. Off: every recording is a no-op (nothing to measure on the hot path), the
+    bridge's ``/metrics`` says so and the generator serves none."""
+    metrics_port: int | None = None
+    """Generator: port of its own HTTP server for ``/metrics``, on ``generator_host`` (0: any
+    free port, printed in its ready line). Unset: none. (The bridge serves ``/metrics`` on
+    ``bridge_port``, like ``/healthz``.)"""
+    metrics_max_models: int = 20
+    """Distinct models the ``gen_ai_request_model`` label tells apart: the default model and the
+    first others seen; the rest are counted as ``other``. Clients name the model, so this bounds
+    the number of series."""
+    generator_metrics_url: str | None = None
+    """Bridge: the generator's ``/metrics`` (``http://HOST:PORT/metrics``); if set, the bridge's
+    ``/metrics`` appends that page, fetched on each scrape (what ``aistream up`` does)."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -234,6 +267,7 @@ class Settings:
             "max_generations_per_connection",
             "frames_per_second",
             "frames_burst",
+            "metrics_max_models",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -269,9 +303,9 @@ class Settings:
             raise SettingsError(
                 f"deadline ({self.deadline}) must not exceed max_deadline ({self.max_deadline})"
             )
-        for name in ("generator_port", "bridge_port"):
+        for name in ("generator_port", "bridge_port", "metrics_port"):
             port = getattr(self, name)
-            if not 0 <= port <= 65535:
+            if port is not None and not 0 <= port <= 65535:
                 raise SettingsError(f"{name} must be a port number 0-65535, got {port}")
         host, sep, port_text = self.generator_target.rpartition(":")
         if not sep or not host or not port_text.isdigit():
@@ -286,6 +320,21 @@ class Settings:
             raise SettingsError("tls_client_ca needs tls_cert and tls_key")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise SettingsError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        if self.generator_metrics_url is not None and not self.generator_metrics_url.startswith(
+            "http://"
+        ):
+            raise SettingsError(
+                f"generator_metrics_url must be an http:// URL, got {self.generator_metrics_url!r}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.otlp_protocol not in ("http/protobuf", "grpc"):
+            raise SettingsError(
+                f"otlp_protocol must be http/protobuf or grpc, got {self.otlp_protocol!r}"
+            )
+        for name in (self.traces_exporter or "").split(","):
+            if name.strip() and not name.strip().replace("_", "").isalnum():
+                raise SettingsError(f"traces_exporter: {name.strip()!r} is not an exporter name")
 
     @property
     def upstream_kind(self) -> UpstreamKind:
@@ -310,8 +359,27 @@ class Settings:
             values["base_url"] = env["OPENAI_BASE_URL"] or None
         if "OPENAI_API_KEY" in env and "api_key" not in values:
             values["api_key"] = env["OPENAI_API_KEY"] or None
+        values |= {k: v for k, v in _otel(env).items() if k not in values}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _otel(env: Mapping[str, str]) -> dict[str, Any]:
+    """The trace settings the standard ``OTEL_*`` variables make (the exporter reads the rest)."""
+    values: dict[str, Any] = {}
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip()
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        values["traces_exporter"] = None
+    elif exporter:
+        values["traces_exporter"] = exporter
+    elif env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        values["traces_exporter"] = "otlp"
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    if protocol:
+        values["otlp_protocol"] = protocol.strip()
+    return values
 
 
 def _parse(name: str, hint: Any, raw: str) -> Any:
@@ -332,6 +400,8 @@ def _parse(name: str, hint: Any, raw: str) -> Any:
             return Path(text) if text else None
         if hint == str | None:
             return text or None
+        if hint == int | None:
+            return int(text) if text else None
         if hint == tuple[str, ...]:
             return tuple(part.strip() for part in text.split(",") if part.strip())
         return text

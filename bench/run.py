@@ -3,6 +3,8 @@
 Runs the chosen scenarios one after another, prints each table as it is done and the target
 verdicts at the end, and writes everything (with the machine, the Python version and the git
 state of the checkout measured) to the JSON file; ``--plot`` draws latency against concurrency.
+``--metrics off`` runs the generator and bridge with metrics off: a run with each, one after the
+other (``--out`` apart), measures what metrics cost.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import psutil
 from bench.procs import ROOT, raise_fd_limit
 from bench.report import plot, tables, targets
 from bench.scenarios import FULL, QUICK, SCENARIOS
+from bench.stack import metrics_off
 
 __all__ = ["main"]
 
@@ -85,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         default="bench",
         help="bench.upstream (default) or aistream.testing.fake_upstream",
     )
+    parser.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        default="on",
+        help="generator and bridge with metrics on (default) or off (AISTREAM_METRICS=false): "
+        "run both, same sitting, to measure what metrics cost",
+    )
     return parser
 
 
@@ -98,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: unknown scenario(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
     raise_fd_limit()
+    if args.metrics == "off":
+        metrics_off()
     sizes = QUICK if args.quick else FULL
     repeat = args.repeat or (1 if args.quick else 3)
     results: dict[str, Any] = {
@@ -105,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "repeat": repeat,
         "upstream": args.upstream,
+        "metrics": args.metrics,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "scenarios": {},
     }
@@ -131,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "git_commit": results["machine"]["git_commit"],
             "git_dirty_files": results["machine"]["git_dirty_files"],
             "repeat": repeat,
+            "metrics": args.metrics,
         }
         args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))  # so far
     results["seconds"] = round(time.monotonic() - began, 1)

@@ -11,6 +11,11 @@ end it reports requests by outcome, lifecycle violations (must be 0), upstream r
 progress once the load stopped and upstream connections still open once the generator stopped
 (both must be 0), and the RSS of each process at the start and the end. Exit code 1 if any of the
 "must be 0" figures is not.
+
+Throughout, it scrapes the bridge's ``/metrics`` (the generator's page appended, as with
+``aistream up``) every ``--scrape-every`` seconds, reports the figures over time (``metrics``:
+rates, what is open, TTFT and cancel → close quantiles, RSS) and with ``--plot FILE`` draws
+them (docs/metrics-soak.png: what healthy looks like).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import json
+import math
 import random
 import sys
 import time
@@ -29,11 +36,13 @@ from typing import Any
 
 import orjson
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from aistream.children import Child, ChildError
 from aistream.lifecycle import Lifecycle, LifecycleViolation
+from aistream.metrics import scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("ai:done", "ai:error")
@@ -204,6 +213,162 @@ async def _worker(url: str, books: Books, stop_at: float, seed: int) -> None:
             books.outcomes[f"client_failure:{kind}:{type(exc).__name__}"] += 1
 
 
+# --- metrics: the bridge's /metrics (the generator's appended), scraped during the soak -------
+
+_GAUGES = {
+    "aistream_bridge_connections_open": "connections_open",
+    "aistream_bridge_generations_in_flight": "bridge_in_flight",
+    "aistream_generator_generations_in_flight": "generator_in_flight",
+    "aistream_upstream_streams_open": "upstream_streams_open",
+    "aistream_bridge_process_resident_memory_bytes": "bridge_rss",
+    "aistream_generator_process_resident_memory_bytes": "generator_rss",
+    "aistream_bridge_slow_consumers_total": "slow_consumers",
+    "aistream_bridge_frames_refused_total": "frames_refused",
+}
+_HISTOGRAMS = {
+    "aistream_time_to_first_token_seconds_bucket": "ttft",
+    "aistream_cancel_upstream_close_seconds_bucket": "cancel_close",
+}
+
+
+def _read_page(text: str) -> dict[str, Any]:
+    """The figures of one scrape: the gauges and counters above (summed over labels),
+    generations ended by code, and the two histograms' cumulative buckets (over models)."""
+    figures: dict[str, Any] = {"ended": collections.Counter()}
+    figures |= {key: collections.Counter() for key in _HISTOGRAMS.values()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name in _GAUGES:
+                figures[_GAUGES[name]] = figures.get(_GAUGES[name], 0.0) + value
+            elif name == "aistream_generations_total":
+                figures["ended"][labels.get("code") or "done"] += value
+            elif name in _HISTOGRAMS:
+                figures[_HISTOGRAMS[name]][float(labels["le"])] += value
+    return figures
+
+
+def _quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float | None:
+    """``histogram_quantile`` over what was observed between two scrapes (None: nothing)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return None
+
+
+def _series(scrapes: list[tuple[float, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per interval between two scrapes: rates, gauges, latency quantiles, RSS."""
+    rows = []
+    start = scrapes[0][0] if scrapes else 0.0
+    for (t0, a), (t1, b) in itertools.pairwise(scrapes):
+        dt = max(t1 - t0, 1e-9)
+        ended = {code: (n - a["ended"].get(code, 0.0)) / dt for code, n in b["ended"].items()}
+
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 2)
+
+        rows.append(
+            {
+                "t_s": round(t1 - start, 1),
+                "done_per_s": round(ended.get("done", 0.0), 2),
+                "cancelled_per_s": round(ended.get("cancelled", 0.0), 2),
+                "errors_per_s": round(
+                    sum(v for k, v in ended.items() if k not in ("done", "cancelled")), 2
+                ),
+                "slow_consumers_per_s": round(
+                    (b.get("slow_consumers", 0.0) - a.get("slow_consumers", 0.0)) / dt, 2
+                ),
+                "frames_refused_per_s": round(
+                    (b.get("frames_refused", 0.0) - a.get("frames_refused", 0.0)) / dt, 2
+                ),
+                **{
+                    key: b.get(key, 0.0)
+                    for key in (
+                        "connections_open",
+                        "bridge_in_flight",
+                        "generator_in_flight",
+                        "upstream_streams_open",
+                    )
+                },
+                "ttft_p50_ms": ms(_quantile(0.5, a["ttft"], b["ttft"])),
+                "ttft_p99_ms": ms(_quantile(0.99, a["ttft"], b["ttft"])),
+                "cancel_close_p99_ms": ms(_quantile(0.99, a["cancel_close"], b["cancel_close"])),
+                "bridge_rss_mb": round(b.get("bridge_rss", 0.0) / 1e6, 1),
+                "generator_rss_mb": round(b.get("generator_rss", 0.0) / 1e6, 1),
+            }
+        )
+    return rows
+
+
+def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Draw the figures scraped over a soak: what healthy looks like (docs/operations.md)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [row["t_s"] for row in rows]
+    fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
+    panels: list[tuple[str, list[tuple[str, str]], bool]] = [
+        (
+            "generations ended per second",
+            [
+                ("done_per_s", "done"),
+                ("cancelled_per_s", "cancelled"),
+                ("errors_per_s", "errors (faults on purpose)"),
+                ("slow_consumers_per_s", "slow consumers cut off"),
+            ],
+            False,
+        ),
+        (
+            "open now",
+            [
+                ("connections_open", "bridge: connections"),
+                ("bridge_in_flight", "bridge: generations in flight"),
+                ("generator_in_flight", "generator: generations in flight"),
+                ("upstream_streams_open", "generator: upstream streams open"),
+            ],
+            False,
+        ),
+        (
+            "milliseconds (log)",
+            [
+                ("ttft_p50_ms", "time to first token p50"),
+                ("ttft_p99_ms", "time to first token p99"),
+                ("cancel_close_p99_ms", "cancel → upstream closed p99"),
+            ],
+            True,
+        ),
+        (
+            "resident memory, MB",
+            [("bridge_rss_mb", "bridge"), ("generator_rss_mb", "generator")],
+            False,
+        ),
+    ]
+    for ax, (label, lines, log) in zip(axes, panels, strict=True):
+        for key, name in lines:
+            ax.plot(t, [row[key] for row in rows], label=name, linewidth=1.2)
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1].set_xlabel("seconds into the soak (from scrapes of the bridge's /metrics)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # --- processes --------------------------------------------------------------------------------
 
 
@@ -233,8 +398,11 @@ def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 1e6
 
 
-async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
-    """Run the soak for ``duration`` seconds and return the report."""
+async def soak(
+    duration: float, workers: int, seed: int, scrape_every: float = 5.0
+) -> dict[str, Any]:
+    """Run the soak for ``duration`` seconds and return the report (with the figures of the
+    bridge's /metrics, scraped every ``scrape_every`` seconds)."""
     started: list[Child] = []
     try:
         fake = _spawn(
@@ -248,8 +416,8 @@ async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
         upstream_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "soak"}
         generator = _spawn(
             "generator",
-            ["-m", "aistream", "generator", "--port", "0"],
-            r"listening on (\S+:\d+)",
+            ["-m", "aistream", "generator", "--port", "0", "--metrics-port", "0"],
+            r"listening on (\S+:\d+) .*metrics on (http://\S+)",
             upstream_env,
         )
         started.append(generator)
@@ -257,13 +425,27 @@ async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
             "bridge",
             ["-m", "aistream", "bridge", "--port", "0", "--generator", generator.ready[1]],
             r"ws://(\S+/ws)",
-            {},
+            # the bridge's /metrics appends the generator's: one scrape sees both
+            {"AISTREAM_GENERATOR_METRICS_URL": generator.ready[2]},
         )
     except BaseException:
         for child in reversed(started):
             child.kill()
         raise
     url = "ws://" + bridge.ready[1]
+    metrics_url = "http://" + bridge.ready[1].removesuffix("/ws") + "/metrics"
+    scrapes: list[tuple[float, dict[str, Any]]] = []
+    failed_scrapes = 0
+
+    async def scrape_metrics() -> None:
+        nonlocal failed_scrapes
+        try:
+            page = (await scrape(metrics_url)).decode()
+        except (OSError, TimeoutError, ValueError):
+            failed_scrapes += 1
+            return
+        scrapes.append((time.monotonic(), _read_page(page)))
+
     pids = {"generator": generator.popen.pid, "bridge": bridge.popen.pid}
     books = Books()
     try:
@@ -280,13 +462,21 @@ async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
                 await asyncio.sleep(min(30.0, max(duration / 10, 1.0)))
                 samples.append({name: round(_rss_mb(pid), 1) for name, pid in pids.items()})
 
+        async def scrape_every_while() -> None:
+            while time.monotonic() < stop_at:
+                await scrape_metrics()
+                await asyncio.sleep(scrape_every)
+
         sampler = asyncio.create_task(sample_rss())
+        scraper = asyncio.create_task(scrape_every_while())
         await asyncio.gather(
             *(_worker(url, books, stop_at, seed + 100 + i) for i in range(workers))
         )
         sampler.cancel()
+        await scraper
         still_active = await _settle(base_url, "active")
         rss_end = {name: _rss_mb(pid) for name, pid in pids.items()}
+        await scrape_metrics()  # after the load: every open gauge back to 0
     finally:
         exit_codes = {"bridge": bridge.stop(30), "generator": generator.stop(30)}
     left_open = await _settle(base_url, "connections")
@@ -306,6 +496,12 @@ async def soak(duration: float, workers: int, seed: int) -> dict[str, Any]:
         },
         "rss_mb_samples": samples,
         "exit_codes": exit_codes,
+        "metrics_after_load": {
+            key: scrapes[-1][1].get(key, 0.0) if scrapes else None
+            for key in ("connections_open", "generator_in_flight", "upstream_streams_open")
+        },
+        "metrics_scrapes_failed": failed_scrapes,
+        "metrics": _series(scrapes),
     }
 
 
@@ -318,16 +514,30 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=24)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--scrape-every", type=float, default=5.0, help="seconds between scrapes of /metrics"
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="draw the scraped figures over time (PNG), e.g. docs/…png"
+    )
     args = parser.parse_args()
     duration = args.minutes * 60 if args.minutes is not None else args.seconds
     try:
-        report = asyncio.run(soak(duration, args.workers, args.seed))
+        report = asyncio.run(soak(duration, args.workers, args.seed, args.scrape_every))
     except ChildError as exc:
         raise SystemExit(f"soak: {exc}") from None
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.plot:
+        title = (
+            f"aistream soak: {duration:.0f} s, {args.workers} workers, "
+            f"{report['actions']:,} actions (a mix of completions, cancels, closes, slow "
+            "readers, upstream faults)"
+        )
+        plot_metrics(report["metrics"], args.plot, title)
+        print(f"plot written to {args.plot}")
     bad = (
         report["lifecycle_violations"]
         or report["upstream_responses_in_progress_after_load"]

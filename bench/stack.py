@@ -30,6 +30,12 @@ AISTREAM_ENV = {
 generation would be measured too), no SDK retries, and no cap on ``max_tokens`` (long streams)."""
 
 
+def metrics_off() -> None:
+    """Run the generator and bridge of every later stack with metrics off (``AISTREAM_METRICS``
+    false: every recording a no-op), to measure what metrics cost (``--metrics off``)."""
+    AISTREAM_ENV["AISTREAM_METRICS"] = "false"
+
+
 class Stack:
     """Start the servers ``paths`` need; ``stop`` (or leaving ``with Stack(...)``) ends them all."""
 

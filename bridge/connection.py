@@ -17,7 +17,9 @@ place in the lifecycle), and nothing out of order is relayed. A request ends in 
 ``Connection._end``, whatever ends it: its terminal event from the generator, a lost stream, a
 closing connection. If the stream fails (the generator died or is unreachable), every id in
 flight on it gets ``ai:error`` ``unavailable`` (retryable) and the next Generate opens a new
-stream; the channel reconnects with backoff on its own.
+stream; the channel reconnects with backoff on its own. A Generate carries its trace context on
+(``aistream.tracing``): the client's ``traceparent`` when valid, or with tracing on its gRPC hop
+span's, whose request span is ended with the request.
 
 Writing side: events wait in an ``Outbox`` (tokens of one id coalesce while they wait) written to
 the socket by one sender task, so the relay never blocks on a slow client. If the queued bytes
@@ -34,12 +36,12 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from aistream import codes
+from aistream import codes, tracing
 from aistream.bridge import translate
 from aistream.bridge.link import SharedStream
 from aistream.bridge.ratelimit import TokenBucket
@@ -47,10 +49,14 @@ from aistream.bridge.shares import ClientShares
 from aistream.collector import release
 from aistream.errors import InvalidRequest, LifecycleViolation, Refused
 from aistream.lifecycle import RequestLifecycle
+from aistream.metrics import BRIDGE_OFF, BridgeMetrics
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.validation import check_cancel, check_generate
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = ["Connection"]
 
@@ -60,19 +66,24 @@ _ids = itertools.count(1)  # connection ids for the logs
 _NO_REQUESTS: dict[str, _Request] = {}  # what an idle connection has in flight (shared)
 _FINAL_FRAME_WAIT = 0.05  # seconds a final error frame waits for a slow client to read it
 _CANCELLED_AGAIN = pb.ClientEvent()  # a Generate that waited for its id's end, then cancelled
+_CLIENT_GONE = codes.error_event(pb.ERROR_CODE_CANCELLED, "the client went away")  # (its spans)
 
 
 class _Request(RequestLifecycle):
     """One generation in flight: the browser's id, the wire id it was sent under, and where it is
     in its lifecycle (started, the next token ``seq``)."""
 
-    __slots__ = ("again", "wire_id")
+    __slots__ = ("again", "spans", "wire_id")
 
-    def __init__(self, request_id: str, wire_id: str) -> None:
+    def __init__(
+        self, request_id: str, wire_id: str, spans: tuple[Span, Span] | None = None
+    ) -> None:
         super().__init__(request_id)
         self.wire_id = wire_id
         self.again: pb.ClientEvent | None = None
         """A Generate for the same id that came after the cancel: started when this one ends."""
+        self.spans = spans
+        """With tracing on: the request's span and its gRPC hop's (``tracing.request_spans``)."""
 
 
 class Connection:
@@ -83,6 +94,7 @@ class Connection:
         "_client",
         "_ending",
         "_idle",
+        "_metrics",
         "_outbox",
         "_rate",
         "_relays",
@@ -102,15 +114,17 @@ class Connection:
         settings: Settings,
         shares: ClientShares | None = None,
         client: str = "",
+        metrics: BridgeMetrics = BRIDGE_OFF,
     ) -> None:
         """``shares``: the bridge's per-client shares, ``client`` this connection's key in
-        them (None: no per-client share)."""
+        them (None: no per-client share); ``metrics``: the bridge's."""
         self.websocket = websocket
         self.id = next(_ids)
         self._stream = stream
         self._settings = settings
         self._shares = shares
         self._client = client
+        self._metrics = metrics
         # request id → its record; the shared empty dict until the first generate (never
         # written to: see _on_frame)
         self._requests: dict[str, _Request] = _NO_REQUESTS
@@ -188,6 +202,7 @@ class Connection:
             event = translate.decode_client_frame(message, self._settings.max_request_id_chars)
             request_id = self._admit(event)
         except InvalidRequest as exc:  # (an InvalidFrame too)
+            self._metrics.frame_refused("invalid")
             # A bad frame spends the frame budget like any other; past it, no answer.
             if self.rate.take(asyncio.get_running_loop().time()):
                 log.info("bad frame conn=%s request_id=%s: %s", self.id, exc.request_id, exc)
@@ -209,11 +224,19 @@ class Connection:
             self._stream.cancel(request.wire_id, forget=False)
 
     def _send_generate(self, request_id: str, event: pb.ClientEvent) -> None:
-        """Send an admitted Generate over the shared stream and keep its record."""
+        """Send an admitted Generate over the shared stream and keep its record. Its trace
+        context goes with it: the client's (an invalid one is dropped, as a proxy drops a
+        malformed header) or, with tracing on, that of the request's gRPC hop span."""
+        generate = event.generate
+        spans = None
+        if tracing.enabled():
+            spans = tracing.request_spans(generate, self.id)
+        elif generate.traceparent and not tracing.valid(generate.traceparent):
+            generate.traceparent = ""
         wire_id = self._stream.generate(self, event)
         if self._requests is _NO_REQUESTS:
             self._requests = {}
-        self._requests[request_id] = _Request(request_id, wire_id)
+        self._requests[request_id] = _Request(request_id, wire_id, spans)
         log.debug("generate conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
 
     def _admit(self, event: pb.ClientEvent) -> str | None:
@@ -229,6 +252,7 @@ class Connection:
         check_generate(generate, self._settings)
         request_id = generate.request_id
         if not self.rate.take(asyncio.get_running_loop().time()):
+            self._metrics.frame_refused("rate")
             raise Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id)
         running = self._requests.get(request_id)
         if running is not None:
@@ -245,15 +269,18 @@ class Connection:
         """Refused unless a new generation may start now: accepting, within the connection's
         concurrency and the client's share (taken here; given back in ``_end``)."""
         if not self._accepting:
+            self._metrics.frame_refused("shutting_down")
             raise Refused(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
         limit = self._settings.max_generations_per_connection
         if len(self._requests) >= limit:
+            self._metrics.frame_refused("per_connection")
             raise Refused(
                 pb.ERROR_CODE_TOO_MANY_REQUESTS,
                 f"at most {limit} generations at once per connection",
                 request_id,
             )
         if self._shares is not None and not self._shares.acquire(self._client):
+            self._metrics.frame_refused("per_client")
             raise Refused(
                 pb.ERROR_CODE_TOO_MANY_REQUESTS,
                 f"at most {self._shares.limit} generations at once per client",
@@ -330,6 +357,7 @@ class Connection:
             self._slow_consumer(unsent)
         elif not self.rate.take(asyncio.get_running_loop().time()):
             log.warning("control frame flood conn=%s: closing", self.id)
+            self._metrics.frame_refused("control_flood")
             self._close_with(
                 pb.ERROR_CODE_TOO_MANY_REQUESTS,
                 "too many frames",
@@ -345,9 +373,13 @@ class Connection:
 
     def cancel_in_flight(self) -> None:
         """Cancel every generation in flight at the generator (the socket is going away; called
-        again when it is gone, a no-op then)."""
+        again when it is gone, a no-op then). No terminal event will come for them: their
+        spans end here."""
         for request in self._requests.values():
             self._stream.cancel(request.wire_id)
+            if request.spans is not None:
+                tracing.end_request(request.spans, _CLIENT_GONE)
+                request.spans = None
 
     def _end(
         self,
@@ -365,6 +397,9 @@ class Connection:
         """
         request = self._requests.pop(request_id)
         self._stream.cancel(request.wire_id)
+        self._metrics.ended(terminal.error.code if terminal.HasField("error") else None)
+        if request.spans is not None:
+            tracing.end_request(request.spans, terminal)
         if self._shares is not None:
             self._shares.release(self._client)
         if finals is None:
@@ -419,6 +454,7 @@ class Connection:
             return
         queued = (self._outbox.bytes if self._outbox is not None else 0) + unsent
         log.warning("slow consumer conn=%s: %d bytes queued, closing", self.id, queued)
+        self._metrics.slow_consumer()
         self._close_with(
             pb.ERROR_CODE_SLOW_CONSUMER,
             "the client did not read fast enough",

@@ -1,4 +1,5 @@
-"""The bridge's server: WebSocket at ``/ws`` (and ``/``), the web client at ``/``, ``/healthz``.
+"""The bridge's server: WebSocket at ``/ws`` (and ``/``), the web client at ``/``, ``/healthz``,
+``/metrics`` (``aistream.metrics``; open like ``/healthz``).
 
 One port serves both the page and its socket, so ``aistream up`` prints one URL that works. One
 gRPC channel to the generator, and on it ``generator_streams`` shared streams
@@ -13,7 +14,7 @@ import importlib.resources
 import logging
 import mimetypes
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, HostNames, check_ha
 from aistream.bridge.connection import Connection
 from aistream.bridge.link import GeneratorLink
 from aistream.bridge.shares import ClientShares, client_key_of
+from aistream.metrics import CONTENT_TYPE, BridgeMetrics
 from aistream.settings import GRPC_MAX_MESSAGE_BYTES, Settings
 from aistream.v1 import generator_pb2_grpc
 
@@ -212,6 +214,12 @@ class BridgeServer:
         """Generations each client holds over all its connections (None: no share)."""
         self._on_closed = self._closed  # one bound method for every connection
         self.connections: set[Connection] = set()
+        self.metrics = BridgeMetrics(
+            settings,
+            lambda: len(self.connections),
+            lambda: sum(connection.in_flight for connection in self.connections),
+        )
+        """The process's metrics, served at ``/metrics``."""
         self.port = 0
 
     async def start(self) -> int:
@@ -241,7 +249,9 @@ class BridgeServer:
         )
         return self.port
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         problem = malformed(request)
         if problem is not None:
             # The client's error: a 400 saying what, logged without a traceback.
@@ -255,7 +265,13 @@ class BridgeServer:
             return self._admit(request)
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+        if path == "/metrics":  # (open as /healthz is: docs/operations.md, "Metrics")
+            return self._metrics_page()
         return static_response(self.static_dir, request.path)
+
+    async def _metrics_page(self) -> Response:
+        """``/metrics``: the bridge's metrics (and its generator's, when configured)."""
+        return _response(http.HTTPStatus.OK, await self.metrics.render(), CONTENT_TYPE)
 
     def _admit(self, request: Request) -> Response | None:
         """None lets the WebSocket handshake go on; a Response refuses it."""
@@ -282,10 +298,12 @@ class BridgeServer:
                 verdict.reason,
                 headers.get("Origin"),
             )
+            self.metrics.handshake_refused(verdict.status)
             status = http.HTTPStatus(verdict.status)
             return _response(status, f"{verdict.reason}\n".encode(), "text/plain; charset=utf-8")
         if len(self.connections) >= s.max_connections:
             log.warning("handshake refused: %d connections open", len(self.connections))
+            self.metrics.handshake_refused(http.HTTPStatus.SERVICE_UNAVAILABLE)
             return _response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
                 b"too many connections\n",
@@ -302,13 +320,19 @@ class BridgeServer:
         if sock is not None and send_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         connection = Connection(
-            websocket, self.link.assign(), self.settings, self.shares, _client_key(websocket, s)
+            websocket,
+            self.link.assign(),
+            self.settings,
+            self.shares,
+            _client_key(websocket, s),
+            self.metrics,
         )
         if isinstance(websocket, _ServerConnection):
             # When the client says goodbye its upstreams are closed at once, not after the
             # closing handshake.
             websocket.served = connection
         self.connections.add(connection)
+        self.metrics.connection_opened()
         log.info("connection %s opened from %s", connection.id, websocket.remote_address)
         return connection.serve(self._on_closed)
 

@@ -12,7 +12,8 @@ passes through it to the aiohttp transport unchanged, and from the first one it 
 endpoint (a first attempt, as the ``is_first`` it is given recognises one) it keeps what does
 not depend on the body: the URL, the headers (auth, user agent, platform, retry count) and the
 timeouts. From then on ``send_first`` sends a request's first attempt with them, straight to the
-transport.
+transport. A request's own headers — its trace context, ``traceparent`` — are never learnt: the
+caller hands them to ``send_first`` (and to the SDK's request, as its per-request headers).
 
 This module is written against httpx2's public transport interface only. What it takes on trust
 from the SDK — how a first attempt is marked, that its headers do not change from request to
@@ -42,7 +43,7 @@ coroutine's frame would close the coroutine.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -52,8 +53,10 @@ import httpx2
 
 __all__ = ["FirstAttempts"]
 
-# Headers that belong to one request's body or connection, not to the endpoint.
-_PER_REQUEST = frozenset((b"host", b"content-length", b"transfer-encoding"))
+# Headers that belong to one request's body, connection or trace, not to the endpoint.
+_PER_REQUEST = frozenset(
+    (b"host", b"content-length", b"transfer-encoding", b"traceparent", b"tracestate")
+)
 
 
 class _Replay:
@@ -102,16 +105,19 @@ class FirstAttempts(httpx2.AsyncBaseTransport):
         endpoint through this transport."""
         return self._template is not None
 
-    async def send_first(self, body: bytes) -> httpx2.Response:
-        """Send a first attempt with ``body`` (JSON) as the SDK would; the response is streamed
-        (not read). Raises what the transport raises."""
+    async def send_first(
+        self, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> httpx2.Response:
+        """Send a first attempt with ``body`` (JSON) as the SDK would, plus this request's own
+        ``headers`` (its ``traceparent``); the response is streamed (not read). Raises what the
+        transport raises."""
         template = self._template
         if template is None:
             raise RuntimeError("no first attempt has been seen yet")
         request = httpx2.Request(
             "POST",
             template.url,
-            headers=template.headers,
+            headers=[*template.headers, *headers] if headers else template.headers,
             content=body,
             extensions=template.extensions,
         )

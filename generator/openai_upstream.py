@@ -31,6 +31,11 @@ error, cancellation — closes the HTTP connection.
 
 SDK and transport exceptions are translated here, once, into ``UpstreamFailure``. Upstream error
 text is logged with the request id and never put into a failure's message.
+
+Every attempt of a request carries its ``traceparent`` header (``UpstreamRequest.traceparent``; a
+first attempt gets it from ``send_first``, the SDK's attempts as the request's own header), and
+with tracing on the request has a span, ``POST {path}``, from opening to the response's close
+(``_Target.trace``).
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import aiohttp
 import httpx2
@@ -49,6 +55,7 @@ import orjson
 from openai import AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
+from aistream import codes, tracing
 from aistream.generator.first_attempts import FirstAttempts
 from aistream.generator.pacing import ReadPacing
 from aistream.generator.sdk_private import (
@@ -65,6 +72,9 @@ from aistream.generator.upstream import Delta, UpstreamFailure, UpstreamRequest,
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
 __all__ = ["OpenAIUpstream", "map_sdk_error", "parse_chunk"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,7 @@ _DONE = b"[DONE]"
 _MERGE_CHARS = 64 * 1024  # most text merged from the events of one read into one Delta
 _REUSE_WAIT = 0.05  # seconds to wait for the end of a finished body, for connection reuse
 _READ_ERRORS = (openai.OpenAIError, httpx2.HTTPError, aiohttp.ClientError)
+_TRACEPARENT = b"traceparent"
 
 
 def parse_chunk(data: bytes) -> Delta:
@@ -222,6 +233,10 @@ class OpenAIUpstream:
                 settings.max_deadline, connect=settings.first_token_timeout, read=None
             ),
         )
+        base = self._client.base_url
+        self._target = _Target(
+            str(base.copy_with(userinfo=b"")).rstrip("/") + PATH, base.host, base.port
+        )
 
     def model_name(self, requested: str | None) -> str:
         """The requested model, or the configured default."""
@@ -231,14 +246,61 @@ class OpenAIUpstream:
         """Open one streamed chat completion."""
         model = self.model_name(request.model)
         if self._first is None:
-            return _PublicChatStream(self._client, request, model, self._max_event_bytes)
+            return _PublicChatStream(
+                self._client, request, model, self._max_event_bytes, self._target
+            )
         return _ChatStream(
-            self._client, self._first, request, model, self._pacing, self._max_event_bytes
+            self._client,
+            self._first,
+            request,
+            model,
+            self._pacing,
+            self._max_event_bytes,
+            self._target,
         )
 
     async def aclose(self) -> None:
         """Close the SDK's connection pool."""
         await self._client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the answers are asked for, as the upstream request's span names it."""
+
+    url: str
+    """The endpoint's URL, without credentials."""
+    host: str
+    port: int | None
+
+    def trace(self, request: UpstreamRequest) -> tuple[Span | None, str]:
+        """The upstream request's span (tracing on; the child of the generation's) and the
+        ``traceparent`` the request carries: the span's, or with tracing off the one the
+        generation was given, passed on untouched (``""``: none)."""
+        if not tracing.enabled():
+            return None, request.traceparent
+        span = tracing.upstream_span(request.traceparent, "POST", self.url, self.host, self.port)
+        return span, tracing.traceparent(span)
+
+
+def _end_span(span: Span | None, status: int | None, exc: BaseException | None) -> None:
+    """End the upstream request's span (no-op without one) with its response status and, when
+    not the end of the answer ended it, what did: ``cancelled`` (the generation's task, for a
+    cancel, a time limit or a closed call), the code of an upstream failure, or its status."""
+    if span is None:
+        return
+    if status is None and exc is not None:
+        status = getattr(exc.__cause__, "status_code", None)
+    error: str | None = None
+    if isinstance(exc, asyncio.CancelledError):
+        error = "cancelled"
+    elif isinstance(exc, UpstreamFailure):
+        error = codes.json_code(exc.code)
+    elif exc is not None:
+        error = type(exc).__name__
+    elif status is not None and status >= 400:
+        error = str(status)
+    tracing.end_upstream(span, status, error)
 
 
 def _public_http_client(limits: httpx2.Limits) -> httpx2.AsyncClient:
@@ -278,9 +340,12 @@ class _ChatStream:
         model: str,
         pacing: ReadPacing,
         max_event_bytes: int,
+        target: _Target,
     ) -> None:
         self._client = client
         self._first = first
+        self._target = target
+        self._span: Span | None = None
         self._request = request
         self._model = model
         self._pacing = pacing
@@ -297,10 +362,15 @@ class _ChatStream:
         return self._paced is not None
 
     async def __aenter__(self) -> AsyncIterator[Delta]:
+        self._span, traceparent = self._target.trace(self._request)
         try:
-            http_response = await self._open(_body(self._request, self._model))
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._failure(exc) from exc
+            try:
+                http_response = await self._open(_body(self._request, self._model), traceparent)
+            except (openai.OpenAIError, httpx2.HTTPError) as exc:
+                raise self._failure(exc) from exc
+        except BaseException as exc:
+            _end_span(self._span, None, exc)
+            raise
         self._response = http_response
         aio = aiohttp_response(http_response)
         if aio is not None:
@@ -312,15 +382,17 @@ class _ChatStream:
             self._read = lambda: anext(chunks, b"")
         return self._deltas()
 
-    async def _open(self, body: dict[str, Any]) -> httpx2.Response:
+    async def _open(self, body: dict[str, Any], traceparent: str) -> httpx2.Response:
         """The streamed response to ``body``: a first attempt sent straight to the transport
         when it can be; the SDK's request otherwise, and for everything after a failed first
-        attempt (which its request then takes as its own: first_attempts.py)."""
+        attempt (which its request then takes as its own: first_attempts.py). Every attempt
+        carries ``traceparent`` (when there is one)."""
         first = self._first
         if first.ready:
             outcome: httpx2.Response | Exception
+            headers = ((_TRACEPARENT, traceparent.encode()),) if traceparent else ()
             try:
-                outcome = await first.send_first(orjson.dumps(body))
+                outcome = await first.send_first(orjson.dumps(body), headers)
             except Exception as exc:  # the SDK decides what every error means
                 # (without this frame's traceback: kept here, it would hold the frame that
                 # holds it — a reference cycle, aistream/collector.py)
@@ -329,14 +401,22 @@ class _ChatStream:
                 if outcome.is_success:
                     return outcome
             async with first.replaying(outcome):
-                return await self._sdk_post(body)
-        return await self._sdk_post(body)
+                return await self._sdk_post(body, traceparent)
+        return await self._sdk_post(body, traceparent)
 
-    async def _sdk_post(self, body: dict[str, Any]) -> httpx2.Response:
+    async def _sdk_post(self, body: dict[str, Any], traceparent: str) -> httpx2.Response:
         # The SDK's generic POST: its base URL, auth, headers, retries and typed status errors,
         # without re-validating a body we build the same way every time (its typed ``create``
         # spent a third of opening a request on that); ``cast_to`` the raw response, streamed,
-        # leaves the body to us.
+        # leaves the body to us. A traceparent is the request's own header (``options``).
+        if traceparent:
+            return await self._client.post(
+                PATH,
+                cast_to=httpx2.Response,
+                body=body,
+                options={"headers": {"traceparent": traceparent}},
+                stream=True,
+            )
         return await self._client.post(PATH, cast_to=httpx2.Response, body=body, stream=True)
 
     def abort(self) -> None:
@@ -369,6 +449,7 @@ class _ChatStream:
                             pass
         finally:
             await self._response.aclose()
+            _end_span(self._span, self._response.status_code, exc)
 
     async def _deltas(self) -> AsyncIterator[Delta]:
         read, paced = self._read, self._paced
@@ -441,8 +522,15 @@ class _PublicChatStream:
     truncated answer here, a finished one on the fast path)."""
 
     def __init__(
-        self, client: openai.AsyncOpenAI, request: UpstreamRequest, model: str, max_event: int
+        self,
+        client: openai.AsyncOpenAI,
+        request: UpstreamRequest,
+        model: str,
+        max_event: int,
+        target: _Target,
     ) -> None:
+        self._target = target
+        self._span: Span | None = None
         self._max_event = max_event
         self._client = client
         self._request = request
@@ -453,17 +541,23 @@ class _PublicChatStream:
     async def __aenter__(self) -> AsyncIterator[Delta]:
         request = self._request
         messages = [{"role": role, "content": text} for role, text in request.messages]
+        self._span, traceparent = self._target.trace(request)
         try:
-            self._stream = await self._client.chat.completions.create(
-                model=self._model,
-                messages=cast("list[ChatCompletionMessageParam]", messages),
-                max_tokens=request.max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                temperature=openai.omit if request.temperature is None else request.temperature,
-            )
-        except openai.OpenAIError as exc:
-            raise _failure(request.request_id, exc) from exc
+            try:
+                self._stream = await self._client.chat.completions.create(
+                    model=self._model,
+                    messages=cast("list[ChatCompletionMessageParam]", messages),
+                    max_tokens=request.max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    temperature=openai.omit if request.temperature is None else request.temperature,
+                    extra_headers={"traceparent": traceparent} if traceparent else None,
+                )
+            except openai.OpenAIError as exc:
+                raise _failure(request.request_id, exc) from exc
+        except BaseException as exc:
+            _end_span(self._span, None, exc)
+            raise
         return self._deltas(self._stream)
 
     def abort(self) -> None:
@@ -488,6 +582,7 @@ class _PublicChatStream:
             if self._closing is not None:
                 with contextlib.suppress(Exception):
                     await self._closing
+            _end_span(self._span, self._stream.response.status_code, exc)
 
     async def _deltas(self, stream: AsyncStream[ChatCompletionChunk]) -> AsyncIterator[Delta]:
         finished = False

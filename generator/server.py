@@ -3,7 +3,8 @@
 ``GeneratorServer.start`` binds (port 0 picks a free port; ``port`` says which) and serves;
 ``stop`` shuts down gracefully: health turns NOT_SERVING, new generations are refused, running
 ones may finish for ``drain_timeout`` seconds and are then ended with a retryable
-``unavailable`` error, their upstreams closed; then the server stops.
+``unavailable`` error, their upstreams closed; then the server stops. With ``metrics_port``
+set, ``/metrics`` is served on that port too (``metrics_port`` says which).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class GeneratorServer:
             self._server,
         )
         self.port = 0
+        self.metrics_port: int | None = None
+        """Where ``/metrics`` is served (None: nowhere; ``metrics_port`` unset or metrics off)."""
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
@@ -87,6 +90,8 @@ class GeneratorServer:
             self.port = self._server.add_secure_port(address, credentials)
         else:
             self.port = self._server.add_insecure_port(address)
+        # /metrics on a port of its own (metrics_port; none by default), on its own thread.
+        self.metrics_port = self.service.metrics.serve(s.generator_host, s.metrics_port)
         await self._server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -110,5 +115,6 @@ class GeneratorServer:
         await self.service.drain(timeout)
         # The ended generations' terminal events still need a moment to reach their clients.
         await self._server.stop(grace=1.0)
+        await self.service.metrics.close()
         await self.upstream.aclose()
         log.info("generator stopped")

@@ -6,8 +6,10 @@ still served until aistream.v2. All three run the same session. One ``StreamSess
 call reads ClientEvents, starts and cancels generations keyed by request
 id, and the handler writes the session's outbox to the call. When the call ends for any reason —
 the client cancels, disconnects or dies — grpc.aio cancels the handler (``CancelledError``; note
-that ``context.cancelled()`` does not report it): the ``finally`` block then cancels every task the
-session spawned and awaits them, so every upstream request is closed before the handler returns.
+that ``context.cancelled()`` does not report it): the ``finally`` block then ends every generation
+still running as ``cancelled`` (logged and counted like any end; no one is left to read it),
+cancels every task the session spawned and awaits them, so every upstream request is closed
+before the handler returns.
 
 Memory per call is bounded whatever the client does. Tokens wait for room in the outbox; a start
 or a rejection answers an event the client sent, so the reader applies no further event (not even
@@ -26,11 +28,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 
 import grpc
 
-from aistream import codes
+from aistream import codes, tracing
 from aistream.collector import release
 from aistream.errors import InvalidRequest
 from aistream.generator.generation import Generation
 from aistream.generator.upstream import Upstream
+from aistream.metrics import GENERATOR_OFF, GeneratorMetrics
 from aistream.outbox import Outbox
 from aistream.settings import GRPC_BATCH_BYTES, Settings
 from aistream.v1 import events_pb2 as pb
@@ -60,8 +63,19 @@ class StreamSession:
     """The generations of one gRPC call, keyed by request id."""
 
     def __init__(
-        self, upstream: Upstream, settings: Settings, peer: str, capacity: Capacity
+        self,
+        upstream: Upstream,
+        settings: Settings,
+        peer: str,
+        capacity: Capacity,
+        *,
+        traceparent: str = "",
+        metrics: GeneratorMetrics = GENERATOR_OFF,
     ) -> None:
+        """``traceparent``: the call's trace context (metadata), for Generates that carry
+        none of their own; ``metrics``: the process's."""
+        self._traceparent = traceparent
+        self._metrics = metrics
         self.outbox = Outbox(settings.stream_buffer, max_bytes=settings.stream_buffer_bytes)
         self._capacity = capacity
         self._upstream = upstream
@@ -121,6 +135,7 @@ class StreamSession:
                 raise InvalidRequest("the event must be generate or cancel")
         except InvalidRequest as exc:
             log.info("rejected request_id=%s peer=%s: %s", exc.request_id, self._peer, exc)
+            self._metrics.refusal(exc.code)
             self.outbox.put(exc.event())
 
     def _generate(self, generate: pb.Generate) -> None:
@@ -129,6 +144,7 @@ class StreamSession:
             log.info("duplicate generate ignored request_id=%s", request_id)
             return
         if not self._accepting:
+            self._metrics.refusal(pb.ERROR_CODE_UNAVAILABLE)
             self.outbox.put(
                 codes.error_event(
                     pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id
@@ -138,9 +154,17 @@ class StreamSession:
         refusal = self._over_capacity()
         if refusal is not None:
             log.warning("refused request_id=%s peer=%s: %s", request_id, self._peer, refusal)
+            self._metrics.refusal(pb.ERROR_CODE_TOO_MANY_REQUESTS)
             self.outbox.put(codes.error_event(pb.ERROR_CODE_TOO_MANY_REQUESTS, refusal, request_id))
             return
-        generation = Generation(generate, self._upstream, self._settings, self.outbox)
+        generation = Generation(
+            generate,
+            self._upstream,
+            self._settings,
+            self.outbox,
+            self._traceparent,
+            metrics=self._metrics,
+        )
         generation.start()
         task = asyncio.create_task(generation.run(), name=f"generation {request_id}")
         self._running[request_id] = (generation, task)
@@ -197,10 +221,14 @@ class StreamSession:
                 self._end(request_id, pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down")
 
     async def close(self) -> None:
-        """Cancel every task of the session and wait until each has closed its upstream."""
-        tasks = [task for _, task in self._running.values()]
+        """Cancel every task of the session and wait until each has closed its upstream. A
+        generation still running then has lost its client (the call ended): it ends as
+        ``cancelled`` (logged and counted; the event itself can reach no one)."""
+        running = list(self._running.values())
+        tasks = [task for _, task in running]
         self._running.clear()
-        for task in tasks:
+        for generation, task in running:
+            generation.end(pb.ERROR_CODE_CANCELLED, "the call ended")
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -214,6 +242,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self._settings = settings
         self._sessions: set[StreamSession] = set()
         self._capacity = Capacity(settings.max_generations)
+        self.metrics = GeneratorMetrics(
+            settings, lambda: len(self._sessions), upstream.model_name(None)
+        )
+        """The process's metrics (served by the server on ``metrics_port``)."""
 
     @property
     def running(self) -> int:
@@ -227,7 +259,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
     ) -> AsyncIterator[pb.ServerEvent]:
         """Serve one bidirectional stream, one ServerEvent per message."""
         async for batch in self._serve(
-            lambda session: session.read(request_iterator), context.peer(), batch_limit=1
+            lambda session: session.read(request_iterator),
+            context.peer(),
+            batch_limit=1,
+            traceparent=tracing.from_metadata(context.invocation_metadata()),
         ):
             for event in batch:
                 yield event
@@ -240,7 +275,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         """Deprecated (Stream or StreamBatches serve): one bidirectional stream, every waiting
         ServerEvent in one message."""
         async for batch in self._serve(
-            lambda session: session.read(request_iterator), context.peer(), batch_limit=_BATCH
+            lambda session: session.read(request_iterator),
+            context.peer(),
+            batch_limit=_BATCH,
+            traceparent=tracing.from_metadata(context.invocation_metadata()),
         ):
             yield pb.ServerEventBatch(events=batch)
 
@@ -254,6 +292,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             lambda session: session.read_batches(request_iterator),
             context.peer(),
             batch_limit=_BATCH,
+            traceparent=tracing.from_metadata(context.invocation_metadata()),
         ):
             yield pb.ServerEventBatch(events=batch)
 
@@ -262,10 +301,18 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         read: Callable[[StreamSession], Coroutine[None, None, None]],
         peer: str,
         batch_limit: int,
+        traceparent: str = "",
     ) -> AsyncIterator[list[pb.ServerEvent]]:
         """Run one call's session (``read`` applies what the client sends to it) until the
-        client half-closes or the call ends."""
-        session = StreamSession(self._upstream, self._settings, peer, self._capacity)
+        client half-closes or the call ends; ``traceparent``: the call's trace context."""
+        session = StreamSession(
+            self._upstream,
+            self._settings,
+            peer,
+            self._capacity,
+            traceparent=traceparent,
+            metrics=self.metrics,
+        )
         self._sessions.add(session)
         reader = asyncio.create_task(session.reading(read), name="stream reader")
         loop = asyncio.get_running_loop()

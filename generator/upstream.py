@@ -40,6 +40,8 @@ class UpstreamRequest:
     model: str | None
     max_tokens: int
     temperature: float | None
+    traceparent: str = ""
+    """W3C trace context for the upstream request (its ``traceparent`` header; ``""``: none)."""
 
 
 @dataclass(slots=True)

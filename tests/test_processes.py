@@ -121,6 +121,27 @@ async def test_cli_up_serves_a_streaming_chat_and_exits_zero(processes: Spawn) -
     assert up.terminate() == 0
 
 
+async def test_cli_up_hands_its_upstream_flags_to_its_generator(
+    fake: FakeUpstream, processes: Spawn
+) -> None:
+    """`aistream up --base-url … --api-key … --model …` streams from that upstream, asking for
+    that model with that key (the flags reach the generator child, not only the environment)."""
+    up = processes(
+        ["up", "--port", "0", "--base-url", fake.base_url, "--api-key", "k3y", "--model", "m1"],
+        r"aistream is up: open (http://127.0.0.1:(\d+)/)",
+        {"OPENAI_BASE_URL": "", "OPENAI_API_KEY": "", "AISTREAM_MODEL": ""},
+    )
+    assert "SIMULATED" not in up.ready.string
+    async with connect(f"ws://127.0.0.1:{up.ready[2]}/ws") as ws:
+        client = WsClient(ws, "ws")
+        await client.generate("r1", "hello")
+        frames = await client.until(lambda f: f["type"] in ("ai:done", "ai:error"))
+    assert (frames[0]["model"], frames[-1]["type"]) == ("m1", "ai:done")
+    (record,) = fake.records
+    assert (record.body["model"], record.headers["authorization"]) == ("m1", "Bearer k3y")
+    assert up.terminate() == 0
+
+
 @pytest.mark.parametrize("command", ["generator", "bridge"])
 def test_cli_rejects_bad_settings(command: str, processes: Spawn) -> None:
     """A bad setting is a clear one-line error and exit code 2."""

@@ -96,7 +96,9 @@ GROUPS: list[tuple[str, list[str]]] = [
             "generator_tls_key",
         ],
     ),
-    ("Logging", ["log_level"]),
+    ("Logging", ["log_level", "log_format"]),
+    ("Traces", ["traces_exporter", "otlp_protocol"]),
+    ("Metrics", ["metrics", "metrics_port", "metrics_max_models", "generator_metrics_url"]),
 ]
 
 INTRO = """\
@@ -112,7 +114,12 @@ the setting (exit code 2).
 The upstream also honours the `openai` SDK's standard names: `OPENAI_BASE_URL` and `OPENAI_API_KEY`
 (`AISTREAM_BASE_URL` / `AISTREAM_API_KEY` win if both are set). With neither set, the embedded
 **simulated** model serves every request and says so at start. Flags: `--base-url`, `--api-key`,
-`--model` (on `up` and `generator`), `--host`, `--port` (all commands), `--generator` (bridge).
+`--model` (on `up` and `generator`), `--host`, `--port` (all commands), `--generator` (bridge),
+`--metrics-port` (generator).
+Traces likewise honour OpenTelemetry's standard `OTEL_TRACES_EXPORTER`,
+`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (either means `otlp`),
+`OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` and `OTEL_SDK_DISABLED`; the exporter reads the rest of its
+`OTEL_*` settings itself (docs/operations.md, "Traces and logs").
 Booleans accept `1/0`, `true/false`, `yes/no`, `on/off`; lists are comma-separated.
 """
 

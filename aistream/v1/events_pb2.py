@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61istream/v1/events.proto\x12\x0b\x61istream.v1\"z\n\x0b\x43lientEvent\x12\x33\n\x08generate\x18\x01 \x01(\x0b\x32\x15.aistream.v1.GenerateH\x00R\x08generate\x12-\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x13.aistream.v1.CancelH\x00R\x06\x63\x61ncelB\x07\n\x05\x65vent\"D\n\x10\x43lientEventBatch\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.aistream.v1.ClientEventR\x06\x65vents\"\xaa\x02\n\x08Generate\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x34\n\x08messages\x18\x03 \x03(\x0b\x32\x18.aistream.v1.ChatMessageR\x08messages\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\"\n\nmax_tokens\x18\x05 \x01(\rH\x00R\tmaxTokens\x88\x01\x01\x12%\n\x0btemperature\x18\x06 \x01(\x01H\x01R\x0btemperature\x88\x01\x01\x12\"\n\ntimeout_ms\x18\x07 \x01(\rH\x02R\ttimeoutMs\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\r\n\x0b_timeout_ms\"N\n\x0b\x43hatMessage\x12%\n\x04role\x18\x01 \x01(\x0e\x32\x11.aistream.v1.RoleR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"\'\n\x06\x43\x61ncel\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\"\xc3\x01\n\x0bServerEvent\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x12.aistream.v1.StartH\x00R\x05start\x12*\n\x05token\x18\x02 \x01(\x0b\x32\x12.aistream.v1.TokenH\x00R\x05token\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x11.aistream.v1.DoneH\x00R\x04\x64one\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.aistream.v1.ErrorH\x00R\x05\x65rrorB\x07\n\x05\x65vent\"D\n\x10ServerEventBatch\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.aistream.v1.ServerEventR\x06\x65vents\"<\n\x05Start\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\"d\n\x05Token\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05\x63hunk\x18\x02 \x01(\tR\x05\x63hunk\x12\x10\n\x03seq\x18\x03 \x01(\rR\x03seq\x12\x14\n\x05\x63ount\x18\x04 \x01(\rR\x05\x63ount\"\xc9\x01\n\x04\x44one\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12>\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.aistream.v1.FinishReasonR\x0c\x66inishReason\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x12.aistream.v1.UsageR\x05usage\x12\x17\n\x07ttft_ms\x18\x04 \x01(\rR\x06ttftMs\x12\x1f\n\x0b\x64uration_ms\x18\x05 \x01(\rR\ndurationMs\"\x8b\x01\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\rR\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\rR\x10\x63ompletionTokens\x12\x30\n\x06source\x18\x03 \x01(\x0e\x32\x18.aistream.v1.UsageSourceR\x06source\"\xd5\x01\n\x05\x45rror\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12*\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x16.aistream.v1.ErrorCodeR\x04\x63ode\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x1c\n\tretryable\x18\x04 \x01(\x08R\tretryable\x12(\n\x05usage\x18\x05 \x01(\x0b\x32\x12.aistream.v1.UsageR\x05usage\x12\x1f\n\x0b\x64uration_ms\x18\x06 \x01(\rR\ndurationMs*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04*b\n\x0bUsageSource\x12\x1c\n\x18USAGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_SOURCE_UPSTREAM\x10\x01\x12\x1a\n\x16USAGE_SOURCE_ESTIMATED\x10\x02*\xca\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x01\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x02\x12\x1d\n\x19\x45RROR_CODE_UPSTREAM_ERROR\x10\x03\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\x04\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x05\x12 \n\x1c\x45RROR_CODE_TOO_MANY_REQUESTS\x10\x06\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x12\x1c\n\x18\x45RROR_CODE_SLOW_CONSUMER\x10\t\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61istream/v1/events.proto\x12\x0b\x61istream.v1\"z\n\x0b\x43lientEvent\x12\x33\n\x08generate\x18\x01 \x01(\x0b\x32\x15.aistream.v1.GenerateH\x00R\x08generate\x12-\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x13.aistream.v1.CancelH\x00R\x06\x63\x61ncelB\x07\n\x05\x65vent\"D\n\x10\x43lientEventBatch\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.aistream.v1.ClientEventR\x06\x65vents\"\xcc\x02\n\x08Generate\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x34\n\x08messages\x18\x03 \x03(\x0b\x32\x18.aistream.v1.ChatMessageR\x08messages\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\"\n\nmax_tokens\x18\x05 \x01(\rH\x00R\tmaxTokens\x88\x01\x01\x12%\n\x0btemperature\x18\x06 \x01(\x01H\x01R\x0btemperature\x88\x01\x01\x12\"\n\ntimeout_ms\x18\x07 \x01(\rH\x02R\ttimeoutMs\x88\x01\x01\x12 \n\x0btraceparent\x18\x08 \x01(\tR\x0btraceparentB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\r\n\x0b_timeout_ms\"N\n\x0b\x43hatMessage\x12%\n\x04role\x18\x01 \x01(\x0e\x32\x11.aistream.v1.RoleR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"\'\n\x06\x43\x61ncel\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\"\xc3\x01\n\x0bServerEvent\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x12.aistream.v1.StartH\x00R\x05start\x12*\n\x05token\x18\x02 \x01(\x0b\x32\x12.aistream.v1.TokenH\x00R\x05token\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x11.aistream.v1.DoneH\x00R\x04\x64one\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.aistream.v1.ErrorH\x00R\x05\x65rrorB\x07\n\x05\x65vent\"D\n\x10ServerEventBatch\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.aistream.v1.ServerEventR\x06\x65vents\"<\n\x05Start\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\"d\n\x05Token\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05\x63hunk\x18\x02 \x01(\tR\x05\x63hunk\x12\x10\n\x03seq\x18\x03 \x01(\rR\x03seq\x12\x14\n\x05\x63ount\x18\x04 \x01(\rR\x05\x63ount\"\xc9\x01\n\x04\x44one\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12>\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.aistream.v1.FinishReasonR\x0c\x66inishReason\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x12.aistream.v1.UsageR\x05usage\x12\x17\n\x07ttft_ms\x18\x04 \x01(\rR\x06ttftMs\x12\x1f\n\x0b\x64uration_ms\x18\x05 \x01(\rR\ndurationMs\"\x8b\x01\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\rR\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\rR\x10\x63ompletionTokens\x12\x30\n\x06source\x18\x03 \x01(\x0e\x32\x18.aistream.v1.UsageSourceR\x06source\"\xd5\x01\n\x05\x45rror\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12*\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x16.aistream.v1.ErrorCodeR\x04\x63ode\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x1c\n\tretryable\x18\x04 \x01(\x08R\tretryable\x12(\n\x05usage\x18\x05 \x01(\x0b\x32\x12.aistream.v1.UsageR\x05usage\x12\x1f\n\x0b\x64uration_ms\x18\x06 \x01(\rR\ndurationMs*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04*b\n\x0bUsageSource\x12\x1c\n\x18USAGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_SOURCE_UPSTREAM\x10\x01\x12\x1a\n\x16USAGE_SOURCE_ESTIMATED\x10\x02*\xca\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x01\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x02\x12\x1d\n\x19\x45RROR_CODE_UPSTREAM_ERROR\x10\x03\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\x04\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x05\x12 \n\x1c\x45RROR_CODE_TOO_MANY_REQUESTS\x10\x06\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x12\x1c\n\x18\x45RROR_CODE_SLOW_CONSUMER\x10\t\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\nb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aistream.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1651
-  _globals['_ROLE']._serialized_end=1731
-  _globals['_FINISHREASON']._serialized_start=1734
-  _globals['_FINISHREASON']._serialized_end=1893
-  _globals['_USAGESOURCE']._serialized_start=1895
-  _globals['_USAGESOURCE']._serialized_end=1993
-  _globals['_ERRORCODE']._serialized_start=1996
-  _globals['_ERRORCODE']._serialized_end=2326
+  _globals['_ROLE']._serialized_start=1685
+  _globals['_ROLE']._serialized_end=1765
+  _globals['_FINISHREASON']._serialized_start=1768
+  _globals['_FINISHREASON']._serialized_end=1927
+  _globals['_USAGESOURCE']._serialized_start=1929
+  _globals['_USAGESOURCE']._serialized_end=2027
+  _globals['_ERRORCODE']._serialized_start=2030
+  _globals['_ERRORCODE']._serialized_end=2360
   _globals['_CLIENTEVENT']._serialized_start=41
   _globals['_CLIENTEVENT']._serialized_end=163
   _globals['_CLIENTEVENTBATCH']._serialized_start=165
   _globals['_CLIENTEVENTBATCH']._serialized_end=233
   _globals['_GENERATE']._serialized_start=236
-  _globals['_GENERATE']._serialized_end=534
-  _globals['_CHATMESSAGE']._serialized_start=536
-  _globals['_CHATMESSAGE']._serialized_end=614
-  _globals['_CANCEL']._serialized_start=616
-  _globals['_CANCEL']._serialized_end=655
-  _globals['_SERVEREVENT']._serialized_start=658
-  _globals['_SERVEREVENT']._serialized_end=853
-  _globals['_SERVEREVENTBATCH']._serialized_start=855
-  _globals['_SERVEREVENTBATCH']._serialized_end=923
-  _globals['_START']._serialized_start=925
-  _globals['_START']._serialized_end=985
-  _globals['_TOKEN']._serialized_start=987
-  _globals['_TOKEN']._serialized_end=1087
-  _globals['_DONE']._serialized_start=1090
-  _globals['_DONE']._serialized_end=1291
-  _globals['_USAGE']._serialized_start=1294
-  _globals['_USAGE']._serialized_end=1433
-  _globals['_ERROR']._serialized_start=1436
-  _globals['_ERROR']._serialized_end=1649
+  _globals['_GENERATE']._serialized_end=568
+  _globals['_CHATMESSAGE']._serialized_start=570
+  _globals['_CHATMESSAGE']._serialized_end=648
+  _globals['_CANCEL']._serialized_start=650
+  _globals['_CANCEL']._serialized_end=689
+  _globals['_SERVEREVENT']._serialized_start=692
+  _globals['_SERVEREVENT']._serialized_end=887
+  _globals['_SERVEREVENTBATCH']._serialized_start=889
+  _globals['_SERVEREVENTBATCH']._serialized_end=957
+  _globals['_START']._serialized_start=959
+  _globals['_START']._serialized_end=1019
+  _globals['_TOKEN']._serialized_start=1021
+  _globals['_TOKEN']._serialized_end=1121
+  _globals['_DONE']._serialized_start=1124
+  _globals['_DONE']._serialized_end=1325
+  _globals['_USAGE']._serialized_start=1328
+  _globals['_USAGE']._serialized_end=1467
+  _globals['_ERROR']._serialized_start=1470
+  _globals['_ERROR']._serialized_end=1683
 # @@protoc_insertion_point(module_scope)

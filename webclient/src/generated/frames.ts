@@ -152,6 +152,16 @@ export interface GenerateFrame {
    * server's limit: a larger value is clamped to the server's maximum.
    */
   timeoutMs?: number;
+  /**
+   * W3C trace context of the caller's span ("traceparent" in JSON), as in the HTTP
+   * header: "00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>". Optional:
+   * the generation joins that trace. aistream's spans, when it records any, are its
+   * children, and the upstream HTTP request carries a traceparent of the same trace
+   * even when aistream records none. A value that is not a valid traceparent is
+   * ignored, never an error. On the gRPC hop this field carries the context per
+   * request (the bridge sends many requests over one call; call metadata is per call).
+   */
+  traceparent?: string;
 }
 
 /**
