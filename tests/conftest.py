@@ -38,6 +38,43 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT = float(os.environ.get("AISTREAM_TEST_TIME_SCALE", "1"))
 TERMINAL = ("ai:done", "ai:error")
 
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    """This process's resident set size, in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Samples this process's RSS every 20 ms while in use (``async with``); ``growth`` is the
+    peak − the RSS at the start: what a resource test bounds."""
+
+    def __init__(self) -> None:
+        self.start = self.peak = _rss()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, _rss())
+            await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> PeakRss:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def growth(self) -> int:
+        """Bytes the process grew by at its peak."""
+        return self.peak - self.start
+
+
 # --- the lifecycle checker ------------------------------------------------------------------------
 
 

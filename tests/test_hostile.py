@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import TERMINAL, Stack, StackFactory, WsClient, settings_for
+from conftest import TERMINAL, PeakRss, Stack, StackFactory, WsClient, settings_for
 from websockets.asyncio.client import connect
 
 from aistream.generator.server import GeneratorServer
@@ -110,38 +110,6 @@ async def test_malformed_requests_are_the_clients_error(
     assert not loud, [(r.name, r.levelname, r.getMessage()) for r in loud]
 
 
-def _rss() -> int:
-    """This process's resident set size, in bytes."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _PeakRss:
-    """Samples this process's RSS every 20 ms while in use; ``growth`` is peak − start."""
-
-    def __init__(self) -> None:
-        self.start = self.peak = _rss()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _sample(self) -> None:
-        while True:
-            self.peak = max(self.peak, _rss())
-            await asyncio.sleep(0.02)
-
-    async def __aenter__(self) -> _PeakRss:
-        self._task = asyncio.create_task(self._sample())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
-
-
 async def test_one_oversized_upstream_event_ends_only_its_generation(
     make_stack: StackFactory,
 ) -> None:
@@ -197,7 +165,7 @@ async def test_an_event_that_never_ends_is_cut_at_the_cap() -> None:
     gport = await generator.start()
     try:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gport}")
-        async with _PeakRss() as rss, channel:
+        async with PeakRss() as rss, channel:
             call = GeneratorStub(channel).Stream()
             await call.write(pb.ClientEvent(generate=pb.Generate(request_id="r", prompt="hi")))
             events = [e async for e in _until_terminal(call)]
@@ -276,7 +244,7 @@ async def test_a_ping_flood_that_never_reads_is_a_slow_consumer(make_stack: Stac
     await neighbour.send(
         {"type": "ai:generate", "requestId": "n", "prompt": '#fake {"tokens":20,"interval":0.02}'}
     )
-    async with _PeakRss() as rss:
+    async with PeakRss() as rss:
         flooder = await _flood_pings(stack.bridge.port, 200_000)
         done = await neighbour.until(lambda f: f["type"] in TERMINAL)
         await stack.fake.wait_for(lambda: len(stack.bridge.connections) == 1)

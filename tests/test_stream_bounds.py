@@ -10,13 +10,12 @@ the outbox, never on speed.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
 import pytest
-from conftest import UNIT, Conversation, check_conversation, settings_for
+from conftest import UNIT, Conversation, PeakRss, check_conversation, settings_for
 
 from aistream.generator.server import GeneratorServer
 from aistream.generator.service import Capacity, StreamSession
@@ -34,38 +33,6 @@ BATCH = 1000
 RSS_BOUND = 50 * MB
 """Most the process may grow while one client floods (when the reader never waited, 200k invalid
 events grew it ~100 MB, 200k Generates ~300 MB)."""
-
-
-def _rss() -> int:
-    """This process's resident set size, in bytes."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _PeakRss:
-    """Samples this process's RSS every 20 ms while in use; ``growth`` is peak − start."""
-
-    def __init__(self) -> None:
-        self.start = self.peak = _rss()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _sample(self) -> None:
-        while True:
-            self.peak = max(self.peak, _rss())
-            await asyncio.sleep(0.02)
-
-    async def __aenter__(self) -> _PeakRss:
-        self._task = asyncio.create_task(self._sample())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
 
 
 @pytest.fixture
@@ -148,12 +115,12 @@ async def _finishes(channel: grpc.aio.Channel) -> None:
 
 async def _flood_without_reading(
     generator: Callable[..., Any], events: Iterator[pb.ClientEvent], **overrides: Any
-) -> tuple[_PeakRss, StreamSession, GeneratorServer]:
+) -> tuple[PeakRss, StreamSession, GeneratorServer]:
     """Push ``events`` on a StreamBatches call that never reads until the client is stuck (or
     done); a neighbour on another channel meanwhile. The RSS sampled, the flood's session and
     the server."""
     server, port = await generator(**overrides)
-    async with _PeakRss() as rss, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with PeakRss() as rss, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = GeneratorStub(channel).StreamBatches()
         progress = [0]
         pusher = asyncio.create_task(_push(call, events, progress))
