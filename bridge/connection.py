@@ -173,8 +173,9 @@ class Connection:
             try:
                 self.cancel_in_flight()  # the generator closes this connection's upstreams
                 in_flight = len(self._requests)
-                if self._shares is not None:
-                    for _ in range(in_flight):  # (ended with the socket: no terminal to send)
+                for _ in range(in_flight):  # (ended with the socket: no terminal to send)
+                    self._metrics.ended(pb.ERROR_CODE_CANCELLED)
+                    if self._shares is not None:
                         self._shares.release(self._client)
                 self._requests = _NO_REQUESTS
                 tasks = [*(self._relays or ())]

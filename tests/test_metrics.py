@@ -329,3 +329,22 @@ async def test_the_generator_serves_metrics_on_its_own_port(
     assert page.value("aistream_generator_calls_open") == 0
     assert page.value("aistream_upstream_streams_open") == 0
     assert "aistream_bridge" not in page.text
+
+
+async def test_a_socket_closed_mid_stream_counts_its_generations_cancelled(
+    make_stack: StackFactory,
+) -> None:
+    """Generations ended by their socket closing are counted (cancelled) and leave the
+    in-flight gauge."""
+    stack = await make_stack(Script(tokens=1, ttft=5))
+    client = await stack.client()
+    for request_id in ("a", "b"):
+        await client.generate(request_id)
+        await client.until(lambda f: f["type"] == "ai:start")
+    client.conversation.abandoned = True
+    await client.ws.close()
+    await stack.fake.wait_for(lambda: not stack.fake.active() and not stack.bridge.connections)
+    page = await scrape(f"http://127.0.0.1:{stack.bridge.port}/metrics")
+    counted = page.value("aistream_bridge_generations_total", outcome="error", code="cancelled")
+    assert counted == 2
+    assert page.value("aistream_bridge_generations_in_flight") == 0
