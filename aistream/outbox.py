@@ -69,9 +69,12 @@ def _request_id(event: pb.ServerEvent) -> str:
 def _size(item: _Item) -> int:
     if isinstance(item, _Tokens):
         return EVENT_OVERHEAD + item.length
-    if item.WhichOneof("event") == "error":
+    kind = item.WhichOneof("event")
+    if kind == "error":
         error = item.error
         return EVENT_OVERHEAD + len(error.message) + len(error.request_id)
+    if kind == "token":  # (queued tokens are _Tokens; this is a batch's first event, taken out)
+        return EVENT_OVERHEAD + len(item.token.chunk)
     return EVENT_OVERHEAD
 
 
@@ -234,7 +237,7 @@ class Outbox:
             while self._events and len(batch) < limit:
                 batch.append(self.get_nowait())
             return batch
-        size = EVENT_OVERHEAD + (len(first.token.chunk) if first.HasField("token") else 0)
+        size = _size(first)
         while self._events and len(batch) < limit:
             size += _size(self._events[0])
             if size > max_size:

@@ -41,7 +41,6 @@ _Call = grpc.aio.StreamStreamCall[pb.ClientEventBatch, pb.ServerEventBatch]
 _BATCH = 256  # most events in one ClientEventBatch
 # A batch takes no more events once it holds GRPC_BATCH_BYTES: with frames of at most
 # ws_max_size it stays far inside what the generator accepts (aistream/settings.py).
-_BATCH_BYTES = GRPC_BATCH_BYTES
 
 
 class Receiver(Protocol):
@@ -123,7 +122,7 @@ class SharedStream:
                 # batch per turn of its loop instead of one request per two.
                 events = [await writes.get()]
                 size = events[0].ByteSize()
-                while not writes.empty() and len(events) < _BATCH and size < _BATCH_BYTES:
+                while not writes.empty() and len(events) < _BATCH and size < GRPC_BATCH_BYTES:
                     events.append(writes.get_nowait())
                     size += events[-1].ByteSize()
                 await current.call.write(pb.ClientEventBatch(events=events))
