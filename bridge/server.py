@@ -205,7 +205,10 @@ class BridgeServer:
             generator_pb2_grpc.GeneratorStub(self._channel), metadata, settings.generator_streams
         )
         self._server: Server | None = None
-        self.own_hosts = HostNames.of(settings.bridge_host, settings.public_hosts)
+        self.own_hosts = HostNames.of(
+            settings.bridge_host, settings.public_hosts, machine_names=(socket.gethostname(),)
+        )
+        """The hosts a browser's handshake may name (DNS rebinding: bridge/access.py)."""
         self.shares = (
             ClientShares(settings.max_generations_per_client)
             if settings.max_generations_per_client
@@ -239,9 +242,6 @@ class BridgeServer:
             close_timeout=s.ws_close_timeout,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self.own_hosts = HostNames.of(
-            s.bridge_host, s.public_hosts, machine_names=(socket.gethostname(),)
-        )
         # Connect to the generator now, not on the first browser's first generate.
         self._channel.get_state(try_to_connect=True)
         log.info(
