@@ -15,6 +15,7 @@ same thing on every hop::
     ERROR_CODE_INTERNAL        internal             INTERNAL             no         1011 (internal)
     ERROR_CODE_SLOW_CONSUMER   slow_consumer        RESOURCE_EXHAUSTED   yes        1008 (policy)
     ERROR_CODE_UNAUTHENTICATED unauthenticated      UNAUTHENTICATED      no         1008 (policy)
+    ERROR_CODE_INVALID_OUTPUT  invalid_output       UNKNOWN              yes        -
 
 ``retryable`` is the default; a specific failure may say otherwise (an upstream 5xx is retryable,
 an upstream 400 is not, though both are ``upstream_error``): ``is_retryable`` is that rule, and
@@ -114,6 +115,7 @@ CODES: dict[Code, CodeInfo] = {
             False,
             CloseCode.POLICY_VIOLATION,
         ),
+        _row(pb.ERROR_CODE_INVALID_OUTPUT, grpc.StatusCode.UNKNOWN, True),
     )
 }
 

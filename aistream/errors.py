@@ -6,6 +6,7 @@
     │   │   └── InvalidFrame      the WebSocket frame is not a ClientEvent at all
     │   └── Refused               it is well formed but not served now (too_many_requests, …)
     ├── UpstreamFailure           the model upstream could not produce the answer: code, retryable
+    │   └── InvalidOutput         it finished, but what it handed over is unusable (invalid_output)
     ├── SettingsError             a setting has a value that cannot be used
     └── LifecycleViolation        an event broke start → token* → one terminal for its request id
 
@@ -24,6 +25,7 @@ from aistream.v1 import events_pb2 as pb
 __all__ = [
     "AistreamError",
     "InvalidFrame",
+    "InvalidOutput",
     "InvalidRequest",
     "LifecycleViolation",
     "Refused",
@@ -82,6 +84,14 @@ class UpstreamFailure(AistreamError):
         self.code = code
         self.message = message
         self.retryable = codes.is_retryable(code, retryable)
+
+
+class InvalidOutput(UpstreamFailure):
+    """The model finished, but its structured output or a tool call's arguments are not valid
+    JSON, or break the schema (``invalid_output``, retryable: another try may do better)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(pb.ERROR_CODE_INVALID_OUTPUT, message)
 
 
 class SettingsError(AistreamError, ValueError):

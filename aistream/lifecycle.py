@@ -2,10 +2,12 @@
 
 The order every accepted generation follows (PRODUCT.md, guarantee 1)::
 
-    start ──▶ token* ──▶ done | error        exactly one terminal; nothing after it
+    start ──▶ part* ──▶ done | error         exactly one terminal; nothing after it
 
-A Generate that is rejected gets a lone ``error`` and no ``start``. Token ``seq`` numbers count
-from 0 without gaps, a chunk of ``count`` coalesced tokens advancing the next ``seq`` by ``count``.
+A part is a ``token``, ``reasoning``, ``refusal``, ``tool_call`` or ``tool_args`` event
+(``PART_KINDS``). A Generate that is rejected gets a lone ``error`` and no ``start``. The parts'
+``seq`` numbers count from 0 without gaps across every kind, a chunk of ``count`` coalesced
+tokens advancing the next ``seq`` by ``count`` (a ``tool_call`` by one).
 Once an id has ended, a new Generate with that id starts a new, independent lifecycle. A Generate
 for an id still running is not answered (the running generation answers it: idempotent
 retries) — unless the client cancelled that id: then it is answered once the cancelled one ends
@@ -25,10 +27,18 @@ from typing import Literal
 
 from aistream.errors import LifecycleViolation
 
-__all__ = ["TERMINAL_KINDS", "Kind", "Lifecycle", "LifecycleViolation", "RequestLifecycle"]
+__all__ = [
+    "PART_KINDS",
+    "TERMINAL_KINDS",
+    "Kind",
+    "Lifecycle",
+    "LifecycleViolation",
+    "RequestLifecycle",
+]
 
-Kind = Literal["start", "token", "done", "error"]
+Kind = Literal["start", "token", "reasoning", "refusal", "tool_call", "tool_args", "done", "error"]
 TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error"})
+PART_KINDS: frozenset[str] = frozenset({"token", "reasoning", "refusal", "tool_call", "tool_args"})
 
 
 _NOT_COUNTED: Counter[str] = Counter()  # shared, never written: non-strict mode counts nothing
@@ -50,14 +60,14 @@ class RequestLifecycle:
         """Apply one server event for this id: whether it ended the request, or raise
         LifecycleViolation saying what was wrong. (A lone ``error`` ends a request that never
         started: it was rejected.)"""
-        if kind == "token":  # the hot path: first, and no allocation
+        if kind == "token" or kind in PART_KINDS:  # the hot path: first, and no allocation
             if not self.started:
                 raise LifecycleViolation(
-                    f"token for request {self.request_id!r}, which is not running"
+                    f"{kind} for request {self.request_id!r}, which is not running"
                 )
             if seq != self.next_seq:
                 raise LifecycleViolation(
-                    f"token seq {seq} for request {self.request_id!r}, expected {self.next_seq}"
+                    f"{kind} seq {seq} for request {self.request_id!r}, expected {self.next_seq}"
                 )
             self.next_seq += count if count > 0 else 1
             return False

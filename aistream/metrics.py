@@ -239,7 +239,8 @@ class GeneratorMetrics:
         )
         self.ttft = Histogram(
             "aistream_time_to_first_token_seconds",
-            "From accepting a Generate to its first token from the upstream.",
+            "From accepting a Generate to the first part of its answer from the upstream "
+            "(text, a tool call or a refusal; reasoning is not the answer).",
             (model,),
             buckets=TTFT_BUCKETS,
             registry=registry,

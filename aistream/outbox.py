@@ -3,10 +3,11 @@
 The generator has one per gRPC stream (generations produce, the gRPC writer consumes); the bridge
 has one per WebSocket (the gRPC relay produces, the socket sender consumes).
 
-Memory stays bounded whatever the reader does. When the writer falls behind, a token for a request
-id whose previous token event is still waiting is appended to that event (its ``count`` grows, its
-``seq`` stays the first token's), so a slow hop receives fewer, larger frames instead of an ever
-longer queue. Two ways to respect the bounds:
+Memory stays bounded whatever the reader does. When the writer falls behind, a part (answer text,
+reasoning, refusal, tool-call arguments) for a request id whose previous event still waits and is
+a part of the same kind (and tool call), with no gap in ``seq``, is appended to that event (its
+``count`` grows, its ``seq`` stays the first token's), so a slow hop receives fewer, larger
+frames instead of an ever longer queue. Two ways to respect the bounds:
 
 * ``put_token`` (generator) waits for room: at most ``capacity`` events wait, each token event
   holding at most ``max_chunk_chars`` characters.
@@ -27,32 +28,64 @@ from collections import deque
 
 from aistream.v1 import events_pb2 as pb
 
-__all__ = ["EVENT_OVERHEAD", "Outbox"]
+__all__ = ["EVENT_OVERHEAD", "PART_KINDS", "REASONING", "REFUSAL", "TOKEN", "TOOL_ARGS", "Outbox"]
 
 EVENT_OVERHEAD = 128
 """Bytes counted per queued event on top of its text (object and framing overhead)."""
 
 
+TOKEN, REASONING, REFUSAL, TOOL_ARGS = "token", "reasoning", "refusal", "tool_args"
+"""The kinds of mergeable part (their ServerEvent field names)."""
+PART_KINDS = (TOKEN, REASONING, REFUSAL, TOOL_ARGS)
+
+
 class _Tokens:
-    """A token event still waiting: its text kept as parts, the message built once on the way
-    out (appending to a protobuf string copies it every time, and upb keeps every copy)."""
+    """A part event still waiting (answer text, reasoning, refusal or tool-call arguments): its
+    text kept as pieces, the message built once on the way out (appending to a protobuf string
+    copies it every time, and upb keeps every copy). A later part of the same request, kind
+    and tool-call ``index`` whose ``seq`` follows on is appended to it."""
 
-    __slots__ = ("count", "length", "parts", "request_id", "seq")
+    __slots__ = ("count", "index", "kind", "length", "parts", "request_id", "seq")
 
-    def __init__(self, request_id: str, text: str, seq: int, count: int) -> None:
+    def __init__(
+        self, request_id: str, text: str, seq: int, count: int, kind: str = TOKEN, index: int = 0
+    ) -> None:
         self.request_id = request_id
         self.parts = [text]
         self.length = len(text)
         self.seq = seq
         self.count = max(count, 1)
+        self.kind = kind
+        self.index = index
 
     def event(self) -> pb.ServerEvent:
+        chunk = "".join(self.parts)
+        kind = self.kind
+        if kind is TOKEN:
+            return pb.ServerEvent(
+                token=pb.Token(
+                    request_id=self.request_id, chunk=chunk, seq=self.seq, count=self.count
+                )
+            )
+        if kind is REASONING:
+            return pb.ServerEvent(
+                reasoning=pb.Reasoning(
+                    request_id=self.request_id, chunk=chunk, seq=self.seq, count=self.count
+                )
+            )
+        if kind is REFUSAL:
+            return pb.ServerEvent(
+                refusal=pb.Refusal(
+                    request_id=self.request_id, chunk=chunk, seq=self.seq, count=self.count
+                )
+            )
         return pb.ServerEvent(
-            token=pb.Token(
+            tool_args=pb.ToolArgs(
                 request_id=self.request_id,
-                chunk="".join(self.parts),
+                chunk=chunk,
                 seq=self.seq,
                 count=self.count,
+                index=self.index,
             )
         )
 
@@ -73,9 +106,20 @@ def _size(item: _Item) -> int:
     if kind == "error":
         error = item.error
         return EVENT_OVERHEAD + len(error.message) + len(error.request_id)
-    if kind == "token":  # (queued tokens are _Tokens; this is a batch's first event, taken out)
-        return EVENT_OVERHEAD + len(item.token.chunk)
+    if kind in _CHUNKED:  # (queued parts are _Tokens; this is a batch's first event, taken out)
+        return EVENT_OVERHEAD + len(getattr(item, kind).chunk)
+    if kind == "done":
+        done = item.done
+        if done.tool_calls or done.HasField("output"):  # what an answer hands over
+            return EVENT_OVERHEAD + done.ByteSize()
+    elif kind == "tool_call":
+        call = item.tool_call
+        return EVENT_OVERHEAD + len(call.id) + len(call.name)
     return EVENT_OVERHEAD
+
+
+_CHUNKED = frozenset(PART_KINDS)
+_KIND_NAMES = {kind: kind for kind in PART_KINDS}  # interned: a kind is compared by identity
 
 
 class Outbox:
@@ -155,13 +199,18 @@ class Outbox:
         self._waiting.pop(_request_id(event), None)
         self._append(event, _size(event))
 
-    def _merge(self, request_id: str, text: str, seq: int, count: int) -> bool:
-        """Append to the id's waiting token event if it is contiguous and has room."""
+    def _merge(
+        self, request_id: str, text: str, seq: int, count: int, kind: str = TOKEN, index: int = 0
+    ) -> bool:
+        """Append to the id's waiting part event if it is of the same kind (and tool call),
+        contiguous, and has room."""
         waiting = self._waiting.get(request_id)
         if (
             waiting is None
             or waiting.seq + waiting.count != seq
             or waiting.length + len(text) > self._max_chunk
+            or waiting.kind is not kind
+            or waiting.index != index
         ):
             return False
         waiting.parts.append(text)
@@ -170,8 +219,10 @@ class Outbox:
         self._grow(len(text))
         return True
 
-    def _add_tokens(self, request_id: str, text: str, seq: int, count: int) -> None:
-        item = _Tokens(request_id, text, seq, count)
+    def _add_tokens(
+        self, request_id: str, text: str, seq: int, count: int, kind: str = TOKEN, index: int = 0
+    ) -> None:
+        item = _Tokens(request_id, text, seq, count, kind, index)
         self._waiting[request_id] = item
         self._append(item, EVENT_OVERHEAD + item.length)
 
@@ -191,22 +242,53 @@ class Outbox:
             self._has_room.clear()
             await self._has_room.wait()
 
+    async def put_part(
+        self, kind: str, request_id: str, text: str, seq: int, count: int, index: int = 0
+    ) -> None:
+        """``put_token`` for any mergeable part: ``kind`` is one of ``PART_KINDS``, ``index``
+        the tool call of ``TOOL_ARGS``."""
+        while not self._merge(request_id, text, seq, count, kind, index):
+            if self._has_room_for(EVENT_OVERHEAD + len(text)):
+                self._add_tokens(request_id, text, seq, count, kind, index)
+                return
+            self._has_room.clear()
+            await self._has_room.wait()
+
+    async def put_waiting(self, event: pb.ServerEvent) -> None:
+        """Queue a part that merges with nothing (a ToolCallStart), waiting for room like
+        ``put_part``; later parts of its request do not merge into earlier ones."""
+        size = _size(event)
+        while not self._has_room_for(size):
+            self._has_room.clear()
+            await self._has_room.wait()
+        self.put(event)
+
     def offer(self, event: pb.ServerEvent) -> bool:
-        """Queue any event without waiting; False (nothing queued) if it would pass max_bytes."""
-        if event.WhichOneof("event") != "token":
-            if self._max_bytes is not None and self.bytes + _size(event) > self._max_bytes:
+        """Queue any event without waiting; False (nothing queued) if it would pass max_bytes
+        (an empty queue takes any one event: one too large for the bound is the sender's to
+        refuse, and a terminal event's size is bounded by the settings)."""
+        kind = event.WhichOneof("event")
+        if kind not in _CHUNKED:
+            if (
+                self._max_bytes is not None
+                and self._events
+                and self.bytes + _size(event) > self._max_bytes
+            ):
                 return False
             self.put(event)
             return True
-        token = event.token
-        text = token.chunk
+        part = getattr(event, kind)
+        text = part.chunk
         if (
             self._max_bytes is not None
             and self.bytes + EVENT_OVERHEAD + len(text) > self._max_bytes
         ):
             return False
-        if not self._merge(token.request_id, text, token.seq, token.count):
-            self._add_tokens(token.request_id, text, token.seq, token.count)
+        assert kind is not None
+        index = part.index if kind == TOOL_ARGS else 0
+        kind = _KIND_NAMES[kind]
+        if not self._merge(part.request_id, text, part.seq, part.count, kind, index):
+            self._add_tokens(part.request_id, text, part.seq, part.count, kind, index)
         return True
 
     def clear(self) -> None:

@@ -65,6 +65,8 @@ class Settings:
     """Simulated model: delay before its first token."""
     simulated_tokens_per_s: float = 40.0
     """Simulated model: tokens per second after the first (0 = as fast as possible)."""
+    simulated_reasoning_tokens: int = 24
+    """Simulated model: reasoning tokens it streams before each answer (0: it answers at once)."""
 
     # --- time limits (seconds) ----------------------------------------------------------------
     first_token_timeout: float = 30.0
@@ -91,6 +93,21 @@ class Settings:
     """Total characters of all ``messages`` contents plus the prompt."""
     max_tokens_cap: int = 4096
     """Upper bound of ``max_tokens``; a request asking for more gets this."""
+    max_tools: int = 128
+    """Most ``tools`` accepted in one Generate."""
+    max_tool_calls: int = 64
+    """Most tool calls in one assistant message of the history, and in one answer: an upstream
+    that opens more ends its generation with ``upstream_error``."""
+    max_tool_arguments_chars: int = 256 * 1024
+    """Longest arguments text of one tool call, in the history or streamed by the model (a call
+    streamed past it ends the generation with ``invalid_output``)."""
+    max_schema_chars: int = 64 * 1024
+    """Longest JSON (as compact text) of one tool's ``parameters``, of the ``responseFormat``
+    schema, and of ``toolChoice``."""
+    max_output_chars: int = 256 * 1024
+    """With ``responseFormat``: longest answer text kept to parse at the end; a longer answer
+    ends with ``invalid_output``. (Done then carries it parsed: keep it well under
+    ``ws_send_buffer``.)"""
 
     # --- generator ------------------------------------------------------------------------
     generator_host: str = "127.0.0.1"
@@ -257,6 +274,11 @@ class Settings:
             "max_messages",
             "max_history_chars",
             "max_tokens_cap",
+            "max_tools",
+            "max_tool_calls",
+            "max_tool_arguments_chars",
+            "max_schema_chars",
+            "max_output_chars",
             "stream_buffer",
             "stream_buffer_bytes",
             "ws_send_buffer",
@@ -275,6 +297,7 @@ class Settings:
         for name in (
             "simulated_ttft",
             "simulated_tokens_per_s",
+            "simulated_reasoning_tokens",
             "drain_timeout",
             "ws_socket_send_buffer",
             "stream_flush_interval",

@@ -48,7 +48,7 @@ from aistream.bridge.ratelimit import TokenBucket
 from aistream.bridge.shares import ClientShares
 from aistream.collector import release
 from aistream.errors import InvalidRequest, LifecycleViolation, Refused
-from aistream.lifecycle import RequestLifecycle
+from aistream.lifecycle import PART_KINDS, RequestLifecycle
 from aistream.metrics import BRIDGE_OFF, BridgeMetrics
 from aistream.outbox import Outbox
 from aistream.settings import Settings
@@ -316,6 +316,9 @@ class Connection:
             if kind == "token":
                 token = event.token
                 ended = request.observe("token", token.seq, token.count)
+            elif kind in PART_KINDS:
+                part = getattr(event, kind)
+                ended = request.observe(kind, part.seq, getattr(part, "count", 1))
             else:
                 ended = request.observe(kind)
         except LifecycleViolation as exc:

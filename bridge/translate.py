@@ -11,6 +11,9 @@ module, so a field added to an event in ``proto/`` appears on the wire with no c
 * Enum values are lowercase strings without the enum's prefix
   (``ERROR_CODE_RATE_LIMITED`` → ``"rate_limited"``); the zero ``*_UNSPECIFIED`` value is never
   sent (the key is absent).
+* A ``Json`` field (a JSON value carried as its text on the gRPC hop) is the value itself:
+  ``Tool(parameters=Json(text='{"type":"object"}'))`` ⇄ ``{"parameters": {"type": "object"}}``;
+  the text goes into the frame as it is (key order and numbers unchanged).
 * Server → client: plain scalars are always present, ``optional`` scalars and message fields
   only when set. Client → server: every field is optional, unknown keys are ignored (additive
   evolution), wrong types are refused with an ``InvalidFrame`` (``aistream.errors``) naming the
@@ -161,9 +164,23 @@ def _message_plan(descriptor: Descriptor) -> tuple[_Field, ...]:
     return tuple(plan)
 
 
+def _json_to_frame(value: pb.Json) -> Any:
+    return orjson.Fragment(value.text)  # written into the frame as it is (the generator's JSON)
+
+
+def _json_from_frame(value: Any, key: str) -> pb.Json:
+    # (the frame parsed, so the value is plain JSON; its text re-made compact, order kept)
+    try:
+        return pb.Json(text=orjson.dumps(value).decode())
+    except TypeError:  # orjson writes at most 255 levels (it read up to 1,024)
+        raise InvalidFrame(f"{key} is nested too deeply") from None
+
+
 def _message_codec(
     descriptor: Descriptor,
 ) -> tuple[Callable[[Any], Any], Callable[[Any, str], Any]]:
+    if descriptor.full_name == pb.Json.DESCRIPTOR.full_name:
+        return _json_to_frame, _json_from_frame
     nested = _message_plan(descriptor)
     cls = _message_class(descriptor)
 

@@ -24,6 +24,7 @@ async def main(target: str) -> int:
         await call.write(pb.ClientEvent(generate=pb.Generate(request_id="answer", prompt="Hello!")))
         await call.write(pb.ClientEvent(generate=pb.Generate(request_id="stopped", prompt="Long?")))
         endings: dict[str, str] = {}
+        stopped_tokens = 0  # (counted: seq numbers every part, reasoning too)
         async for event in call:
             kind = event.WhichOneof("event")
             if kind == "start":
@@ -32,8 +33,10 @@ async def main(target: str) -> int:
                 token = event.token
                 if token.request_id == "answer":
                     print(token.chunk, end="", flush=True)
-                elif token.seq + token.count >= 3:
-                    await call.write(pb.ClientEvent(cancel=pb.Cancel(request_id="stopped")))
+                else:  # stop the other answer after its third token
+                    stopped_tokens += max(token.count, 1)
+                    if stopped_tokens >= 3:
+                        await call.write(pb.ClientEvent(cancel=pb.Cancel(request_id="stopped")))
             elif kind == "done":
                 usage = event.done.usage
                 endings[event.done.request_id] = "done"

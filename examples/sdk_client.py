@@ -34,14 +34,17 @@ async def main(target: str) -> int:
     await outgoing.put(ClientEvent(generate=Generate(request_id="answer", prompt="Hello!")))
     await outgoing.put(ClientEvent(generate=Generate(request_id="stopped", prompt="Long?")))
     endings: dict[str, str] = {}
+    stopped_tokens = 0  # (counted: seq numbers every part, reasoning too)
     channel = Channel(host, int(port))
     try:
         async for event in GeneratorStub(channel).stream(requests()):
             if event.token is not None:
                 if event.token.request_id == "answer":
                     print(event.token.chunk, end="", flush=True)
-                elif event.token.seq + max(event.token.count, 1) >= 3:
-                    await outgoing.put(ClientEvent(cancel=Cancel(request_id="stopped")))
+                else:  # stop the other answer after its third token
+                    stopped_tokens += max(event.token.count, 1)
+                    if stopped_tokens >= 3:
+                        await outgoing.put(ClientEvent(cancel=Cancel(request_id="stopped")))
             elif event.done is not None:
                 endings[event.done.request_id] = "done"
                 print(f"\n[{event.done.request_id}] done ({event.done.finish_reason.name})")

@@ -68,7 +68,13 @@ from aistream.generator.sdk_private import (
     startup_problems,
 )
 from aistream.generator.sse import EventTooLarge, SSEDecoder
-from aistream.generator.upstream import Delta, UpstreamFailure, UpstreamRequest, truncated
+from aistream.generator.upstream import (
+    CallPiece,
+    Delta,
+    UpstreamFailure,
+    UpstreamRequest,
+    truncated,
+)
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 
@@ -91,19 +97,30 @@ def parse_chunk(data: bytes) -> Delta:
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise _malformed() from None
+        raise _malformed("not JSON") from None
+    return parse_chunk_object(chunk)
+
+
+def parse_chunk_object(chunk: Any) -> Delta:
+    """``parse_chunk`` for a chunk already parsed (the public path's typed chunks, dumped)."""
     if not isinstance(chunk, dict):
-        raise _malformed()
+        raise _malformed("not an object")
     if "error" in chunk:
         raise _MidStreamError(chunk["error"])
     delta = Delta()
     choices = chunk.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
-        content = (choice.get("delta") or {}).get("content")
-        if isinstance(content, str) and content:
-            delta.text = content
-            delta.count = 1
+        fields = choice.get("delta")
+        if fields:
+            if not isinstance(fields, dict):
+                raise _malformed("delta is not an object")
+            content = fields.get("content")
+            if isinstance(content, str) and content:
+                delta.text = content
+                delta.count = 1
+            if len(fields) > 1 or content is None:  # more than answer text: look for parts
+                _parts(fields, delta)
         reason = choice.get("finish_reason")
         if isinstance(reason, str):
             delta.finish_reason = reason
@@ -112,7 +129,66 @@ def parse_chunk(data: bytes) -> Delta:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int) and isinstance(completion, int):
             delta.prompt_tokens, delta.completion_tokens = prompt, completion
+            _usage_details(usage, delta)
     return delta
+
+
+_REASONING_KEYS = ("reasoning_content", "reasoning")  # DeepSeek and llama.cpp; vLLM
+
+
+def _parts(fields: dict[str, Any], delta: Delta) -> None:
+    """The parts of a delta besides its answer text: reasoning (either field name), refusal,
+    tool-call pieces (OpenAI's shape; arguments as text, or an object some servers send)."""
+    for key in _REASONING_KEYS:
+        reasoning = fields.get(key)
+        if isinstance(reasoning, str) and reasoning:
+            delta.reasoning = reasoning
+            delta.reasoning_count = 1
+            break
+    refusal = fields.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        delta.refusal = refusal
+    calls = fields.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise _malformed("tool_calls is not a list")
+    pieces = []
+    for position, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise _malformed("a tool call is not an object")
+        index = call.get("index", position)
+        function = call.get("function") or {}
+        call_id = call.get("id")
+        if isinstance(index, bool) or not isinstance(index, int) or not isinstance(function, dict):
+            raise _malformed("a tool call has no usable index or function")
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(arguments, dict):  # (some servers send the object itself)
+            arguments = orjson.dumps(arguments).decode()
+        if (
+            not isinstance(name, str | None)
+            or not isinstance(arguments, str | None)
+            or not isinstance(call_id, str | None)
+        ):
+            raise _malformed("a tool call has fields of the wrong type")
+        pieces.append(CallPiece(index, call_id or None, name or None, arguments or ""))
+    if pieces:
+        delta.calls = pieces
+
+
+def _usage_details(usage: dict[str, Any], delta: Delta) -> None:
+    """Reasoning and cached token counts, when the upstream gives them."""
+    completion = usage.get("completion_tokens_details")
+    if isinstance(completion, dict):
+        reasoning = completion.get("reasoning_tokens")
+        if isinstance(reasoning, int) and not isinstance(reasoning, bool):
+            delta.reasoning_tokens = reasoning
+    prompt = usage.get("prompt_tokens_details")
+    cached = prompt.get("cached_tokens") if isinstance(prompt, dict) else None
+    if cached is None:
+        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's name
+    if isinstance(cached, int) and not isinstance(cached, bool):
+        delta.cached_tokens = cached
 
 
 def event_too_large() -> UpstreamFailure:
@@ -131,10 +207,18 @@ def no_finish_reason() -> UpstreamFailure:
     )
 
 
-def _malformed() -> UpstreamFailure:
-    return UpstreamFailure(
-        pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream sent a malformed stream", retryable=True
-    )
+class _Malformed(UpstreamFailure):
+    """An event that is not a chat-completion chunk; ``detail`` (for the log) says how."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            pb.ERROR_CODE_UPSTREAM_ERROR, "the upstream sent a malformed stream", retryable=True
+        )
+        self.detail = detail
+
+
+def _malformed(detail: str) -> UpstreamFailure:
+    return _Malformed(detail)
 
 
 class _MidStreamError(UpstreamFailure):
@@ -312,16 +396,29 @@ def _public_http_client(limits: httpx2.Limits) -> httpx2.AsyncClient:
         return openai.DefaultAsyncHttpxClient(limits=limits, follow_redirects=False)
 
 
+def _reasoning_only(delta: Delta) -> bool:
+    return (
+        bool(delta.reasoning)
+        and not delta.text
+        and not delta.refusal
+        and delta.calls is None
+        and delta.finish_reason is None
+        and delta.prompt_tokens is None
+    )
+
+
 def _body(request: UpstreamRequest, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": role, "content": text} for role, text in request.messages],
+        "messages": [message.openai() for message in request.messages],
         "max_tokens": request.max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.tools or request.tool_choice is not None or request.response_format is not None:
+        body.update(request.options())
     return body
 
 
@@ -480,6 +577,7 @@ class _ChatStream:
         ``_MERGE_CHARS`` (so usually one; none when the read completed no event)."""
         out: list[Delta] = []
         merged: Delta | None = None
+        merged_text = False  # whether merged holds answer text only (else reasoning or more)
         try:
             events = self._decoder.feed(chunk)
         except EventTooLarge as exc:
@@ -496,18 +594,45 @@ class _ChatStream:
                     "upstream error event request_id=%s: %r", self._request.request_id, exc.detail
                 )
                 raise
+            except _Malformed as exc:
+                log.warning(
+                    "upstream malformed event request_id=%s: %s",
+                    self._request.request_id,
+                    exc.detail,
+                )
+                raise
             if delta.finish_reason is not None:
                 self._finished = True
-            if merged is None or len(merged.text) + len(delta.text) > _MERGE_CHARS:
-                merged = delta
-                out.append(delta)
-            else:
+            if delta.calls is None and not delta.reasoning and not delta.refusal:
+                # answer text (or none): merged into the previous answer text
+                if (
+                    merged is None
+                    or not merged_text
+                    or len(merged.text) + len(delta.text) > _MERGE_CHARS
+                ):
+                    merged, merged_text = delta, True
+                    out.append(delta)
+                    continue
                 merged.text += delta.text
                 merged.count += delta.count
                 merged.finish_reason = delta.finish_reason or merged.finish_reason
                 if delta.prompt_tokens is not None:
                     merged.prompt_tokens = delta.prompt_tokens
                     merged.completion_tokens = delta.completion_tokens
+                    merged.reasoning_tokens = delta.reasoning_tokens
+                    merged.cached_tokens = delta.cached_tokens
+            elif (
+                merged is not None
+                and not merged_text
+                and _reasoning_only(delta)
+                and _reasoning_only(merged)
+                and len(merged.reasoning) + len(delta.reasoning) <= _MERGE_CHARS
+            ):
+                merged.reasoning += delta.reasoning
+                merged.reasoning_count += delta.reasoning_count
+            else:  # other parts: a delta of their own
+                merged, merged_text = delta, False
+                out.append(delta)
         return out
 
     def _failure(self, exc: Exception) -> UpstreamFailure:
@@ -540,7 +665,7 @@ class _PublicChatStream:
 
     async def __aenter__(self) -> AsyncIterator[Delta]:
         request = self._request
-        messages = [{"role": role, "content": text} for role, text in request.messages]
+        messages = [message.openai() for message in request.messages]
         self._span, traceparent = self._target.trace(request)
         try:
             try:
@@ -552,6 +677,7 @@ class _PublicChatStream:
                     stream_options={"include_usage": True},
                     temperature=openai.omit if request.temperature is None else request.temperature,
                     extra_headers={"traceparent": traceparent} if traceparent else None,
+                    extra_body=request.options() or None,
                 )
             except openai.OpenAIError as exc:
                 raise _failure(request.request_id, exc) from exc
@@ -589,11 +715,11 @@ class _PublicChatStream:
         try:
             async for chunk in stream:
                 delta = _delta_of(chunk)
-                if len(delta.text) > self._max_event:  # (the SDK's decoder has no cap)
+                if _delta_chars(delta) > self._max_event:  # (the SDK's decoder has no cap)
                     log.warning(
                         "upstream event refused request_id=%s: text of %d characters",
                         self._request.request_id,
-                        len(delta.text),
+                        _delta_chars(delta),
                     )
                     raise event_too_large()
                 if delta.finish_reason is not None:
@@ -607,33 +733,26 @@ class _PublicChatStream:
             )
             raise _MidStreamError(exc.body) from None
         except ValueError:  # a data line that is not JSON
-            raise _malformed() from None
+            raise _malformed("not JSON") from None
         if not finished:  # the SDK's iterator ends quietly however the body ended
             raise truncated()
 
 
 def _delta_of(chunk: object) -> Delta:
-    """A typed chunk as ``parse_chunk`` reads the same JSON (attributes may be missing: the
-    SDK builds chunks without validating them)."""
+    """A typed chunk read as ``parse_chunk`` reads the same JSON: its fields (the unknown ones
+    too, such as ``reasoning_content``; the SDK builds chunks without validating them, so
+    their values are what the upstream sent) go through the same decoding."""
     if not isinstance(chunk, ChatCompletionChunk):
-        raise _malformed()
-    delta = Delta()
-    choices = getattr(chunk, "choices", None)
-    if isinstance(choices, list) and choices:
-        choice = choices[0]
-        content = getattr(getattr(choice, "delta", None), "content", None)
-        if isinstance(content, str) and content:
-            delta.text = content
-            delta.count = 1
-        reason = getattr(choice, "finish_reason", None)
-        if isinstance(reason, str):
-            delta.finish_reason = reason
-    usage = getattr(chunk, "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None)
-    completion = getattr(usage, "completion_tokens", None)
-    if isinstance(prompt, int) and isinstance(completion, int):
-        delta.prompt_tokens, delta.completion_tokens = prompt, completion
-    return delta
+        raise _malformed("not a chat completion chunk")
+    return parse_chunk_object(chunk.model_dump(warnings=False))
+
+
+def _delta_chars(delta: Delta) -> int:
+    """The characters a delta carries (the public path's stand-in for an event's size)."""
+    size = len(delta.text) + len(delta.reasoning) + len(delta.refusal)
+    if delta.calls:
+        size += sum(len(piece.arguments) for piece in delta.calls)
+    return size
 
 
 def _failure(request_id: str, exc: Exception, *, reading: bool = False) -> UpstreamFailure:

@@ -2,8 +2,8 @@
 
 Every conversation a test has with the bridge or the generator is recorded by the client that had
 it, and ``_check_every_conversation`` (autouse) runs the one lifecycle checker over all of them
-when the test ends: start → token* → exactly one terminal per generation, nothing after, no gaps in
-``seq``, every start or rejection answering a generate that was sent.
+when the test ends: start → part* → exactly one terminal per generation, nothing after, no gaps in
+``seq`` across parts of every kind, every start or rejection answering a generate that was sent.
 
 Times in tests are multiples of ``UNIT`` seconds; set ``AISTREAM_TEST_TIME_SCALE`` (default 1) to
 stretch them on a slow machine.
@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from aistream.bridge.server import WS_PATH, BridgeServer
 from aistream.children import Child
 from aistream.generator.server import GeneratorServer
-from aistream.lifecycle import Lifecycle
+from aistream.lifecycle import PART_KINDS, Lifecycle
 from aistream.settings import Settings
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
@@ -241,8 +241,8 @@ class GrpcClient:
         assert kind is not None
         body = getattr(event, kind)
         frame = {"type": f"ai:{kind}", "requestId": body.request_id}
-        if kind == "token":
-            frame |= {"seq": body.seq, "count": body.count}
+        if kind in PART_KINDS:  # (a tool_call covers one seq number)
+            frame |= {"seq": body.seq, "count": getattr(body, "count", 1)}
         self.conversation.events.append(("recv", frame))
         return event
 

@@ -412,6 +412,152 @@ async def test_close_ends_responses_in_progress(client: openai.AsyncOpenAI) -> N
         await anext(aiter(stream))
 
 
+async def _deltas(client: openai.AsyncOpenAI, prompt: str = PROMPT, **kwargs: Any) -> list[Any]:
+    """Stream one completion; return every chunk's delta (finish chunk included) and the usage."""
+    deltas: list[Any] = []
+    async with await _stream(client, prompt, **kwargs) as stream:
+        async for chunk in stream:
+            deltas += [choice.delta for choice in chunk.choices]
+            if chunk.usage is not None:
+                deltas.append(chunk.usage)
+    return deltas
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_then_answer_with_usage_details(
+    fake: FakeUpstream, client: openai.AsyncOpenAI, field: str
+) -> None:
+    """Reasoning streams first under its field; usage counts every event and has the details."""
+    fake.script = Script(
+        reasoning=2, reasoning_field=field, tokens=2, reasoning_tokens=2, cached_tokens=1
+    )
+    *deltas, finish, usage = await _deltas(client, stream_options={"include_usage": True})
+    assert [(d.role, d.model_extra.get(field), d.content) for d in deltas] == [
+        ("assistant", "think0 ", None),
+        (None, "think1 ", None),
+        (None, None, "tok0 "),
+        (None, None, "tok1 "),
+    ]
+    assert finish.model_extra == {}
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (2, 4, 6)
+    assert usage.completion_tokens_details.reasoning_tokens == 2
+    assert usage.prompt_tokens_details.cached_tokens == 1
+    [record] = fake.records
+    assert (record.outcome, record.tokens_sent) == ("completed", 4)
+
+
+async def test_parallel_tool_calls_reach_the_sdk(
+    fake: FakeUpstream, client: openai.AsyncOpenAI
+) -> None:
+    """Interleaved tool-call pieces rebuild each call exactly; the finish reason is tool_calls."""
+    weather = '{"city": "Z\\"rich \\u00e9", "note": "caf\u00e9 \U0001f600"}'
+    fake.script = Script(
+        text="Checking.",
+        tool_calls=[
+            {"name": "get_weather", "arguments": weather, "id": "call_w"},
+            {"name": "get_time", "arguments": "{}"},
+        ],
+        tool_call_split=3,
+    )
+    calls: dict[int, dict[str, str]] = {}
+    order, text, reasons = [], "", []
+    async with await _stream(client) as stream:
+        async for chunk in stream:
+            [choice] = chunk.choices
+            text += choice.delta.content or ""
+            reasons.append(choice.finish_reason)
+            for piece in choice.delta.tool_calls or ():
+                order.append(piece.index)
+                call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += piece.id or ""
+                call["name"] += piece.function.name or ""
+                call["arguments"] += piece.function.arguments or ""
+    assert text == "Checking."
+    assert reasons[-1] == "tool_calls"
+    assert order[:4] == [0, 1, 0, 1]  # the openings, then "{}": one fragment of call 1
+    assert calls[0] == {"id": "call_w", "name": "get_weather", "arguments": weather}
+    assert calls[1]["id"].startswith("call_1_")
+    assert (calls[1]["name"], calls[1]["arguments"]) == ("get_time", "{}")
+    assert json.loads(weather) == json.loads(calls[0]["arguments"])
+    [record] = fake.records
+    assert record.tokens_sent == 1 + len(order)  # the text, then one event per piece
+
+
+async def test_refusal_reaches_the_sdk(fake: FakeUpstream, client: openai.AsyncOpenAI) -> None:
+    """A refusal streams as delta.refusal pieces instead of content."""
+    fake.script = Script(refusal="I can't help with that.")
+    *deltas, finish = await _deltas(client)
+    assert "".join(d.refusal for d in deltas) == "I can't help with that."
+    assert {d.content for d in deltas} == {None}
+    assert finish.refusal is None
+
+
+async def test_request_parts_are_recorded(fake: FakeUpstream, client: openai.AsyncOpenAI) -> None:
+    """Tools, tool choice, response format and tool messages reach the record's parsed body."""
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {"name": "f", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages: Any = [
+        {"role": "user", "content": '#fake {"tool_calls": [{"name": "f", "arguments": "{}"}]}'},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    stream = await client.chat.completions.create(
+        model="m",
+        messages=messages,
+        tools=tools,
+        tool_choice="auto",
+        response_format={"type": "json_object"},
+        stream=True,
+    )
+    reasons = [c.choices[0].finish_reason async for c in stream]
+    assert reasons[-1] == "tool_calls"  # the directive in the last user message still counts
+    [record] = fake.records
+    assert record.param("tools") == tools
+    assert record.param("tool_choice") == "auto"
+    assert record.param("response_format") == {"type": "json_object"}
+    assert record.param("nothing", 0) == 0
+    assert [m["role"] for m in record.messages] == ["user", "assistant", "tool"]
+    assert record.messages[1]["tool_calls"] == [call]
+    assert record.messages[2] == messages[2]
+    saved = json.loads(json.dumps(record.to_json()))  # as /_fake/records sends it
+    assert Script.from_json(saved["script"]) == record.script
+
+
+async def test_endings_and_timings_count_every_event(
+    fake: FakeUpstream, client: openai.AsyncOpenAI
+) -> None:
+    """Ending knobs, ttft and interval count reasoning and text chunks alike, in stream order."""
+    fake.script = Script(reasoning=2, text_chunks=["a", "b"], close_after=3)
+    deltas = await _deltas(client)
+    assert [d.model_extra.get("reasoning_content") or d.content for d in deltas] == [
+        "think0 ",
+        "think1 ",
+        "a",
+    ]
+    [record] = fake.records
+    assert (record.outcome, record.tokens_sent) == ("scripted_end", 3)
+
+    fake.clear()
+    fake.script = Script(reasoning=2, text_chunks=["a"], ttft=0.05, interval=0.02)
+    *_, usage = await _deltas(client, max_tokens=10, stream_options={"include_usage": True})
+    assert usage.completion_tokens == 3
+    [record] = fake.records
+    assert record.headers_sent_at is not None
+    assert record.first_token_at is not None
+    assert record.finished_at is not None
+    assert record.first_token_at - record.headers_sent_at >= 0.049
+    assert record.finished_at - record.first_token_at >= 0.039  # two more events
+
+    *deltas, _ = await _deltas(client, '#fake {"interval": 0} hi', max_tokens=1)
+    assert [d.model_extra["reasoning_content"] for d in deltas] == ["think0 "]
+    assert fake.records[-1].tokens_sent == 1
+
+
 def test_script_validation() -> None:
     """Scripts reject impossible values and unknown keys."""
     with pytest.raises(ValueError, match="interval"):

@@ -6,10 +6,13 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
+import orjson
 import pytest
 
 from aistream.testing.fake_upstream import FakeUpstream, Script
+from aistream.testing.fake_upstream.chunks import DONE, render_stream, sse_event, usage_chunk
 
 SCALE = float(os.environ.get("AISTREAM_TEST_TIME_SCALE", "1"))
 """Multiplies every time limit in this module, for slow machines."""
@@ -42,6 +45,108 @@ async def _head(reader: asyncio.StreamReader) -> dict[str, str]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
     return headers
+
+
+async def _chunks(reader: asyncio.StreamReader) -> list[bytes]:
+    """Read a chunked response body; return its HTTP chunks' payloads, in order."""
+    chunks = []
+    async with asyncio.timeout(5 * SCALE):
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await reader.readexactly(size))
+            assert await reader.readexactly(2) == b"\r\n"
+        assert await reader.readuntil(b"\r\n") == b"\r\n"  # no trailers
+    return chunks
+
+
+async def _stream_body(fake: FakeUpstream, script: Script, body: bytes = BODY) -> list[bytes]:
+    """Send one streaming request answered by ``script``; return the body's HTTP chunks."""
+    fake.script = script
+    reader, writer = await asyncio.open_connection("127.0.0.1", fake.port)
+    try:
+        writer.write(_post(body))
+        assert (await _head(reader))[""] == "HTTP/1.1 200 OK"
+        return await _chunks(reader)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _payloads(data: bytes) -> list[bytes]:
+    """The payloads of the ``data:`` events of a stream."""
+    events = data.split(b"\n\n")
+    assert events.pop() == b""
+    assert all(e.startswith(b"data: ") for e in events)
+    return [e[6:] for e in events]
+
+
+async def test_text_only_stream_is_byte_for_byte_the_cached_render(fake: FakeUpstream) -> None:
+    """A text-only stream sends the text path's render, stamped, then usage (with details if
+    scripted) and [DONE], whatever other new knobs say."""
+    usage_body = json.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    ).encode()
+    for details, script in [
+        ({}, Script(text='Sa\u00eft "\U0001f600"\n ok', tokens=4)),
+        ({"reasoning": 3, "cached": 1}, Script(tokens=4, reasoning_tokens=3, cached_tokens=1)),
+        ({}, Script(tokens=4, tool_call_split=2, reasoning_field="reasoning", write_bytes=4096)),
+    ]:
+        data = b"".join(await _stream_body(fake, script, usage_body))
+        first = orjson.loads(_payloads(data)[0])
+        chat_id, created = first["id"], first["created"]
+        expected = render_stream(script.token_texts(), "m", "stop").stamp(chat_id, created)
+        expected += sse_event(usage_chunk(chat_id, created, "m", 1, 4, **details)) + DONE
+        assert data == expected
+
+
+async def test_write_bytes_cuts_inside_utf8_characters(fake: FakeUpstream) -> None:
+    """write_bytes sends the body in small HTTP chunks, cutting characters, yet it decodes."""
+    text = "\u00e9\U0001f600" * 8
+    chunks = await _stream_body(fake, Script(text_chunks=[text, "x"], reasoning=1, write_bytes=7))
+    assert all(len(c) <= 7 for c in chunks)
+
+    def broken(chunk: bytes) -> bool:
+        """Whether a piece alone is not valid UTF-8."""
+        try:
+            chunk.decode()
+        except UnicodeDecodeError:
+            return True
+        return False
+
+    assert any(broken(c) for c in chunks)
+    payloads = _payloads(b"".join(chunks).decode().encode())
+    assert payloads[-1] == b"[DONE]"
+    deltas = [orjson.loads(p)["choices"][0]["delta"] for p in payloads[:-1]]
+    assert deltas == [
+        {"role": "assistant", "reasoning_content": "think0 "},
+        {"content": text},
+        {"content": "x"},
+        {},
+    ]
+    [record] = fake.records
+    assert (record.outcome, record.tokens_sent) == ("completed", 3)
+
+
+async def test_raw_deltas_go_out_verbatim(fake: FakeUpstream) -> None:
+    """Each raw delta is sent as given, one chunk each, then the finish chunk."""
+    raw: list[dict[str, Any]] = [
+        {"tool_calls": [{"index": 7, "function": {"arguments": '"x'}}]},
+        {"tool_calls": "garbage"},
+        {"content": None, "role": "robot", "extra": {"\u00e9": [1.5, None, True]}},
+        {},
+    ]
+    data = b"".join(await _stream_body(fake, Script(raw_deltas=raw)))
+    payloads = _payloads(data)
+    assert payloads.pop() == b"[DONE]"
+    assert len(payloads) == len(raw) + 1
+    for payload, delta in zip(payloads, raw, strict=False):
+        assert b'"delta":' + orjson.dumps(delta) + b',"logprobs"' in payload
+    assert orjson.loads(payloads[-1])["choices"][0]["finish_reason"] == "stop"
+    assert [orjson.loads(p)["choices"][0]["delta"] for p in payloads[:-1]] == raw
 
 
 async def test_half_close_after_the_request_counts_as_gone(fake: FakeUpstream) -> None:

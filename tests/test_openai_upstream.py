@@ -22,13 +22,19 @@ from aistream.generator.openai_upstream import OpenAIUpstream, map_sdk_error, pa
 from aistream.generator.pacing import MIN_INTERVAL, ReadPacing
 from aistream.generator.sdk_private import aiohttp_response, is_first_attempt
 from aistream.generator.server import GeneratorServer
-from aistream.generator.upstream import Abortable, Delta, UpstreamFailure, UpstreamRequest
+from aistream.generator.upstream import (
+    Abortable,
+    Delta,
+    Message,
+    UpstreamFailure,
+    UpstreamRequest,
+)
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
 
 
 def _request(request_id: str = "r1", prompt: str = "hello") -> UpstreamRequest:
-    return UpstreamRequest(request_id, (("user", prompt),), None, 10_000, None)
+    return UpstreamRequest(request_id, (Message("user", prompt),), None, 10_000, None)
 
 
 _SHORT = '#fake {"tokens": 1, "interval": 0, "status": 200}'

@@ -18,7 +18,7 @@ from openai._vendor.httpx_aiohttp.transport import AiohttpResponseStream
 
 from aistream.generator import sdk_private
 from aistream.generator.openai_upstream import OpenAIUpstream
-from aistream.generator.upstream import UpstreamRequest
+from aistream.generator.upstream import Message, UpstreamRequest
 from aistream.testing.fake_upstream import FakeUpstream, Script
 
 
@@ -136,7 +136,7 @@ async def test_a_move_found_at_start_up_is_one_warning_and_the_public_path(
             upstream = OpenAIUpstream(settings_for(fake))
         try:
             assert upstream.path == "public"
-            request = UpstreamRequest("r1", (("user", "hi"),), None, 100, None)
+            request = UpstreamRequest("r1", (Message("user", "hi"),), None, 100, None)
             async with upstream.stream(request) as deltas:
                 assert "".join([d.text async for d in deltas]) == "tok0 tok1 tok2 "
         finally:

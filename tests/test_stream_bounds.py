@@ -20,6 +20,7 @@ from conftest import UNIT, Conversation, PeakRss, check_conversation, settings_f
 from aistream.generator.server import GeneratorServer
 from aistream.generator.service import Capacity, StreamSession
 from aistream.generator.simulated import SimulatedUpstream, answer_tokens
+from aistream.lifecycle import PART_KINDS
 from aistream.v1 import events_pb2 as pb
 from aistream.v1.generator_pb2_grpc import GeneratorStub
 
@@ -187,8 +188,8 @@ class _Recorder:
         kind = str(event.WhichOneof("event"))
         body = getattr(event, kind)
         frame = {"type": f"ai:{kind}", "requestId": body.request_id}
-        if kind == "token":
-            frame |= {"seq": body.seq, "count": body.count}
+        if kind in PART_KINDS:  # (a tool_call covers one seq number)
+            frame |= {"seq": body.seq, "count": getattr(body, "count", 1)}
         self.conversation.events.append(("recv", frame))
         self.events.append(event)
 
@@ -198,7 +199,7 @@ def _mixed(n: int) -> list[pb.ClientEvent]:
     events: list[pb.ClientEvent] = []
     for i in range(n):
         if i % 4 == 0:
-            events.append(_generate(f"g{i}", '#simulate {"tokens": 5}\nhi'))
+            events.append(_generate(f"g{i}", '#simulate {"tokens": 5, "reasoning": 2}\nhi'))
         elif i % 4 == 1:
             events.append(_invalid(i))
         elif i % 4 == 2:
@@ -248,7 +249,7 @@ async def test_a_slow_reader_gets_every_answer_in_lifecycle_order(
     ends |= {e.error.request_id: e for e in got if e.HasField("error")}
     answer = "".join(answer_tokens("hi", 5))
     for i in range(0, 1000, 4):
-        assert ends[f"g{i}"].done.usage.completion_tokens == 5
+        assert ends[f"g{i}"].done.usage.completion_tokens == 5 + 2  # answer and reasoning
         assert "".join(e.token.chunk for e in got if e.token.request_id == f"g{i}") == answer
         # cancelled at once, or (if the reader paused between the two) perhaps done first
         end = ends[f"c{i + 3}"]

@@ -24,7 +24,7 @@ from aistream import tracing
 from aistream.errors import SettingsError
 from aistream.generator.openai_upstream import OpenAIUpstream
 from aistream.generator.server import GeneratorServer
-from aistream.generator.upstream import UpstreamRequest
+from aistream.generator.upstream import Message, UpstreamRequest
 from aistream.settings import Settings
 from aistream.testing.fake_upstream import FakeUpstream, Script
 from aistream.v1 import events_pb2 as pb
@@ -104,7 +104,7 @@ def hex_ids(span: ReadableSpan) -> tuple[str, str, str | None]:
 
 def upstream_request(traceparent: str = "", request_id: str = "r1") -> UpstreamRequest:
     """A short upstream request carrying ``traceparent``."""
-    return UpstreamRequest(request_id, (("user", "hi"),), None, 100, None, traceparent)
+    return UpstreamRequest(request_id, (Message("user", "hi"),), None, 100, None, traceparent)
 
 
 async def answer(upstream: OpenAIUpstream, request: UpstreamRequest) -> str | None:

@@ -24,7 +24,16 @@ from aistream.v1 import events_pb2 as pb
 def test_frame_types_follow_the_schema_oneofs() -> None:
     """Frame types are "ai:" + each envelope's oneof field names."""
     assert CLIENT_TYPES == ("ai:generate", "ai:cancel")
-    assert SERVER_TYPES == ("ai:start", "ai:token", "ai:done", "ai:error")
+    assert SERVER_TYPES == (
+        "ai:start",
+        "ai:token",
+        "ai:done",
+        "ai:error",
+        "ai:reasoning",
+        "ai:tool_call",
+        "ai:tool_args",
+        "ai:refusal",
+    )
 
 
 def test_core_protocol_generate_decodes() -> None:
@@ -97,7 +106,7 @@ def test_cancel_decodes() -> None:
         ),
         (
             '{"type":"ai:generate","requestId":"r1","messages":[{"role":"god","content":"x"}]}',
-            "messages[0].role must be one of assistant, system, user",
+            "messages[0].role must be one of assistant, system, tool, user",
             "r1",
         ),
     ],
@@ -150,7 +159,83 @@ def test_done_frame_maps_enums_and_nested_usage() -> None:
         "usage": {"promptTokens": 3, "completionTokens": 9, "source": "upstream"},
         "ttftMs": 12,
         "durationMs": 40,
+        "toolCalls": [],
     }
+
+
+def test_done_frame_carries_parts_json_as_values_in_order() -> None:
+    """A Done's tool calls, structured output (a Json: its text, key order kept), reasoning time
+    and usage details reach the frame; the Json is the value, not a string."""
+    event = pb.ServerEvent(
+        done=pb.Done(
+            request_id="r",
+            finish_reason=pb.FINISH_REASON_TOOL_CALLS,
+            usage=pb.Usage(
+                prompt_tokens=3,
+                completion_tokens=9,
+                source=pb.USAGE_SOURCE_UPSTREAM,
+                reasoning_tokens=4,
+                cached_tokens=0,
+            ),
+            tool_calls=[pb.ToolCall(id="c1", name="f", arguments='{"a": "é"}')],
+            output=pb.Json(text='{"z":1,"a":[1.5,null,12345678901234567]}'),
+            reasoning_ms=7,
+        )
+    )
+    text = encode_server_event(event)
+    assert '"output":{"z":1,"a":[1.5,null,12345678901234567]}' in text
+    frame = orjson.loads(text)
+    assert frame["toolCalls"] == [{"id": "c1", "name": "f", "arguments": '{"a": "é"}'}]
+    assert frame["usage"]["reasoningTokens"] == 4
+    assert frame["usage"]["cachedTokens"] == 0  # optional, set: present even when 0
+    assert (frame["finishReason"], frame["reasoningMs"]) == ("tool_calls", 7)
+
+
+def test_part_frames_follow_the_schema() -> None:
+    """Every part event becomes its frame type with camelCase keys."""
+    events = [
+        pb.ServerEvent(reasoning=pb.Reasoning(request_id="r", chunk="hm", seq=0, count=1)),
+        pb.ServerEvent(
+            tool_call=pb.ToolCallStart(request_id="r", seq=1, index=0, id="c", name="f")
+        ),
+        pb.ServerEvent(tool_args=pb.ToolArgs(request_id="r", chunk="{", seq=2, count=1, index=0)),
+        pb.ServerEvent(refusal=pb.Refusal(request_id="r", chunk="no", seq=3, count=1)),
+    ]
+    frames = [orjson.loads(encode_server_event(e)) for e in events]
+    assert frames == [
+        {"type": "ai:reasoning", "requestId": "r", "chunk": "hm", "seq": 0, "count": 1},
+        {"type": "ai:tool_call", "requestId": "r", "seq": 1, "index": 0, "id": "c", "name": "f"},
+        {"type": "ai:tool_args", "requestId": "r", "chunk": "{", "seq": 2, "count": 1, "index": 0},
+        {"type": "ai:refusal", "requestId": "r", "chunk": "no", "seq": 3, "count": 1},
+    ]
+
+
+def test_generate_json_fields_become_json_text_in_order() -> None:
+    """tools[].parameters, toolChoice and responseFormat.schema arrive as Json text, compact,
+    with their keys in the client's order; tool messages keep their call ids."""
+    frame = orjson.dumps(
+        {
+            "type": "ai:generate",
+            "requestId": "r",
+            "prompt": "p",
+            "tools": [
+                {"name": "f", "parameters": {"type": "object", "properties": {"z": {}, "a": {}}}}
+            ],
+            "toolChoice": {"name": "f"},
+            "responseFormat": {"type": "json_schema", "schema": {"type": "object"}, "strict": True},
+            "messages": [
+                {"role": "assistant", "toolCalls": [{"id": "c", "name": "f", "arguments": "{}"}]},
+                {"role": "tool", "toolCallId": "c", "content": "42"},
+            ],
+        }
+    )
+    g = decode_client_frame(frame.decode()).generate
+    assert g.tools[0].parameters.text == '{"type":"object","properties":{"z":{},"a":{}}}'
+    assert g.tool_choice.text == '{"name":"f"}'
+    assert g.response_format.type == pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+    assert (g.response_format.schema.text, g.response_format.strict) == ('{"type":"object"}', True)
+    assert g.messages[0].tool_calls[0] == pb.ToolCall(id="c", name="f", arguments="{}")
+    assert (g.messages[1].role, g.messages[1].tool_call_id) == (pb.ROLE_TOOL, "c")
 
 
 def test_error_frame_has_code_message_and_retryable() -> None:

@@ -27,6 +27,7 @@ GROUPS: list[tuple[str, list[str]]] = [
             "upstream_max_event_bytes",
             "simulated_ttft",
             "simulated_tokens_per_s",
+            "simulated_reasoning_tokens",
         ],
     ),
     (
@@ -42,6 +43,11 @@ GROUPS: list[tuple[str, list[str]]] = [
             "max_messages",
             "max_history_chars",
             "max_tokens_cap",
+            "max_tools",
+            "max_tool_calls",
+            "max_tool_arguments_chars",
+            "max_schema_chars",
+            "max_output_chars",
         ],
     ),
     (

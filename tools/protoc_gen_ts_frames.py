@@ -14,7 +14,12 @@ the bridge uses, so the type checker catches a client that no longer matches the
   the key is left out) may be absent; client → server: every key but ``type`` and ``requestId``
   is optional;
 * 32-bit integers, floats and doubles → ``number``, bool → ``boolean``, string → ``string``,
-  repeated → array, message → interface under the same rules.
+  repeated → array, message → interface under the same rules;
+* ``aistream.v1.Json`` (a JSON value carried as its text on the gRPC hop) → ``JsonValue``: in
+  the frames it is the value itself;
+* a nested message used by frames of both directions (``ToolCall``: sent back in the next
+  request's history) gets one interface, under the server → client rules (every plain scalar
+  present), which is what a client echoing it sends.
 
 It emits an interface per frame (``GenerateFrame``, ``TokenFrame`` …) and per nested message, a
 string-literal union and a value array per enum, the ``ClientFrame`` / ``ServerFrame`` unions
@@ -50,6 +55,19 @@ TS_SCALARS: dict[int, str] = {
     FieldProto.TYPE_FIXED32: "number",
     FieldProto.TYPE_SFIXED32: "number",
 }
+
+# Messages whose frame mapping is a plain JSON value, and the TypeScript type that says so.
+JSON_TYPES: dict[str, str] = {".aistream.v1.Json": "JsonValue"}
+JSON_TYPE_DECLARATIONS = [
+    "/** Any JSON value (aistream.v1.Json: its text on the gRPC hop, the value in frames). */",
+    "export type JsonValue =",
+    "  | null",
+    "  | boolean",
+    "  | number",
+    "  | string",
+    "  | JsonValue[]",
+    "  | { [key: string]: JsonValue };",
+]
 
 # SourceCodeInfo path components (descriptor.proto field numbers).
 _MESSAGE_TYPE = 4  # FileDescriptorProto.message_type
@@ -240,6 +258,8 @@ class Generator:
         for f in self.index.messages[full_name].proto.field:
             if f.type == FieldProto.TYPE_MESSAGE:
                 target = f.type_name
+                if target in JSON_TYPES:
+                    continue
                 if target not in self.index.messages:
                     raise PluginError(f"{full_name[1:]}.{f.name}: unknown type {target[1:]}")
                 if self.index.messages[target].proto.options.map_entry:
@@ -249,11 +269,9 @@ class Generator:
                     self.direction[target] = direction
                     self.nested_order.append(target)
                     self.visit(target, direction)
-                elif seen != direction:
-                    raise PluginError(
-                        f"{target[1:]} is used by both client and server frames; "
-                        "the plugin has no naming rule for that yet"
-                    )
+                elif seen != direction and seen != "both":
+                    self.direction[target] = "both"  # one interface, server rules (module doc)
+                    self.visit(target, "both")
             elif f.type == FieldProto.TYPE_ENUM:
                 if f.type_name not in self.enums_used:
                     self.enums_used.append(f.type_name)
@@ -265,7 +283,9 @@ class Generator:
 
     def ts_type(self, f: descriptor_pb2.FieldDescriptorProto) -> str:
         """The TypeScript type of one field's value."""
-        if f.type in (FieldProto.TYPE_MESSAGE, FieldProto.TYPE_ENUM):
+        if f.type_name in JSON_TYPES:
+            base = JSON_TYPES[f.type_name]
+        elif f.type in (FieldProto.TYPE_MESSAGE, FieldProto.TYPE_ENUM):
             base = self.index.ts_name(f.type_name)
         else:
             base = TS_SCALARS[f.type]
@@ -290,7 +310,11 @@ class Generator:
     ) -> list[str]:
         """One interface: a frame (with ``type``) or a nested message."""
         msg = self.index.messages[full_name]
-        arrow = "client → server" if direction == "client" else "server → client"
+        arrow = {
+            "client": "client → server",
+            "server": "server → client",
+            "both": "both ways; every key present, as the server sends it",
+        }[direction]
         comment = msg.comment + ("\n\n" if msg.comment else "") + f"({arrow})"
         lines = [*doc(comment), f"export interface {name} {{"]
         if frame_type is not None:
@@ -375,6 +399,10 @@ class Generator:
             "// Server → client: plain scalars are always present; optional scalars, messages",
             "// and enums (whose *_UNSPECIFIED zero value is never sent) may be absent.",
             "// Client → server: every key but type and requestId is optional.",
+            "",
+            "// --- JSON values " + "-" * 80,
+            "",
+            *JSON_TYPE_DECLARATIONS,
             "",
             "// --- enums " + "-" * 80,
         ]

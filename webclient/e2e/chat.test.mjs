@@ -17,7 +17,10 @@ import {
 before(() => ensureBuilt());
 after(() => closeBrowser());
 
-/** The frames received for `id` make one well-formed generation: start, tokens, one terminal. */
+/**
+ * The frames received for `id` make one well-formed generation: start, parts (reasoning, then
+ * tokens: one seq across them all, no gap), one terminal. `tokens` counts the answer tokens.
+ */
 function assertLifecycle(chat, id, terminal) {
   const frames = chat.received(id);
   const types = frames.map((f) => f.type);
@@ -26,11 +29,13 @@ function assertLifecycle(chat, id, terminal) {
   assert.equal(types.filter((t) => t === "ai:start").length, 1, "one ai:start");
   assert.equal(types.filter((t) => t === "ai:done" || t === "ai:error").length, 1, "one terminal");
   let next = 0;
-  for (const token of frames.filter((f) => f.type === "ai:token")) {
-    assert.equal(token.seq, next, `seq of ${JSON.stringify(token)}`);
-    next += token.count;
+  let tokens = 0;
+  for (const part of frames.slice(1, -1)) {
+    assert.equal(part.seq, next, `seq of ${JSON.stringify(part)}`);
+    next += part.type === "ai:tool_call" ? 1 : part.count;
+    if (part.type === "ai:token") tokens += part.count;
   }
-  return { frames, tokens: next };
+  return { frames, tokens };
 }
 
 test(
@@ -90,9 +95,17 @@ test(
       const answer = chat.answer(second);
       assert.match(await answer.locator(".model").textContent(), /simulated, not a real model/);
       assert.equal(await answer.locator(".status-note").textContent(), "done");
+      // Every completion token counted, the reasoning ones among them (the simulated model
+      // thinks before it answers).
+      const completion = done.usage.completionTokens;
+      const reasoning = done.usage.reasoningTokens ?? 0;
+      assert.equal(completion, 60 + reasoning);
       assert.match(
         await answer.locator(".metrics").textContent(),
-        /first token .* tok\/s · 60 tokens/,
+        new RegExp(
+          `first token .* tok/s · ${completion} tokens` +
+            (reasoning > 0 ? ` \\(${reasoning} reasoning` : ""),
+        ),
       );
       assert.equal(await answer.getByRole("button", { name: "Stop" }).count(), 0);
       assert.equal(await answer.locator("strong", { hasText: "Simulated answer" }).count(), 1);

@@ -2,13 +2,15 @@
 
 ``FakeUpstream`` is a small server on plain ``asyncio.start_server``. ``POST /v1/chat/completions``
 with ``"stream": true`` answers chunks in the chat-completions format, as the real API does, and a
-``Script`` says how: status, delays, token count, and how the stream ends (normally, truncated,
-stalled, reset, malformed, or with an error event). Every request gets a ``RequestRecord`` saying
-what arrived, what was sent and how the response ended, including whether the client closed the
-connection while the response was in progress (``active()`` is the list of "ghost generations").
-A reader task per connection sees the client's EOF or reset at once, even while the fake is
-sleeping or stalled; so a client that half-closes its side counts as gone. Non-streaming requests
-get a 400, unknown paths a 404 (both recorded)::
+``Script`` says how: status, delays, what the stream says (answer tokens or exact text chunks,
+reasoning, a refusal, tool calls, raw delta objects, usage details), how its bytes are cut, and
+how it ends (normally, truncated, stalled, reset, malformed, or with an error event). Every
+request gets a ``RequestRecord`` saying what arrived (``body``, ``messages``, ``param``), what
+was sent and how the response ended, including whether the client closed the connection while
+the response was in progress (``active()`` is the list of "ghost generations"). A reader task
+per connection sees the client's EOF or reset at once, even while the fake is sleeping or
+stalled; so a client that half-closes its side counts as gone. Non-streaming requests get a
+400, unknown paths a 404 (both recorded)::
 
     async with FakeUpstream(Script(tokens=3, interval=0.01)) as fake:
         ...  # point a client at fake.base_url
@@ -28,6 +30,7 @@ script); ``python -m aistream.testing.fake_upstream`` runs it until SIGTERM or S
 The modules, each one concept:
 
 - ``script``: the ``Script`` knobs and the ``#fake`` directive;
+- ``parts``: the events of a stream with reasoning, text chunks, refusal, tool calls, raw deltas;
 - ``body``: what is read from a request body (messages, model, limits, options);
 - ``chunks``: pure rendering of chat-completion chunks and SSE events (``bench.upstream`` too);
 - ``errors``: the JSON error bodies;

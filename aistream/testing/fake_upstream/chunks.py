@@ -3,8 +3,9 @@
 No I/O and no HTTP framing here (h11 frames the fake's bodies; ``bench.upstream``, which speaks
 HTTP by hand, frames its own). ``completion_chunk`` and ``usage_chunk`` render the JSON objects
 the real API sends, ``sse_event`` wraps a payload as one server-sent event, and
-``render_stream`` renders every event of a stream once, with placeholders for the id and
-creation time that ``Rendered.stamp`` fills in per response::
+``render_stream`` renders every event of a text-only stream once, with placeholders for the id
+and creation time that ``Rendered.stamp`` fills in per response; ``render_deltas`` does the
+same, more slowly, for a stream of any delta objects (reasoning, refusal, tool calls, ...)::
 
     data: {"id":"chatcmpl-…","object":"chat.completion.chunk","created":…,"model":"m",
            "choices":[{"index":0,"delta":{"content":"tok1 "},"logprobs":null,"finish_reason":null}]}
@@ -15,6 +16,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -25,6 +27,7 @@ __all__ = [
     "completion_chunk",
     "error_event",
     "new_chat_id",
+    "render_deltas",
     "render_stream",
     "sse_event",
     "usage_chunk",
@@ -53,7 +56,7 @@ def new_chat_id() -> str:
 
 
 def completion_chunk(
-    chat_id: str, created: int, model: str, delta: Mapping[str, str], finish_reason: str | None
+    chat_id: str, created: int, model: str, delta: Mapping[str, Any], finish_reason: str | None
 ) -> bytes:
     """Render one ``chat.completion.chunk`` object with a single choice as JSON."""
     return orjson.dumps(
@@ -69,13 +72,30 @@ def completion_chunk(
     )
 
 
-def usage_chunk(chat_id: str, created: int, model: str, prompt: int, completion: int) -> bytes:
-    """Render the final usage chunk of a stream (no choices) as JSON."""
-    usage = {
+def usage_chunk(
+    chat_id: str,
+    created: int,
+    model: str,
+    prompt: int,
+    completion: int,
+    *,
+    reasoning: int | None = None,
+    cached: int | None = None,
+) -> bytes:
+    """Render the final usage chunk of a stream (no choices) as JSON.
+
+    ``reasoning`` and ``cached`` add ``completion_tokens_details.reasoning_tokens`` and
+    ``prompt_tokens_details.cached_tokens``, as the real API does.
+    """
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return orjson.dumps(
         {
             "id": chat_id,
@@ -97,7 +117,7 @@ def error_event(message: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """The rendered events of a stream: every token's chunk, then the finish chunk."""
+    """The rendered events of a stream: every token's (or delta's) chunk, then the finish chunk."""
 
     body: bytes
     """The events, with placeholders for the id and creation time."""
@@ -132,6 +152,23 @@ def render_stream(texts: Sequence[str], model: str, finish_reason: str | None) -
         else:  # the same chunk with only the content spliced in: no dict, one small encode
             parts.append(b"data: %s%s%s\n\n" % (head, orjson.dumps(text), tail))
         offsets.append(offsets[-1] + len(parts[-1]))
+    if finish_reason is not None:
+        parts.append(sse_event(completion_chunk(*ids, {}, finish_reason)))
+    return Rendered(b"".join(parts), tuple(offsets))
+
+
+def render_deltas(
+    deltas: Sequence[Mapping[str, Any]], model: str, finish_reason: str | None
+) -> Rendered:
+    """Render one chunk per delta object, then the finish chunk (``Rendered.stamp`` finishes them).
+
+    The deltas are sent as given: a role, if any, is the caller's to put in the first.
+    """
+    ids = (_ID_PLACEHOLDER, _CREATED_PLACEHOLDER, model)
+    parts = [sse_event(completion_chunk(*ids, delta, None)) for delta in deltas]
+    offsets = [0]
+    for part in parts:
+        offsets.append(offsets[-1] + len(part))
     if finish_reason is not None:
         parts.append(sse_event(completion_chunk(*ids, {}, finish_reason)))
     return Rendered(b"".join(parts), tuple(offsets))

@@ -1,11 +1,11 @@
 """One client connection of the fake upstream, its HTTP/1.1 spoken by h11.
 
 The server takes requests with ``next_request()`` and answers with ``send_head``, ``send_data``
-and ``send_end`` (or ``send_whole``); h11 parses the requests, frames the bodies and decides
-whether the connection can carry another request (``next_cycle()``). ``read_until_closed()``
-runs as its own task for the connection's whole life and hands h11 every byte as it arrives, so
-the client's EOF or reset is seen at once, even while a response sleeps or stalls: a client that
-half-closes its side is gone as far as the fake is concerned.
+(or ``send_pieces``) and ``send_end`` (or ``send_whole``); h11 parses the requests, frames the
+bodies and decides whether the connection can carry another request (``next_cycle()``).
+``read_until_closed()`` runs as its own task for the connection's whole life and hands h11 every
+byte as it arrives, so the client's EOF or reset is seen at once, even while a response sleeps
+or stalls: a client that half-closes its side is gone as far as the fake is concerned.
 """
 
 from __future__ import annotations
@@ -126,6 +126,15 @@ class Connection:
         """Write part of a response body (a streamed body: one HTTP chunk)."""
         if data and not self._head_only:
             self._send(h11.Data(data=data))
+
+    async def send_pieces(self, data: bytes, size: int, pause: float) -> None:
+        """Write part of a response body in pieces of at most ``size`` bytes, each its own write
+        (and HTTP chunk) followed by ``pause`` seconds, so that each is a network read of its own.
+        """
+        for start in range(0, len(data), size):
+            self.send_data(data[start : start + size])
+            await self.drain()
+            await asyncio.sleep(pause)
 
     def send_end(self) -> None:
         """End the response body (a streamed body: the last, empty chunk)."""

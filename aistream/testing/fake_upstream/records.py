@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from aistream.testing.fake_upstream import body as bodies
 from aistream.testing.fake_upstream.script import Script
 
 __all__ = ["ClientClose", "Journal", "Outcome", "RequestRecord"]
@@ -51,7 +52,7 @@ class RequestRecord:
     headers: dict[str, str]
     """Request headers, names lowercased."""
     body: Any
-    """The parsed JSON body, or ``None``."""
+    """The parsed JSON body, or ``None`` (``messages`` and ``param`` read it)."""
     received_at: float
     """``time.monotonic()`` when the whole request had arrived."""
     script: Script | None = None
@@ -60,7 +61,8 @@ class RequestRecord:
     headers_sent_at: float | None = None
     first_token_at: float | None = None
     tokens_sent: int = 0
-    """Content tokens written to the connection so far."""
+    """Events (answer tokens, and reasoning tokens, text chunks, refusal pieces, tool-call
+    pieces or raw deltas) written to the connection so far."""
     outcome: Outcome = "in_progress"
     finished_at: float | None = None
     """When the server ended the response itself (completed, scripted end, reset, shut down)."""
@@ -73,6 +75,16 @@ class RequestRecord:
     def active(self) -> bool:
         """Whether the response is still in progress."""
         return self.outcome == "in_progress"
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The request's messages that are JSON objects (tool calls and tool results too)."""
+        return bodies.messages(self.body)
+
+    def param(self, name: str, default: Any = None) -> Any:
+        """Return a top-level field of the request body (``tools``, ``tool_choice``,
+        ``response_format``, ...), or ``default`` if it has none."""
+        return self.body.get(name, default) if isinstance(self.body, dict) else default
 
     def to_json(self) -> dict[str, Any]:
         """Return the record as a JSON-compatible dict."""

@@ -1,10 +1,11 @@
 """How the fake answers one recorded request: the route checks, then what its script says.
 
 A script's status other than 200 answers its error body; a 200 answers a stream: the headers
-(after ``headers_delay``), the first token after ``ttft``, one token per ``interval`` (or
+(after ``headers_delay``), the first event after ``ttft``, one event per ``interval`` (or
 batches as fast as the socket takes them), then the finish chunk, the usage chunk if asked for,
-and ``[DONE]`` — or the ending a knob chose (``script.ending``). Each stream's events are
-rendered once per (model, tokens, finish reason) and kept in a small cache.
+and ``[DONE]`` — or the ending a knob chose (``script.ending``). A text-only stream's events are
+rendered once per (model, tokens, finish reason) and kept in a small cache; a stream with parts
+(``parts``) is rendered per response. ``write_bytes`` writes the body in small pieces.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aistream.testing.fake_upstream import body as bodies
+from aistream.testing.fake_upstream import parts
 from aistream.testing.fake_upstream.chunks import (
     DONE,
     MALFORMED,
@@ -34,7 +36,8 @@ __all__ = ["ROUTES", "Responder"]
 
 ROUTES = ("/v1/chat/completions", "/chat/completions")
 """The paths that answer chat completions; any other (outside ``/_fake/``) is a 404."""
-_BATCH = 64  # tokens per write when interval is 0
+_BATCH = 64  # events per write when interval is 0
+_PIECE_PAUSE = 0.001  # seconds between the pieces of write_bytes: separate network reads
 _CACHE_SIZE = 128
 
 _CacheKey = tuple[str, str | None, int | None, str | None, int | None]
@@ -113,6 +116,8 @@ class Responder:
 
     def _rendered(self, script: Script, model: str, max_tokens: int | None) -> Rendered:
         """Return the rendered events of a stream, from the cache when possible."""
+        if parts.uses_parts(script):  # fresh tool-call ids each time: not cached
+            return parts.render(script, model, max_tokens)
         key = (model, script.text, script.tokens, script.finish_reason, max_tokens)
         rendered = self._cache.get(key)
         if rendered is None:
@@ -128,7 +133,7 @@ class Responder:
     async def _stream(
         self, conn: Connection, record: RequestRecord, script: Script, body: dict[str, Any]
     ) -> bool:
-        """Stream the script's tokens as chat-completion chunks and end as scripted."""
+        """Stream the script's events as chat-completion chunks and end as scripted."""
         journal = self._journal
         model = bodies.model(body)
         limit = bodies.max_tokens(body) if script.honour_max_tokens else None
@@ -149,10 +154,11 @@ class Responder:
 
         end = ending(script, count)
         stop = count if end is None else end[0]
+        split = script.write_bytes
         if stop and script.interval > 0:
             for i in range(stop):
                 await asyncio.sleep(script.interval if i else script.ttft)
-                conn.send_data(data[offsets[i] : offsets[i + 1]])
+                await _send(conn, data[offsets[i] : offsets[i + 1]], split)
                 journal.sent(record, i + 1)
                 await conn.drain()
         elif stop:
@@ -161,20 +167,32 @@ class Responder:
                 if start:
                     await asyncio.sleep(0)  # let other connections and their readers run
                 last = min(start + _BATCH, stop)
-                conn.send_data(data[offsets[start] : offsets[last]])
+                if split is None:  # the hot path: no coroutine per batch
+                    conn.send_data(data[offsets[start] : offsets[last]])
+                else:
+                    await _send(conn, data[offsets[start] : offsets[last]], split)
                 journal.sent(record, last)
                 await conn.drain()
-        # the delay before an event that follows the tokens (or comes first)
+        # the delay before an event that follows the others (or comes first)
         delay = script.interval if stop else script.ttft
 
-        if end is None:  # the finish chunk follows the last token at once
+        if end is None:  # the finish chunk follows the last event at once
             if not count:
                 await asyncio.sleep(delay)
             tail = [data[offsets[count] :]]
             if script.usage and bodies.wants_usage(body):
                 prompt = bodies.prompt_tokens(body)
-                tail.append(sse_event(usage_chunk(chat_id, created, model, prompt, count)))
-            conn.send_data(b"".join([*tail, DONE]))
+                usage = usage_chunk(
+                    chat_id,
+                    created,
+                    model,
+                    prompt,
+                    count,
+                    reasoning=script.reasoning_tokens,
+                    cached=script.cached_tokens,
+                )
+                tail.append(sse_event(usage))
+            await _send(conn, b"".join([*tail, DONE]), split)
             conn.send_end()
             await conn.drain()
             journal.end(record, "completed")
@@ -189,13 +207,20 @@ class Responder:
             return False
         elif knob == "malformed_after":
             await asyncio.sleep(delay)
-            conn.send_data(MALFORMED)
+            await _send(conn, MALFORMED, split)
         elif knob == "error_event_after":
             await asyncio.sleep(delay)
-            conn.send_data(
-                error_event(script.error_message or "fake upstream: scripted error event")
-            )
+            message = script.error_message or "fake upstream: scripted error event"
+            await _send(conn, error_event(message), split)
         conn.send_end()
         await conn.drain()
         journal.end(record, "scripted_end")
         return True
+
+
+async def _send(conn: Connection, data: bytes, split: int | None) -> None:
+    """Write part of a body at once, or in pieces of ``split`` bytes (``write_bytes``)."""
+    if split is None:
+        conn.send_data(data)
+    else:
+        await conn.send_pieces(data, split, _PIECE_PAUSE)

@@ -15,11 +15,20 @@ __all__ = (
     "Generate",
     "GeneratorStub",
     "GeneratorSyncStub",
+    "Json",
+    "Reasoning",
+    "Refusal",
+    "ResponseFormat",
+    "ResponseFormatType",
     "Role",
     "ServerEvent",
     "ServerEventBatch",
     "Start",
     "Token",
+    "Tool",
+    "ToolArgs",
+    "ToolCall",
+    "ToolCallStart",
     "Usage",
     "UsageSource",
 )
@@ -104,6 +113,13 @@ class ErrorCode(betterproto2.Enum):
     Credentials were missing or wrong ("unauthenticated").
     """
 
+    INVALID_OUTPUT = 11
+    """
+    The model finished, but what it handed over is not usable ("invalid_output"): structured
+    output that is not valid JSON or breaks the schema, or tool call arguments that do not
+    parse. The text already streamed stays the client's; trying again may succeed.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -118,6 +134,7 @@ class ErrorCode(betterproto2.Enum):
             8: "ERROR_CODE_INTERNAL",
             9: "ERROR_CODE_SLOW_CONSUMER",
             10: "ERROR_CODE_UNAUTHENTICATED",
+            11: "ERROR_CODE_INVALID_OUTPUT",
         }
 
     @classmethod
@@ -134,6 +151,7 @@ class ErrorCode(betterproto2.Enum):
             "ERROR_CODE_INTERNAL": 8,
             "ERROR_CODE_SLOW_CONSUMER": 9,
             "ERROR_CODE_UNAUTHENTICATED": 10,
+            "ERROR_CODE_INVALID_OUTPUT": 11,
         }
 
 
@@ -188,6 +206,43 @@ class FinishReason(betterproto2.Enum):
         }
 
 
+class ResponseFormatType(betterproto2.Enum):
+    """
+    ResponseFormatType is the kind of structured output asked for.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set: rejected as invalid.
+    """
+
+    JSON_OBJECT = 1
+    """
+    Any JSON object ("json_object").
+    """
+
+    JSON_SCHEMA = 2
+    """
+    JSON valid against a JSON Schema ("json_schema").
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "RESPONSE_FORMAT_TYPE_UNSPECIFIED",
+            1: "RESPONSE_FORMAT_TYPE_JSON_OBJECT",
+            2: "RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "RESPONSE_FORMAT_TYPE_UNSPECIFIED": 0,
+            "RESPONSE_FORMAT_TYPE_JSON_OBJECT": 1,
+            "RESPONSE_FORMAT_TYPE_JSON_SCHEMA": 2,
+        }
+
+
 class Role(betterproto2.Enum):
     """
     Role names the author of a chat message.
@@ -213,6 +268,11 @@ class Role(betterproto2.Enum):
     The model ("assistant").
     """
 
+    TOOL = 4
+    """
+    The result of a tool call ("tool"), naming the call in tool_call_id.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -220,6 +280,7 @@ class Role(betterproto2.Enum):
             1: "ROLE_SYSTEM",
             2: "ROLE_USER",
             3: "ROLE_ASSISTANT",
+            4: "ROLE_TOOL",
         }
 
     @classmethod
@@ -229,6 +290,7 @@ class Role(betterproto2.Enum):
             "ROLE_SYSTEM": 1,
             "ROLE_USER": 2,
             "ROLE_ASSISTANT": 3,
+            "ROLE_TOOL": 4,
         }
 
 
@@ -299,7 +361,17 @@ class ChatMessage(betterproto2.Message):
 
     content: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    What was said.
+    What was said. May be empty for an assistant message that only calls tools.
+    """
+
+    tool_calls: "list[ToolCall]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The tools the assistant called in this turn (role assistant only).
+    """
+
+    tool_call_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The call this message answers (role tool, where it is required; its result is content).
     """
 
 
@@ -381,6 +453,25 @@ class Done(betterproto2.Message):
     duration_ms: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
     """
     Milliseconds from the Generate being accepted to this event.
+    """
+
+    tool_calls: "list[ToolCall]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The tool calls the model made, in index order, each with its complete arguments (JSON text
+    that parses). Empty when it made none.
+    """
+
+    output: "Json | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    With Generate.response_format: the answer text parsed as JSON, and valid against the
+    schema. Absent without a response_format, and when the model answered with tool calls or a
+    refusal instead of text.
+    """
+
+    reasoning_ms: "int | None" = betterproto2.field(8, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Milliseconds from the Generate being accepted to the first reasoning part; absent when the
+    model streamed no reasoning. (ttft_ms is the first answer part: text, tool call or refusal.)
     """
 
 
@@ -488,8 +579,139 @@ class Generate(betterproto2.Message):
     request (the bridge sends many requests over one call; call metadata is per call).
     """
 
+    tools: "list[Tool]" = betterproto2.field(9, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Tools the model may call (Chat Completions "tools", each a function). A call the model
+    makes streams as ToolCallStart and ToolArgs parts and ends in Done.tool_calls.
+    """
+
+    tool_choice: "Json | None" = betterproto2.field(10, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    How the model may use the tools ("toolChoice"): the string "auto", "none" or "required",
+    or an object {"name": "<tool name>"} to force that tool. Anything else is invalid_request.
+    """
+
+    response_format: "ResponseFormat | None" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Ask for structured output: the answer text streams as usual, and Done carries it parsed
+    (Done.output), validated against the schema; text that is not valid JSON, or breaks the
+    schema, ends the generation with Error(INVALID_OUTPUT) instead.
+    """
+
 
 default_message_pool.register_message("aistream.v1", "Generate", Generate)
+
+
+@dataclass(eq=False, repr=False)
+class Json(betterproto2.Message):
+    """
+    Json is one JSON value (RFC 8259), carried as its UTF-8 text so that nothing of it changes
+    on the way (key order, which a schema's properties use; numbers, exactly). In the browser's
+    JSON frames a Json field is the value itself, not a string: {"parameters": {"type": "object"}}.
+    """
+
+    text: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The value's JSON text.
+    """
+
+
+default_message_pool.register_message("aistream.v1", "Json", Json)
+
+
+@dataclass(eq=False, repr=False)
+class Reasoning(betterproto2.Message):
+    """
+    Reasoning carries the next piece of the model's reasoning ("thinking") text. It is never
+    part of the answer: a client shows it apart, or not at all.
+    """
+
+    request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The request id of the Generate.
+    """
+
+    chunk: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The text, to be appended to the reasoning received before for this id.
+    """
+
+    seq: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Position of this chunk's first token among the request's parts (as Token.seq).
+    """
+
+    count: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    How many upstream tokens this chunk holds (as Token.count).
+    """
+
+
+default_message_pool.register_message("aistream.v1", "Reasoning", Reasoning)
+
+
+@dataclass(eq=False, repr=False)
+class Refusal(betterproto2.Message):
+    """
+    Refusal carries the next piece of the model's refusal text (the model declined to answer).
+    """
+
+    request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The request id of the Generate.
+    """
+
+    chunk: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The text, to be appended to the refusal received before for this id.
+    """
+
+    seq: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Position of this chunk's first token among the request's parts (as Token.seq).
+    """
+
+    count: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    How many upstream tokens this chunk holds (as Token.count).
+    """
+
+
+default_message_pool.register_message("aistream.v1", "Refusal", Refusal)
+
+
+@dataclass(eq=False, repr=False)
+class ResponseFormat(betterproto2.Message):
+    """
+    ResponseFormat asks for an answer that is JSON.
+    """
+
+    type: "ResponseFormatType" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: ResponseFormatType(0)
+    )
+    """
+    "json_object" (any JSON object) or "json_schema" (JSON valid against schema).
+    """
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    A name for the schema (json_schema only; "response" when empty).
+    """
+
+    schema: "Json | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The JSON Schema the answer must be valid against (required with json_schema).
+    """
+
+    strict: "bool | None" = betterproto2.field(4, betterproto2.TYPE_BOOL, optional=True)
+    """
+    Ask the upstream to follow the schema strictly (passed on as given).
+    """
+
+
+default_message_pool.register_message("aistream.v1", "ResponseFormat", ResponseFormat)
 
 
 @dataclass(eq=False, repr=False)
@@ -529,6 +751,34 @@ class ServerEvent(betterproto2.Message):
     The generation ended without finishing, or was rejected ("ai:error"). Terminal.
     """
 
+    reasoning: "Reasoning | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True, group="event"
+    )
+    """
+    A piece of the model's reasoning, before or between answer parts ("ai:reasoning").
+    """
+
+    tool_call: "ToolCallStart | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True, group="event"
+    )
+    """
+    The model began a tool call ("ai:tool_call"): its index, id and name.
+    """
+
+    tool_args: "ToolArgs | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True, group="event"
+    )
+    """
+    A piece of a tool call's arguments text ("ai:tool_args").
+    """
+
+    refusal: "Refusal | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True, group="event"
+    )
+    """
+    A piece of the model's refusal to answer ("ai:refusal").
+    """
+
 
 default_message_pool.register_message("aistream.v1", "ServerEvent", ServerEvent)
 
@@ -552,7 +802,7 @@ default_message_pool.register_message("aistream.v1", "ServerEventBatch", ServerE
 class Start(betterproto2.Message):
     """
     Start says a Generate was accepted. Exactly one per accepted generation,
-    before any Token.
+    before any part.
     """
 
     request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -588,19 +838,143 @@ class Token(betterproto2.Message):
 
     seq: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
     """
-    Position of this chunk's first token in the answer, counting from 0.
-    Consecutive Tokens of one id have increasing seq; a gap never happens.
+    Position of this chunk's first token among the request's parts, counting from 0
+    (for an answer with text only: its position in the answer). The parts of one id
+    have increasing seq; a gap never happens.
     """
 
     count: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
     """
     How many upstream tokens this chunk holds (more than one when tokens were
-    coalesced because a hop fell behind); the next Token's seq is seq + count.
+    coalesced because a hop fell behind); the next part's seq is seq + count.
     0 in events from older servers means 1.
     """
 
 
 default_message_pool.register_message("aistream.v1", "Token", Token)
+
+
+@dataclass(eq=False, repr=False)
+class Tool(betterproto2.Message):
+    """
+    Tool is one function the model may call.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The function's name: 1 to 64 of a-z, A-Z, 0-9, "_" and "-".
+    """
+
+    description: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    What the function does, for the model.
+    """
+
+    parameters: "Json | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The JSON Schema of the function's arguments (an object); absent: no arguments described.
+    """
+
+
+default_message_pool.register_message("aistream.v1", "Tool", Tool)
+
+
+@dataclass(eq=False, repr=False)
+class ToolArgs(betterproto2.Message):
+    """
+    ToolArgs carries the next piece of a tool call's arguments (JSON text, incomplete until
+    Done: a piece may end anywhere, even inside a string or an escape).
+    """
+
+    request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The request id of the Generate.
+    """
+
+    chunk: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The text, to be appended to the arguments received before for this call.
+    """
+
+    seq: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Position of this chunk's first token among the request's parts (as Token.seq).
+    """
+
+    count: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    How many upstream tokens this chunk holds (as Token.count).
+    """
+
+    index: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    The call's index (as in its ToolCallStart).
+    """
+
+
+default_message_pool.register_message("aistream.v1", "ToolArgs", ToolArgs)
+
+
+@dataclass(eq=False, repr=False)
+class ToolCall(betterproto2.Message):
+    """
+    ToolCall is one call of a tool by the model: in Done.tool_calls, and in the assistant
+    message that carries it back in the next Generate of an agent loop.
+    """
+
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The call's id; the tool message answering it names it in tool_call_id.
+    """
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The tool's name.
+    """
+
+    arguments: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The arguments: JSON text (in Done: complete, and proven to parse).
+    """
+
+
+default_message_pool.register_message("aistream.v1", "ToolCall", ToolCall)
+
+
+@dataclass(eq=False, repr=False)
+class ToolCallStart(betterproto2.Message):
+    """
+    ToolCallStart says the model began a tool call. Its arguments follow as ToolArgs with the
+    same index; Done.tool_calls has the whole call.
+    """
+
+    request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The request id of the Generate.
+    """
+
+    seq: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    Position of this part among the request's parts (it covers one number).
+    """
+
+    index: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    The call's place among this answer's tool calls, from 0 (calls may stream interleaved).
+    """
+
+    id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The call's id.
+    """
+
+    name: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The tool's name.
+    """
+
+
+default_message_pool.register_message("aistream.v1", "ToolCallStart", ToolCallStart)
 
 
 @dataclass(eq=False, repr=False)
@@ -624,6 +998,19 @@ class Usage(betterproto2.Message):
     )
     """
     Where the numbers came from.
+    """
+
+    reasoning_tokens: "int | None" = betterproto2.field(4, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Of completion_tokens, those spent reasoning: the upstream's
+    completion_tokens_details.reasoning_tokens, or (estimated) one per reasoning chunk.
+    Absent when unknown and no reasoning streamed.
+    """
+
+    cached_tokens: "int | None" = betterproto2.field(5, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Of prompt_tokens, those the upstream served from its cache
+    (prompt_tokens_details.cached_tokens); absent when the upstream did not say.
     """
 
 

@@ -16,6 +16,7 @@ import {
   type ErrorFrame,
   type GenerateFrame,
   type TokenFrame,
+  type ToolArgsFrame,
 } from "../generated/frames.ts";
 
 const root = resolve(import.meta.dirname, "../../..");
@@ -45,7 +46,17 @@ describe("generated/frames.ts", () => {
 
   it("names the frames and enum values as the bridge sends them", () => {
     expect(CLIENT_FRAME_TYPES).toEqual(["ai:generate", "ai:cancel"]);
-    expect(SERVER_FRAME_TYPES).toEqual(["ai:start", "ai:token", "ai:done", "ai:error"]);
+    expect(SERVER_FRAME_TYPES).toEqual([
+      "ai:start",
+      "ai:token",
+      "ai:done",
+      "ai:error",
+      "ai:reasoning",
+      "ai:tool_call",
+      "ai:tool_args",
+      "ai:refusal",
+    ]);
+    expect(ERROR_CODE_VALUES).toContain("invalid_output");
     expect(ERROR_CODE_VALUES).toContain("rate_limited");
     expect(ERROR_CODE_VALUES).not.toContain("unspecified");
   });
@@ -55,14 +66,24 @@ describe("generated/frames.ts", () => {
     expectTypeOf<GenerateFrame>().toHaveProperty("maxTokens").toEqualTypeOf<number | undefined>();
     expectTypeOf<GenerateFrame["messages"]>().toEqualTypeOf<ChatMessage[] | undefined>();
     expectTypeOf<ChatMessage["role"]>().toEqualTypeOf<
-      "system" | "user" | "assistant" | undefined
+      "system" | "user" | "assistant" | "tool" | undefined
     >();
     expectTypeOf<TokenFrame["seq"]>().toEqualTypeOf<number>();
     expectTypeOf<DoneFrame["ttftMs"]>().toEqualTypeOf<number>();
     expectTypeOf<DoneFrame["usage"]>().toEqualTypeOf<
-      | { promptTokens: number; completionTokens: number; source?: "upstream" | "estimated" }
+      | {
+          promptTokens: number;
+          completionTokens: number;
+          source?: "upstream" | "estimated";
+          reasoningTokens?: number;
+          cachedTokens?: number;
+        }
       | undefined
     >();
+    expectTypeOf<DoneFrame["toolCalls"]>().toEqualTypeOf<
+      { id: string; name: string; arguments: string }[]
+    >();
+    expectTypeOf<ToolArgsFrame["index"]>().toEqualTypeOf<number>();
     expectTypeOf<ErrorFrame["retryable"]>().toEqualTypeOf<boolean>();
   });
 });

@@ -1,17 +1,30 @@
 import { describe, expect, it } from "vitest";
 
-import { formatMs, formatRate, timeToFirstToken, tokensPerSecond } from "./metrics.ts";
+import {
+  completionTokens,
+  formatMs,
+  formatRate,
+  thinkingTime,
+  timeToFirstToken,
+  tokensPerSecond,
+} from "./metrics.ts";
 import type { RequestState } from "./store.ts";
 
 const request = (over: Partial<RequestState>): RequestState => ({
   requestId: "r1",
   prompt: "q",
   messages: [],
+  options: {},
   status: "done",
   queued: false,
   started: true,
   text: "",
   tokens: 10,
+  reasoning: "",
+  reasoningTokens: 0,
+  thinking: false,
+  refusal: "",
+  toolCalls: [],
   timings: {},
   ...over,
 });
@@ -36,6 +49,29 @@ describe("metrics", () => {
     expect(tokensPerSecond(request({ timings: { firstTokenAt: 5, endedAt: 5 } }))).toBeUndefined();
     expect(tokensPerSecond(request({ timings: { firstTokenAt: 5 } }))).toBeUndefined();
     expect(timeToFirstToken(request({ timings: { sentAt: 5 } }))).toBeUndefined();
+  });
+
+  it("leaves reasoning out of the rate, but not out of the tokens", () => {
+    const server = request({
+      timings: { ttftMs: 1000, durationMs: 2000 },
+      usage: { promptTokens: 3, completionTokens: 84, reasoningTokens: 24 },
+    });
+    expect(tokensPerSecond(server)).toBe(60);
+    const page = request({
+      tokens: 10,
+      reasoningTokens: 5,
+      timings: { firstTokenAt: 1000, endedAt: 2000 },
+    });
+    expect(completionTokens(page)).toBe(15);
+    expect(tokensPerSecond(page)).toBe(10);
+  });
+
+  it("measures thinking from the first reasoning to the first answer part", () => {
+    expect(thinkingTime(request({ timings: { reasoningMs: 100, ttftMs: 1300 } }))).toBe(1200);
+    expect(thinkingTime(request({ timings: { firstReasoningAt: 50, firstTokenAt: 800 } }))).toBe(
+      750,
+    );
+    expect(thinkingTime(request({ timings: { firstReasoningAt: 50 } }))).toBeUndefined();
   });
 
   it("formats", () => {

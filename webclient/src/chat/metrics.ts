@@ -10,24 +10,44 @@ export function timeToFirstToken(request: RequestState): number | undefined {
   return Math.max(0, firstTokenAt - sentAt);
 }
 
-/** Completion tokens: the server's count when it sent usage, else the tokens received. */
+/**
+ * Completion tokens, reasoning included: the server's count when it sent usage, else the
+ * tokens received.
+ */
 export function completionTokens(request: RequestState): number {
-  return request.usage?.completionTokens ?? request.tokens;
+  return request.usage?.completionTokens ?? request.tokens + request.reasoningTokens;
+}
+
+/** Of the completion tokens, those spent reasoning: the server's count, else those received. */
+export function reasoningTokens(request: RequestState): number {
+  return request.usage?.reasoningTokens ?? request.reasoningTokens;
 }
 
 /**
- * Generation speed in tokens per second, from the first token to the end: the server's
- * durations when it sent both, else this page's clock. Undefined while that span is too short
- * to measure (a single chunk) or the request has not ended.
+ * Generation speed in tokens per second, from the first answer token to the end (reasoning,
+ * which came before, is left out): the server's durations when it sent both, else this page's
+ * clock. Undefined while that span is too short to measure (a single chunk) or the request has
+ * not ended.
  */
 export function tokensPerSecond(request: RequestState): number | undefined {
   const { ttftMs, durationMs, firstTokenAt, endedAt } = request.timings;
   let spanMs: number | undefined;
   if (ttftMs !== undefined && durationMs !== undefined) spanMs = durationMs - ttftMs;
   else if (firstTokenAt !== undefined && endedAt !== undefined) spanMs = endedAt - firstTokenAt;
-  const tokens = completionTokens(request);
+  const tokens = completionTokens(request) - reasoningTokens(request);
   if (spanMs === undefined || spanMs < 1 || tokens < 2) return undefined;
   return (tokens * 1000) / spanMs;
+}
+
+/**
+ * How long the model thought: from its first reasoning part to its first answer part, by the
+ * server's timings when it sent both, else this page's clock. Undefined until the answer began.
+ */
+export function thinkingTime(request: RequestState): number | undefined {
+  const { reasoningMs, ttftMs, firstReasoningAt, firstTokenAt } = request.timings;
+  if (reasoningMs !== undefined && ttftMs !== undefined) return Math.max(0, ttftMs - reasoningMs);
+  if (firstReasoningAt === undefined || firstTokenAt === undefined) return undefined;
+  return Math.max(0, firstTokenAt - firstReasoningAt);
 }
 
 /** "850 ms", "1.2 s". */

@@ -31,6 +31,7 @@ describe("parseServerFrame", () => {
       usage: { promptTokens: 5, completionTokens: 7, source: "estimated" },
       ttftMs: 12,
       durationMs: 340,
+      toolCalls: [],
     };
     expect(ok(JSON.stringify(done))).toEqual({ ok: true, frame: done, missing: [], warnings: [] });
     const error = {
@@ -42,6 +43,82 @@ describe("parseServerFrame", () => {
       durationMs: 0,
     };
     expect(ok(JSON.stringify(error)).frame).toEqual(error);
+  });
+
+  it("reads the parts: reasoning, tool call, tool arguments, refusal", () => {
+    const parts = [
+      { type: "ai:reasoning", requestId: "r1", chunk: "Let me think", seq: 0, count: 2 },
+      {
+        type: "ai:tool_call",
+        requestId: "r1",
+        seq: 2,
+        index: 0,
+        id: "call_1",
+        name: "get_weather",
+      },
+      { type: "ai:tool_args", requestId: "r1", chunk: '{"city":"Pa', seq: 3, count: 1, index: 0 },
+      { type: "ai:refusal", requestId: "r1", chunk: "I can't", seq: 4, count: 1 },
+    ];
+    for (const part of parts) {
+      expect(ok(JSON.stringify(part))).toEqual({
+        ok: true,
+        frame: part,
+        missing: [],
+        warnings: [],
+      });
+    }
+  });
+
+  it("reads ai:done's tool calls, structured output, reasoning time and usage details", () => {
+    const done = {
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "tool_calls",
+      usage: {
+        promptTokens: 50,
+        completionTokens: 40,
+        source: "upstream",
+        reasoningTokens: 24,
+        cachedTokens: 32,
+      },
+      ttftMs: 300,
+      durationMs: 900,
+      toolCalls: [{ id: "call_1", name: "get_weather", arguments: '{"city":"Paris"}' }],
+      output: { city: "Paris", tags: [1, null] },
+      reasoningMs: 20,
+    };
+    expect(ok(JSON.stringify(done))).toEqual({ ok: true, frame: done, missing: [], warnings: [] });
+    // JSON null is an output like any other; an absent one is absent.
+    expect(ok('{"type":"ai:done","requestId":"r1","output":null}').frame).toHaveProperty(
+      "output",
+      null,
+    );
+    expect(ok('{"type":"ai:done","requestId":"r1"}').frame).not.toHaveProperty("output");
+  });
+
+  it("keeps ai:done when its tool calls or new numbers are unusable, with warnings", () => {
+    const result = ok(
+      JSON.stringify({
+        type: "ai:done",
+        requestId: "r1",
+        toolCalls: [{ id: "a", name: "f", arguments: "{}" }, { id: 1 }],
+        reasoningMs: -3,
+        usage: { promptTokens: 1, completionTokens: 1, reasoningTokens: "many" },
+      }),
+    );
+    expect(result.frame).toMatchObject({
+      toolCalls: [{ id: "a", name: "f", arguments: "{}" }],
+      usage: { promptTokens: 1, completionTokens: 1 },
+    });
+    expect(result.frame).not.toHaveProperty("reasoningMs");
+    expect(result.warnings).toEqual([
+      '"toolCalls[1]" is not a tool call {id, name, arguments}',
+      'usage."reasoningTokens" is not a non-negative integer',
+      '"reasoningMs" is not a non-negative integer',
+    ]);
+    expect(ok('{"type":"ai:done","requestId":"r1","toolCalls":{}}').warnings).toEqual([
+      '"toolCalls" is not an array',
+    ]);
   });
 
   it("reads the core protocol's minimal frames, noting the absent keys", () => {
@@ -65,6 +142,10 @@ describe("parseServerFrame", () => {
     ['{"type":"ai:token","chunk":"a"}', 'no string "requestId"'],
     ['{"type":"ai:token","requestId":"","chunk":"a"}', 'empty "requestId"'],
     ['{"type":"ai:token","requestId":"r1","chunk":5}', 'no string "chunk"'],
+    ['{"type":"ai:reasoning","requestId":"r1","seq":0}', 'no string "chunk"'],
+    ['{"type":"ai:tool_args","requestId":"r1","index":0}', 'no string "chunk"'],
+    ['{"type":"ai:refusal","requestId":"r1","chunk":null}', 'no string "chunk"'],
+    ['{"type":"ai:thought_bubble","requestId":"r1"}', 'unknown type "ai:thought_bubble"'],
   ])("refuses %s (%s)", (data, reason) => {
     expect(parseServerFrame(data)).toEqual({ ok: false, reason });
   });
@@ -97,6 +178,7 @@ describe("parseServerFrame", () => {
       requestId: "r1",
       ttftMs: 1,
       durationMs: 2,
+      toolCalls: [],
       usage: { promptTokens: 1, completionTokens: 2 },
     });
     expect(result.warnings).toEqual([]);
@@ -119,6 +201,26 @@ describe("parseServerFrame", () => {
 });
 
 describe("encodeClientFrame", () => {
+  it("writes tools, toolChoice, responseFormat and an agent loop's messages", () => {
+    const frame = {
+      type: "ai:generate" as const,
+      requestId: "r2",
+      messages: [
+        { role: "user" as const, content: "weather?" },
+        {
+          role: "assistant" as const,
+          content: "",
+          toolCalls: [{ id: "c1", name: "get_weather", arguments: '{"city":"Oslo"}' }],
+        },
+        { role: "tool" as const, toolCallId: "c1", content: '{"temp":3}' },
+      ],
+      tools: [{ name: "get_weather", parameters: { type: "object" } }],
+      toolChoice: { name: "get_weather" },
+      responseFormat: { type: "json_schema" as const, schema: { type: "object" }, strict: true },
+    };
+    expect(JSON.parse(encodeClientFrame(frame))).toEqual(frame);
+  });
+
   it("writes the frame as JSON with its JSON names", () => {
     const text = encodeClientFrame({
       type: "ai:generate",

@@ -12,8 +12,10 @@ import {
   SERVER_FRAME_TYPES,
   USAGE_SOURCE_VALUES,
   type ClientFrame,
+  type JsonValue,
   type ServerFrame,
   type ServerFrameType,
+  type ToolCall,
   type Usage,
 } from "../generated/frames.ts";
 
@@ -136,8 +138,48 @@ class Fields {
     };
     const source = inner.enum("source", USAGE_SOURCE_VALUES);
     if (source !== undefined) usage.source = source;
+    const reasoningTokens = inner.optionalCount("reasoningTokens");
+    if (reasoningTokens !== undefined) usage.reasoningTokens = reasoningTokens;
+    const cachedTokens = inner.optionalCount("cachedTokens");
+    if (cachedTokens !== undefined) usage.cachedTokens = cachedTokens;
     this.warnings.push(...inner.warnings.map((w) => `${key}.${w}`));
     return usage;
+  }
+
+  /** An optional non-negative integer: undefined when absent (or unusable, with a warning). */
+  optionalCount(key: string): number | undefined {
+    const value = this.obj[key];
+    if (value === undefined || value === null) return undefined;
+    if (typeof value === "number" && Number.isInteger(value) && value >= 0) return value;
+    this.warnings.push(`"${key}" is not a non-negative integer`);
+    return undefined;
+  }
+
+  /**
+   * The tool calls of `ai:done`: absent means none (a repeated field). A call that is not an
+   * object of three strings is left out, with a warning.
+   */
+  toolCalls(key: string): ToolCall[] {
+    const value = this.obj[key];
+    if (value === undefined) return [];
+    if (!Array.isArray(value)) {
+      this.warnings.push(`"${key}" is not an array`);
+      return [];
+    }
+    const calls: ToolCall[] = [];
+    value.forEach((item: unknown, i) => {
+      if (
+        isObject(item) &&
+        typeof item["id"] === "string" &&
+        typeof item["name"] === "string" &&
+        typeof item["arguments"] === "string"
+      ) {
+        calls.push({ id: item["id"], name: item["name"], arguments: item["arguments"] });
+      } else {
+        this.warnings.push(`"${key}[${i}]" is not a tool call {id, name, arguments}`);
+      }
+    });
+    return calls;
   }
 }
 
@@ -165,10 +207,35 @@ export function parseServerFrame(data: unknown): ParseResult {
     case "ai:start":
       frame = { type, requestId, model: fields.string("model") };
       break;
-    case "ai:token": {
+    case "ai:token":
+    case "ai:reasoning":
+    case "ai:refusal": {
       const chunk = value["chunk"];
       if (typeof chunk !== "string") return { ok: false, reason: 'no string "chunk"' };
       frame = { type, requestId, chunk, seq: fields.count("seq"), count: fields.count("count") };
+      break;
+    }
+    case "ai:tool_call":
+      frame = {
+        type,
+        requestId,
+        seq: fields.count("seq"),
+        index: fields.count("index"),
+        id: fields.string("id"),
+        name: fields.string("name"),
+      };
+      break;
+    case "ai:tool_args": {
+      const chunk = value["chunk"];
+      if (typeof chunk !== "string") return { ok: false, reason: 'no string "chunk"' };
+      frame = {
+        type,
+        requestId,
+        chunk,
+        seq: fields.count("seq"),
+        count: fields.count("count"),
+        index: fields.count("index"),
+      };
       break;
     }
     case "ai:done": {
@@ -177,11 +244,16 @@ export function parseServerFrame(data: unknown): ParseResult {
         requestId,
         ttftMs: fields.count("ttftMs"),
         durationMs: fields.count("durationMs"),
+        toolCalls: fields.toolCalls("toolCalls"),
       };
       const finishReason = fields.enum("finishReason", FINISH_REASON_VALUES);
       if (finishReason !== undefined) frame.finishReason = finishReason;
       const usage = fields.usage("usage");
       if (usage !== undefined) frame.usage = usage;
+      // Any JSON value, null included: present means the answer was parsed and validated.
+      if (Object.hasOwn(value, "output")) frame.output = value["output"] as JsonValue;
+      const reasoningMs = fields.optionalCount("reasoningMs");
+      if (reasoningMs !== undefined) frame.reasoningMs = reasoningMs;
       break;
     }
     case "ai:error": {

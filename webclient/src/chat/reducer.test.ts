@@ -52,6 +52,7 @@ const token = (chunk: string, seq: number, count = 1, requestId = "r1"): ServerF
 });
 const done = (extra: Partial<Extract<ServerFrame, { type: "ai:done" }>> = {}): ServerFrame => ({
   type: "ai:done",
+  toolCalls: [],
   requestId: "r1",
   finishReason: "stop",
   ttftMs: 1,
@@ -86,11 +87,17 @@ describe("a generation", () => {
       requestId: "r1",
       prompt: "hi",
       messages: [],
+      options: {},
       status: "done",
       queued: false,
       started: true,
       text: "Hello",
       tokens: 2,
+      reasoning: "",
+      reasoningTokens: 0,
+      thinking: false,
+      refusal: "",
+      toolCalls: [],
       model: "simulated-echo",
       finishReason: "stop",
       usage: { promptTokens: 4, completionTokens: 2, source: "estimated" },
@@ -130,7 +137,7 @@ describe("a generation", () => {
 
   it("ends done when the bridge omits finishReason (an upstream that gave no known reason)", () => {
     const { state, problems } = fold(streaming(), [
-      { type: "ai:done", requestId: "r1", ttftMs: 10, durationMs: 20 },
+      { type: "ai:done", requestId: "r1", ttftMs: 10, durationMs: 20, toolCalls: [] },
     ]);
     expect(state).toMatchObject({ status: "done", text: "a" });
     expect(state).not.toHaveProperty("finishReason");
@@ -315,5 +322,308 @@ describe("protocol errors", () => {
       'ai:done for "r1": "finishReason" has unknown value "warp", ignored',
       'ai:done for "r1": "usage" is not an object, ignored',
     ]);
+  });
+});
+
+// --- parts: reasoning, tool calls, refusal, structured output ------------------------------------
+
+const reasoning = (chunk: string, seq: number, count = 1): ServerFrame => ({
+  type: "ai:reasoning",
+  requestId: "r1",
+  chunk,
+  seq,
+  count,
+});
+const toolCall = (index: number, seq: number, id = `call_${index}`, name = "get_weather") =>
+  ({ type: "ai:tool_call", requestId: "r1", seq, index, id, name }) satisfies ServerFrame;
+const toolArgs = (index: number, chunk: string, seq: number, count = 1) =>
+  ({ type: "ai:tool_args", requestId: "r1", chunk, seq, count, index }) satisfies ServerFrame;
+const refusal = (chunk: string, seq: number): ServerFrame => ({
+  type: "ai:refusal",
+  requestId: "r1",
+  chunk,
+  seq,
+  count: 1,
+});
+
+/** A sent request asking for structured output, that has had ai:start. */
+function structured(): RequestRecord {
+  const request = sent(newRequest("r1", "hi", [], { responseFormat: { type: "json_object" } }), 10);
+  return fold(request, [start()]).request!;
+}
+
+describe("reasoning", () => {
+  it("is kept apart from the answer, thinking until the first answer part", () => {
+    let { request, state, problems } = fold(sentRequest(), [
+      start(),
+      reasoning("Let me ", 0),
+      reasoning("think.", 1, 2),
+    ]);
+    expect(state).toMatchObject({
+      reasoning: "Let me think.",
+      reasoningTokens: 3,
+      thinking: true,
+      text: "",
+      tokens: 0,
+      timings: { firstReasoningAt: 101 },
+    });
+    expect(state!.timings.firstTokenAt).toBeUndefined();
+    ({ request, state, problems } = fold(request, [token("Hi", 3), reasoning(" more", 4)]));
+    expect(state).toMatchObject({
+      reasoning: "Let me think. more",
+      thinking: false, // reasoning between answer parts does not reopen it
+      text: "Hi",
+      tokens: 1,
+      timings: { firstReasoningAt: 101, firstTokenAt: 100 },
+    });
+    expect(request!.nextSeq).toBe(5);
+    expect(problems).toEqual([]);
+  });
+
+  it("takes the server's reasoning time from ai:done, and no ttft without an answer part", () => {
+    const { state } = fold(sentRequest(), [
+      start(),
+      reasoning("hmm", 0),
+      done({ reasoningMs: 15, ttftMs: 0, durationMs: 40 }),
+    ]);
+    expect(state).toMatchObject({ status: "done", thinking: false, reasoning: "hmm" });
+    expect(state!.timings).toMatchObject({ reasoningMs: 15, durationMs: 40 });
+    expect(state!.timings).not.toHaveProperty("ttftMs");
+  });
+
+  it("stops thinking on Stop, keeps the reasoning, and drops parts still in flight", () => {
+    const thinking = fold(sentRequest(), [start(), reasoning("Step one", 0)]).request!;
+    const stop = stopped(thinking, 50);
+    expect(stop.state).toMatchObject({
+      status: "cancelled",
+      thinking: false,
+      reasoning: "Step one",
+    });
+    for (const late of [
+      reasoning(" two", 1),
+      toolCall(0, 2),
+      toolArgs(0, "{", 3),
+      refusal("No", 4),
+    ]) {
+      expect(applyFrame(stop, parsed(late), 60)).toEqual({ request: stop, problems: [] });
+    }
+  });
+});
+
+describe("tool calls", () => {
+  it("fill in by index as their arguments stream, and are complete once ai:done lists them", () => {
+    const steps = fold(sentRequest(), [
+      start(),
+      reasoning("I should call the tool", 0),
+      toolCall(0, 1),
+      toolArgs(0, '{"city":"Par', 2),
+      toolArgs(0, 'is","unit":"cel', 3, 2),
+    ]);
+    expect(steps.state).toMatchObject({
+      thinking: false,
+      tokens: 4,
+      toolCalls: [
+        {
+          index: 0,
+          id: "call_0",
+          name: "get_weather",
+          arguments: '{"city":"Paris","unit":"cel',
+          complete: false,
+        },
+      ],
+    });
+    const final = '{"city":"Paris","unit":"celsius"}';
+    const { state, problems } = fold(steps.request, [
+      toolArgs(0, 'sius"}', 5),
+      done({
+        finishReason: "tool_calls",
+        toolCalls: [{ id: "call_0", name: "get_weather", arguments: final }],
+      }),
+    ]);
+    expect(problems).toEqual([]);
+    expect(state).toMatchObject({ status: "done", finishReason: "tool_calls", text: "" });
+    expect(state!.toolCalls).toEqual([
+      { index: 0, id: "call_0", name: "get_weather", arguments: final, complete: true },
+    ]);
+    expect(state).not.toHaveProperty("output");
+  });
+
+  it("keeps interleaved calls in index order and changes only the call a part names", () => {
+    const { request, state, problems } = fold(sentRequest(), [
+      start(),
+      toolCall(1, 0, "b", "second"),
+      toolCall(0, 1, "a", "first"),
+      toolArgs(1, "{}", 2),
+      toolArgs(0, '{"x":', 3),
+    ]);
+    expect(problems).toEqual([]);
+    expect(state!.toolCalls.map((c) => [c.index, c.id, c.arguments])).toEqual([
+      [0, "a", '{"x":'],
+      [1, "b", "{}"],
+    ]);
+    const before = request!.state.toolCalls;
+    const after = fold(request, [toolArgs(0, "1}", 4)]).state!.toolCalls;
+    expect(after[1]).toBe(before[1]);
+    expect(after[0]!.arguments).toBe('{"x":1}');
+  });
+
+  it("reports arguments before their ai:tool_call and a second ai:tool_call for an index", () => {
+    const { state, problems } = fold(sentRequest(), [
+      start(),
+      toolArgs(0, '{"a"', 0),
+      toolCall(0, 1, "c0", "f"),
+      toolCall(0, 2, "c9", "g"),
+    ]);
+    expect(state!.toolCalls).toEqual([
+      { index: 0, id: "c0", name: "f", arguments: '{"a"', complete: false },
+    ]);
+    expect(problems).toEqual([
+      'ai:tool_args for "r1": arguments for tool call 0 before its ai:tool_call',
+      'ai:tool_call for "r1": a second ai:tool_call for index 0, ignored',
+    ]);
+  });
+
+  it("takes ai:done's list as the truth: adds calls it never saw, reports calls left out", () => {
+    const { state, problems } = fold(sentRequest(), [
+      start(),
+      toolCall(0, 0, "seen"),
+      toolCall(1, 1, "dropped"),
+      done({
+        finishReason: "tool_calls",
+        toolCalls: [
+          { id: "seen", name: "get_weather", arguments: "{}" },
+          { id: "new", name: "other", arguments: '{"k":1}' },
+        ],
+      }),
+    ]);
+    expect(state!.toolCalls).toEqual([
+      { index: 0, id: "seen", name: "get_weather", arguments: "{}", complete: true },
+      { index: 1, id: "new", name: "other", arguments: '{"k":1}', complete: true },
+    ]);
+    expect(problems).toEqual([]);
+    const left = fold(sentRequest(), [
+      start(),
+      toolCall(0, 0, "a"),
+      toolCall(1, 1, "b"),
+      done({ toolCalls: [{ id: "a", name: "get_weather", arguments: "{}" }] }),
+    ]);
+    expect(left.state!.toolCalls.map((c) => c.complete)).toEqual([true, false]);
+    expect(left.problems).toEqual(['ai:done for "r1": tool call 1 ("b") is not in toolCalls']);
+  });
+
+  it("stay incomplete when the generation fails", () => {
+    const { state } = fold(sentRequest(), [
+      start(),
+      toolCall(0, 0),
+      toolArgs(0, '{"city": tru', 1),
+      error({ code: "invalid_output", message: "tool arguments are not JSON", retryable: true }),
+    ]);
+    expect(state).toMatchObject({
+      status: "error",
+      error: { code: "invalid_output", message: "tool arguments are not JSON" },
+      toolCalls: [{ arguments: '{"city": tru', complete: false }],
+    });
+    expect(state).not.toHaveProperty("output"); // no responseFormat: no structured output
+  });
+});
+
+describe("refusal", () => {
+  it("is its own text, an answer part that ends thinking", () => {
+    const { state, problems } = fold(sentRequest(), [
+      start(),
+      reasoning("hmm", 0),
+      refusal("I can't ", 1),
+      refusal("help with that.", 2),
+      done({ ttftMs: 30 }),
+    ]);
+    expect(problems).toEqual([]);
+    expect(state).toMatchObject({
+      status: "done",
+      refusal: "I can't help with that.",
+      text: "",
+      thinking: false,
+      tokens: 2,
+      timings: { ttftMs: 30 },
+    });
+  });
+});
+
+describe("structured output", () => {
+  it("is valid with the value ai:done carries, JSON null included", () => {
+    const value = { title: "Sky", tags: ["blue"] };
+    const { state } = fold(structured(), [token('{"title":"Sky",', 0), done({ output: value })]);
+    expect(state).toMatchObject({
+      status: "done",
+      text: '{"title":"Sky",',
+      output: { valid: true, value },
+    });
+    expect(fold(structured(), [done({ output: null })]).state!.output).toEqual({
+      valid: true,
+      value: null,
+    });
+  });
+
+  it("is invalid after an invalid_output error, keeping the text that streamed", () => {
+    const { state } = fold(structured(), [
+      token('{"title": ', 0),
+      error({ code: "invalid_output", message: "not valid JSON", retryable: true }),
+    ]);
+    expect(state).toMatchObject({
+      status: "error",
+      text: '{"title": ',
+      output: { valid: false },
+      error: { code: "invalid_output", retryable: true },
+    });
+  });
+
+  it("is not judged when the answer was a tool call or a refusal, or failed otherwise", () => {
+    expect(fold(structured(), [refusal("No.", 0), done()]).state).not.toHaveProperty("output");
+    expect(fold(structured(), [error({ code: "timeout" })]).state).not.toHaveProperty("output");
+  });
+});
+
+describe("seq across parts", () => {
+  it("numbers every kind of part in one sequence", () => {
+    const { request, problems } = fold(sentRequest(), [
+      start(),
+      reasoning("a", 0, 3),
+      toolCall(0, 3),
+      toolArgs(0, "{}", 4, 2),
+      refusal("x", 6),
+      token("y", 7),
+    ]);
+    expect(problems).toEqual([]);
+    expect(request!.nextSeq).toBe(8);
+  });
+
+  it("reports a gap between parts of different kinds, and keeps the part", () => {
+    const { state, problems } = fold(sentRequest(), [
+      start(),
+      reasoning("think", 0, 2),
+      token("answer", 3),
+      toolCall(0, 4),
+      toolArgs(0, "{", 6),
+    ]);
+    expect(state).toMatchObject({ text: "answer", toolCalls: [{ arguments: "{" }] });
+    expect(problems).toEqual([
+      'ai:token for "r1": seq 3, expected 2 (gap)',
+      'ai:tool_args for "r1": seq 6, expected 5 (gap)',
+    ]);
+  });
+
+  it("drops a part whose seq another kind already used", () => {
+    const { state, problems } = fold(sentRequest(), [
+      start(),
+      reasoning("think", 0),
+      token("dup", 0),
+      refusal("no", 1),
+    ]);
+    expect(state).toMatchObject({ text: "", refusal: "no" });
+    expect(problems).toEqual(['ai:token for "r1": seq 0, expected 1 (duplicate, dropped)']);
+  });
+
+  it("reports any part before ai:start", () => {
+    const { problems } = fold(sentRequest(), [reasoning("early", 0)]);
+    expect(problems).toEqual(['ai:reasoning for "r1": reasoning before ai:start']);
   });
 });

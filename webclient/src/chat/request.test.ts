@@ -4,7 +4,15 @@ import { describe, expect, it } from "vitest";
 
 import { parseServerFrame, type ParsedFrame } from "./protocol.ts";
 import { applyFrame } from "./reducer.ts";
-import { historyTurn, interrupted, newRequest, sent, stopped } from "./request.ts";
+import {
+  answered,
+  canAnswer,
+  historyTurn,
+  interrupted,
+  newRequest,
+  sent,
+  stopped,
+} from "./request.ts";
 
 function frame(text: string): ParsedFrame {
   const result = parseServerFrame(text);
@@ -30,17 +38,23 @@ function streaming() {
 describe("newRequest and sent", () => {
   it("starts streaming and queued, and names the request it retries only if there is one", () => {
     const messages = [{ role: "user" as const, content: "q" }];
-    const request = newRequest("r2", "again", messages, "r1");
+    const request = newRequest("r2", "again", messages, {}, { retryOf: "r1" });
     expect(request).toEqual({
       state: {
         requestId: "r2",
         prompt: "again",
         messages,
+        options: {},
         status: "streaming",
         queued: true,
         started: false,
         text: "",
         tokens: 0,
+        reasoning: "",
+        reasoningTokens: 0,
+        thinking: false,
+        refusal: "",
+        toolCalls: [],
         timings: {},
         retryOf: "r1",
       },
@@ -130,5 +144,51 @@ describe("historyTurn", () => {
     expect(complete(interrupted(streaming(), 1))).toBe(false);
     const done = applyFrame(streaming(), frame('{"type":"ai:done","requestId":"r1"}'), 20);
     expect(complete(done.request!)).toBe(true);
+  });
+});
+
+describe("tool calls and refusals in the history", () => {
+  /** A request done with one tool call c1 (or a refusal, with `refuse`). */
+  function done(refuse = false) {
+    let request = sent(newRequest("r1", "weather?", []), 10);
+    const frames = [
+      '{"type":"ai:start","requestId":"r1","model":"m"}',
+      refuse
+        ? '{"type":"ai:refusal","requestId":"r1","chunk":"No.","seq":0,"count":1}'
+        : '{"type":"ai:tool_call","requestId":"r1","seq":0,"index":0,"id":"c1","name":"f"}',
+      '{"type":"ai:done","requestId":"r1","toolCalls":' +
+        (refuse ? "[]" : '[{"id":"c1","name":"f","arguments":"{}"}]') +
+        "}",
+    ];
+    for (const text of frames) request = applyFrame(request, frame(text), 11).request!;
+    return request;
+  }
+
+  it("carries the complete calls and the results sent for them", () => {
+    const request = done();
+    expect(canAnswer(request.state)).toBe(true);
+    expect(historyTurn(request.state)).toEqual({
+      prompt: "weather?",
+      answer: "",
+      complete: true,
+      toolCalls: [{ id: "c1", name: "f", arguments: "{}" }],
+    });
+    const results = [{ toolCallId: "c1", content: "sunny" }];
+    const withResults = answered(request, results)!;
+    expect(withResults.state.toolResults).toBe(results);
+    expect(historyTurn(withResults.state).toolResults).toBe(results);
+    expect(canAnswer(withResults.state)).toBe(false);
+    expect(answered(withResults, results)).toBeUndefined();
+    expect(answered(request, [{ toolCallId: "other", content: "x" }])).toBeUndefined();
+  });
+
+  it("takes a refusal as what the assistant said", () => {
+    const request = done(true);
+    expect(canAnswer(request.state)).toBe(false);
+    expect(historyTurn(request.state)).toEqual({
+      prompt: "weather?",
+      answer: "No.",
+      complete: true,
+    });
   });
 });

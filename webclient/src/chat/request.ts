@@ -4,12 +4,57 @@
 //                     ├──▶ error                      (ai:error, or the socket dropped: "interrupted")
 //                     └──▶ cancelled                  (Stop, or ai:error "cancelled"; text kept)
 //
+// While streaming, its parts build up side by side: reasoning (shown apart, never part of the
+// answer), answer text, a refusal, tool calls by index (arguments filling in until ai:done
+// lists them complete); with a responseFormat, ai:done's parsed output (or an invalid_output
+// error) says whether the answer text is the JSON that was asked for.
+//
 // The steps the page takes are here (`newRequest`, `sent`, `stopped`, `interrupted`); the server's
 // frames are folded in by `applyFrame` (reducer.ts). Every step is given the time and returns a
 // new object, never changing the one it was given; a step that changes nothing returns it as is.
 
-import type { ChatMessage, ErrorCode, FinishReason, Usage } from "../generated/frames.ts";
-import type { Turn } from "./history.ts";
+import type {
+  ChatMessage,
+  ErrorCode,
+  FinishReason,
+  JsonValue,
+  ResponseFormat,
+  Tool,
+  Usage,
+} from "../generated/frames.ts";
+import type { ToolResult, Turn } from "./history.ts";
+
+/** How the model may use the tools: as `toolChoice` on the wire. */
+export type ToolChoice = "auto" | "none" | "required" | { name: string };
+
+/** What a generate asks for beyond the prompt and history (sent again as-is on Retry). */
+export interface GenerateOptions {
+  /** Tools the model may call. */
+  readonly tools?: readonly Tool[];
+  readonly toolChoice?: ToolChoice;
+  /** Ask for JSON: the answer text is then structured output, checked by the server at the end. */
+  readonly responseFormat?: ResponseFormat;
+}
+
+/** One tool call of an answer, as it streams in (`ai:tool_call`, then `ai:tool_args`). */
+export interface ToolCallState {
+  /** Its place among the answer's calls, from 0. */
+  readonly index: number;
+  readonly id: string;
+  /** The tool's name. */
+  readonly name: string;
+  /** The arguments JSON text so far: incomplete (it may end anywhere) until `complete`. */
+  readonly arguments: string;
+  /** `ai:done` listed it: `arguments` is the whole text, and it parses. */
+  readonly complete: boolean;
+}
+
+/** Whether the answer of a request with a responseFormat was the JSON asked for (at its end). */
+export type StructuredOutput =
+  /** `ai:done` carried it parsed and validated against the schema. */
+  | { readonly valid: true; readonly value: JsonValue }
+  /** It ended with an `invalid_output` error: not JSON, or not what the schema says. */
+  | { readonly valid: false };
 
 /** Where one request stands. */
 export type RequestStatus = "streaming" | "done" | "error" | "cancelled";
@@ -29,12 +74,16 @@ export interface RequestError {
 export interface RequestTimings {
   /** When the generate frame went out; absent while it waits for the connection. */
   sentAt?: number;
-  /** When the first token arrived here. */
+  /** When the first answer part (text, refusal or tool call) arrived here. */
   firstTokenAt?: number;
+  /** When the first reasoning part arrived here. */
+  firstReasoningAt?: number;
   /** When the request ended (terminal frame, Stop, or connection lost). */
   endedAt?: number;
-  /** The server's time to first token, from `ai:done`. */
+  /** The server's time to the first answer part, from `ai:done`. */
   ttftMs?: number;
+  /** The server's time to the first reasoning part, from `ai:done`. */
+  reasoningMs?: number;
   /** The server's time from accepting the request to its end, from `ai:done` / `ai:error`. */
   durationMs?: number;
 }
@@ -45,6 +94,8 @@ export interface RequestState {
   readonly prompt: string;
   /** The history sent with the prompt (sent again as-is on Retry). */
   readonly messages: readonly ChatMessage[];
+  /** Tools and structured output asked for (sent again as-is on Retry). */
+  readonly options: GenerateOptions;
   readonly status: RequestStatus;
   /** Still waiting for the connection to open before it can be sent. */
   readonly queued: boolean;
@@ -52,8 +103,24 @@ export interface RequestState {
   readonly started: boolean;
   /** The answer received so far. */
   readonly text: string;
-  /** Tokens received (a chunk may hold several). */
+  /** Answer tokens received: text, refusal and tool-call parts (a chunk may hold several). */
   readonly tokens: number;
+  /** The model's reasoning received so far: shown apart, never part of the answer. */
+  readonly reasoning: string;
+  /** Reasoning tokens received. */
+  readonly reasoningTokens: number;
+  /** Reasoning has arrived and no answer part yet: the model is still thinking. */
+  readonly thinking: boolean;
+  /** The model's refusal received so far ("" when it did not refuse). */
+  readonly refusal: string;
+  /** The tool calls of the answer, in index order. */
+  readonly toolCalls: readonly ToolCallState[];
+  /** With a responseFormat, once known at the end: whether the answer is the JSON asked for. */
+  readonly output?: StructuredOutput;
+  /** The results the user sent back for `toolCalls` (the request continuing from them follows). */
+  readonly toolResults?: readonly ToolResult[];
+  /** This request carries the tool results of that request's calls (an agent loop's next step). */
+  readonly continues?: string;
   /** The model serving it, from `ai:start`. */
   readonly model?: string;
   readonly finishReason?: FinishReason;
@@ -68,7 +135,7 @@ export interface RequestState {
 export interface RequestRecord {
   /** What subscribers see (the store publishes this very object). */
   readonly state: RequestState;
-  /** The seq the next token should carry. */
+  /** The seq the next part (of any kind) should carry. */
   readonly nextSeq: number;
   /** Sent on the current socket and no terminal frame yet: frames for it are expected. */
   readonly awaiting: boolean;
@@ -100,28 +167,45 @@ export const DEFAULT_MESSAGES: Readonly<Record<RequestErrorCode, string>> = {
   internal: "Something went wrong on the server.",
   slow_consumer: "The answer came faster than this page could take it.",
   unauthenticated: "The server refused the credentials.",
+  invalid_output: "The model's output was not what was asked for.",
   interrupted: "The connection was lost before the answer finished.",
 };
 
-/** A question just asked: streaming, queued until it is sent. `retryOf` names the one it retries. */
+/** How a request came to be, beyond its prompt and history. */
+export interface Origin {
+  /** The request it retries. */
+  retryOf?: string;
+  /** The request whose tool results it carries. */
+  continues?: string;
+}
+
+/** A question just asked: streaming, queued until it is sent. */
 export function newRequest(
   requestId: string,
   prompt: string,
   messages: readonly ChatMessage[],
-  retryOf?: string,
+  options: GenerateOptions = {},
+  origin: Origin = {},
 ): RequestRecord {
   const state: Draft["state"] = {
     requestId,
     prompt,
     messages,
+    options,
     status: "streaming",
     queued: true,
     started: false,
     text: "",
     tokens: 0,
+    reasoning: "",
+    reasoningTokens: 0,
+    thinking: false,
+    refusal: "",
+    toolCalls: [],
     timings: {},
   };
-  if (retryOf !== undefined) state.retryOf = retryOf;
+  if (origin.retryOf !== undefined) state.retryOf = origin.retryOf;
+  if (origin.continues !== undefined) state.continues = origin.continues;
   return { state, nextSeq: 0, awaiting: false, stopRequested: false };
 }
 
@@ -143,6 +227,7 @@ export function stopped(request: RequestRecord, now: number): RequestRecord {
   if (request.state.status !== "streaming") return request;
   const next = draft(request);
   next.state.status = "cancelled";
+  next.state.thinking = false;
   next.state.timings.endedAt = now;
   if (next.state.queued) next.state.queued = false;
   else if (next.awaiting) next.stopRequested = true;
@@ -152,6 +237,7 @@ export function stopped(request: RequestRecord, now: number): RequestRecord {
 /** The request has had its last frame from the server (or will get none). Changes `next`. */
 export function end(next: Draft, now: number): void {
   next.awaiting = false;
+  next.state.thinking = false;
   next.state.timings.endedAt ??= now;
 }
 
@@ -173,9 +259,43 @@ export function interrupted(request: RequestRecord, now: number): RequestRecord 
   return next;
 }
 
+/**
+ * The user answered the tool calls of a finished request: it keeps the results, for the history
+ * of the request that continues from them. Undefined when they cannot be taken (see `canAnswer`).
+ */
+export function answered(
+  request: RequestRecord,
+  results: readonly ToolResult[],
+): RequestRecord | undefined {
+  if (!canAnswer(request.state) || results.length === 0) return undefined;
+  const ids = new Set(request.state.toolCalls.map((call) => call.id));
+  if (!results.every((result) => ids.has(result.toolCallId))) return undefined;
+  const next = draft(request);
+  next.state.toolResults = results;
+  return next;
+}
+
+/** Whether the user may send results for a request's tool calls: done, all complete, none sent. */
+export function canAnswer(state: RequestState): boolean {
+  return (
+    state.status === "done" &&
+    state.toolCalls.length > 0 &&
+    state.toolCalls.every((call) => call.complete && call.id !== "") &&
+    state.toolResults === undefined
+  );
+}
+
 /** What a request contributes to the history of a later question (see history.ts). */
 export function historyTurn(state: RequestState): Turn {
+  // A refusal is what the model said instead of an answer: the next turn should know of it.
+  const answer = state.text !== "" ? state.text : state.refusal;
   const complete =
-    state.status === "done" || (state.status === "cancelled" && state.text.trim() !== "");
-  return { prompt: state.prompt, answer: state.text, complete };
+    state.status === "done" || (state.status === "cancelled" && answer.trim() !== "");
+  const turn: Turn = { prompt: state.prompt, answer, complete };
+  const calls = state.toolCalls.filter((call) => call.complete);
+  if (calls.length > 0) {
+    turn.toolCalls = calls.map(({ id, name, arguments: args }) => ({ id, name, arguments: args }));
+  }
+  if (state.toolResults !== undefined) turn.toolResults = state.toolResults;
+  return turn;
 }

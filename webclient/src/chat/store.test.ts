@@ -90,6 +90,7 @@ describe("a generation", () => {
     t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "x", seq: 0, count: 1 });
     t.socket.receive({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r1",
       finishReason: "stop",
       usage: { promptTokens: 4, completionTokens: 1, source: "estimated" },
@@ -117,6 +118,7 @@ describe("a generation", () => {
     t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "A", seq: 0, count: 1 });
     t.socket.receive({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r2",
       finishReason: "stop",
       ttftMs: 1,
@@ -185,6 +187,7 @@ describe("stop", () => {
     t.store.stop("r1");
     t.socket.receive({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r1",
       finishReason: "stop",
       ttftMs: 1,
@@ -232,6 +235,7 @@ describe("history", () => {
     t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "4", seq: 0, count: 1 });
     t.socket.receive({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r1",
       finishReason: "stop",
       ttftMs: 1,
@@ -288,6 +292,7 @@ describe("retry", () => {
     t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "one", seq: 0, count: 1 });
     t.socket.receive({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r1",
       finishReason: "stop",
       ttftMs: 1,
@@ -350,6 +355,7 @@ describe("protocol errors", () => {
     t.socket.receive({ type: "ai:token", requestId: "ghost", chunk: "boo", seq: 0, count: 1 });
     t.socket.receive({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r1",
       finishReason: "stop",
       ttftMs: 1,
@@ -411,6 +417,7 @@ describe("reconnect", () => {
     t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
     t.socket.receive({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r1",
       finishReason: "stop",
       ttftMs: 1,
@@ -543,5 +550,171 @@ describe("reconnect", () => {
     vi.advanceTimersByTime(500);
     expect(calls).toBe(2);
     expect(t.warnings[0]).toContain("cannot open ws://bridge.test/ws");
+  });
+});
+
+describe("parts", () => {
+  const weather = {
+    name: "get_weather",
+    parameters: { type: "object", properties: { city: { type: "string" } } },
+  };
+  const call = { id: "c1", name: "get_weather", arguments: '{"city":"Oslo"}' };
+
+  /** A store with request r1 (asked with the weather tool) done with one tool call. */
+  function calledTool() {
+    const t = connected();
+    t.store.send("Weather in Oslo?", { tools: [weather], toolChoice: "auto" });
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:reasoning", requestId: "r1", chunk: "hm", seq: 0, count: 1 });
+    t.socket.receive({ type: "ai:tool_call", requestId: "r1", seq: 1, index: 0, ...call });
+    t.socket.receive({
+      type: "ai:tool_args",
+      requestId: "r1",
+      chunk: call.arguments,
+      seq: 2,
+      count: 3,
+      index: 0,
+    });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r1",
+      finishReason: "tool_calls",
+      toolCalls: [call],
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.flush();
+    return t;
+  }
+
+  it("sends tools, toolChoice and responseFormat with the prompt, and again on Retry", () => {
+    const t = connected();
+    const responseFormat = { type: "json_schema" as const, schema: { type: "object" } };
+    t.store.send("a card", { responseFormat });
+    expect(t.socket.frames[0]).toEqual({
+      type: "ai:generate",
+      requestId: "r1",
+      prompt: "a card",
+      responseFormat,
+    });
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "invalid_output",
+      message: "not JSON",
+      retryable: true,
+      durationMs: 3,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "error", output: { valid: false } });
+    t.store.retry("r1");
+    expect(t.socket.frames.at(-1)).toEqual({ ...t.socket.frames[0], requestId: "r2" });
+  });
+
+  it("publishes reasoning, tool calls and refusal on the next animation frame only", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.flush();
+    const before = t.state;
+    let published = 0;
+    t.store.subscribe(() => (published += 1));
+    t.socket.receive({ type: "ai:reasoning", requestId: "r1", chunk: "a", seq: 0, count: 1 });
+    t.socket.receive({ type: "ai:reasoning", requestId: "r1", chunk: "b", seq: 1, count: 1 });
+    t.socket.receive({ type: "ai:refusal", requestId: "r1", chunk: "No", seq: 2, count: 1 });
+    expect(t.state).toBe(before);
+    t.flush();
+    expect(published).toBe(1);
+    expect(t.request("r1")).toMatchObject({ reasoning: "ab", refusal: "No", thinking: false });
+  });
+
+  it("reports a seq gap between parts of different kinds", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({ type: "ai:reasoning", requestId: "r1", chunk: "a", seq: 0, count: 2 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "b", seq: 5, count: 1 });
+    t.flush();
+    expect(t.state.protocolErrors.map((e) => e.message)).toEqual([
+      'ai:token for "r1": seq 5, expected 2 (gap)',
+    ]);
+    expect(t.request("r1").text).toBe("b");
+  });
+
+  it("sends tool results as the next step: the calls and results as history, the same tools", () => {
+    const t = calledTool();
+    expect(t.request("r1").toolCalls).toEqual([{ index: 0, ...call, complete: true }]);
+    t.store.send("Something else"); // asked meanwhile: not part of the loop's history
+    const id = t.store.sendToolResults("r1", [{ toolCallId: "c1", content: '{"temp":3}' }]);
+    expect(id).toBe("r3");
+    expect(t.socket.frames.at(-1)).toEqual({
+      type: "ai:generate",
+      requestId: "r3",
+      messages: [
+        { role: "user", content: "Weather in Oslo?" },
+        { role: "assistant", content: "", toolCalls: [call] },
+        { role: "tool", toolCallId: "c1", content: '{"temp":3}' },
+      ],
+      tools: [weather],
+      toolChoice: "auto",
+    });
+    expect(t.state.order).toEqual(["r1", "r3", "r2"]); // right after the request it continues
+    expect(t.request("r1").toolResults).toEqual([{ toolCallId: "c1", content: '{"temp":3}' }]);
+    expect(t.request("r3")).toMatchObject({ prompt: "", continues: "r1" });
+    // Answered once only.
+    expect(t.store.sendToolResults("r1", [{ toolCallId: "c1", content: "again" }])).toBeUndefined();
+  });
+
+  it("refuses results for a request that made no such call or is not done", () => {
+    const t = calledTool();
+    expect(t.store.sendToolResults("r1", [{ toolCallId: "nope", content: "x" }])).toBeUndefined();
+    expect(t.store.sendToolResults("r1", [])).toBeUndefined();
+    t.store.send("plain");
+    expect(t.store.sendToolResults("r2", [{ toolCallId: "c1", content: "x" }])).toBeUndefined();
+    expect(t.request("r1").toolResults).toBeUndefined();
+  });
+
+  it("puts the whole loop in the history of the next question", () => {
+    const t = calledTool();
+    t.store.sendToolResults("r1", [{ toolCallId: "c1", content: "3 degrees" }]);
+    t.socket.receive({ type: "ai:start", requestId: "r2", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r2", chunk: "It is 3.", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      requestId: "r2",
+      finishReason: "stop",
+      toolCalls: [],
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.store.send("Thanks");
+    expect(t.socket.frames.at(-1)).toMatchObject({
+      requestId: "r3",
+      prompt: "Thanks",
+      messages: [
+        { role: "user", content: "Weather in Oslo?" },
+        { role: "assistant", content: "", toolCalls: [call] },
+        { role: "tool", toolCallId: "c1", content: "3 degrees" },
+        { role: "assistant", content: "It is 3." },
+      ],
+    });
+  });
+
+  it("keeps a retried step of the loop in its place, still continuing the same request", () => {
+    const t = calledTool();
+    t.store.sendToolResults("r1", [{ toolCallId: "c1", content: "3" }]);
+    const sentFirst = t.socket.frames.at(-1);
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r2",
+      code: "upstream_error",
+      message: "x",
+      retryable: true,
+      durationMs: 0,
+    });
+    t.store.retry("r2");
+    expect(t.socket.frames.at(-1)).toEqual({ ...sentFirst, requestId: "r3" });
+    expect(t.state.order).toEqual(["r1", "r3"]);
+    expect(t.request("r3")).toMatchObject({ continues: "r1", retryOf: "r2" });
   });
 });

@@ -1,7 +1,8 @@
 // The chat store: owns the connection (connection.ts) and every request, and publishes snapshots
 // for the UI. No React in here, and no protocol logic: what a frame does to a request is
 // reducer.ts, what the user's actions do is request.ts; the store calls them, sends what they
-// call for, and keeps one entry per request id, in the order the user asked.
+// call for, and keeps one entry per request id, in the order the user asked (a request that
+// continues from another's tool results comes right after it: an agent loop reads top down).
 //
 // Frames update the store's requests at once (each update a new immutable object); subscribers
 // see a new snapshot at most once per animation frame (`schedule`), so 800 tokens/s cost ~60
@@ -13,16 +14,24 @@
 import type { ChatMessage } from "../generated/frames.ts";
 import type { BackoffOptions } from "./backoff.ts";
 import { Connection, type ConnectionStatus } from "./connection.ts";
-import { DEFAULT_HISTORY_LIMITS, buildHistory, type HistoryLimits } from "./history.ts";
+import {
+  DEFAULT_HISTORY_LIMITS,
+  buildHistory,
+  type HistoryLimits,
+  type ToolResult,
+} from "./history.ts";
 import { newRequestId } from "./ids.ts";
 import { quoteFrame, type ParseResult } from "./protocol.ts";
 import { applyFrame } from "./reducer.ts";
 import {
+  answered,
   historyTurn,
   interrupted,
   newRequest,
   sent,
   stopped,
+  type GenerateOptions,
+  type Origin,
   type RequestRecord,
   type RequestState,
 } from "./request.ts";
@@ -30,12 +39,17 @@ import { animationFrame, type FrameScheduler } from "./schedule.ts";
 import type { SocketFactory } from "./socket.ts";
 
 export type { ConnectionStatus } from "./connection.ts";
+export type { ToolResult } from "./history.ts";
 export type {
+  GenerateOptions,
   RequestError,
   RequestErrorCode,
   RequestState,
   RequestStatus,
   RequestTimings,
+  StructuredOutput,
+  ToolCallState,
+  ToolChoice,
 } from "./request.ts";
 
 /** Something unexpected from the server, with the frame that carried it. */
@@ -160,14 +174,31 @@ export class ChatStore {
   }
 
   /**
-   * Ask a question. The history of the complete previous turns goes with it. Returns the new
-   * request id, or undefined for an empty prompt. Sent at once when connected, else queued.
+   * Ask a question, with tools or a responseFormat if `options` has them. The history of the
+   * complete previous turns goes with it. Returns the new request id, or undefined for an empty
+   * prompt. Sent at once when connected, else queued.
    */
-  send(prompt: string): string | undefined {
+  send(prompt: string, options: GenerateOptions = {}): string | undefined {
     const text = prompt.trim();
     if (this.disposed || text === "") return undefined;
-    const turns = this.order.map((id) => historyTurn(this.requests.get(id)!.state));
-    return this.begin(text, buildHistory(turns, this.historyLimits));
+    return this.begin(text, this.history(this.order), options);
+  }
+
+  /**
+   * Send back the results of a finished request's tool calls: the next step of an agent loop.
+   * A new request, with the same tools, carries the history up to that request, its calls and
+   * these results (no prompt of its own); it takes its place right after it. Returns its id, or
+   * undefined when the request's calls cannot be answered (not done, already answered, or a
+   * result names no call of it).
+   */
+  sendToolResults(requestId: string, results: readonly ToolResult[]): string | undefined {
+    const request = this.requests.get(requestId);
+    if (this.disposed || request === undefined) return undefined;
+    const next = answered(request, results);
+    if (next === undefined) return undefined;
+    this.update(next);
+    const upTo = this.order.slice(0, this.order.indexOf(requestId) + 1);
+    return this.begin("", this.history(upTo), request.state.options, { continues: requestId });
   }
 
   /** Stop a streaming answer: sends `ai:cancel` and keeps the text received so far. */
@@ -194,7 +225,10 @@ export class ChatStore {
     if (this.disposed || request === undefined || request.state.status !== "error") {
       return undefined;
     }
-    return this.begin(request.state.prompt, request.state.messages, requestId);
+    const { prompt, messages, options, continues } = request.state;
+    const origin: Origin = { retryOf: requestId };
+    if (continues !== undefined) origin.continues = continues;
+    return this.begin(prompt, messages, options, origin);
   }
 
   /** Close the socket and stop reconnecting; the store is unusable afterwards. */
@@ -207,17 +241,36 @@ export class ChatStore {
 
   // --- requests --------------------------------------------------------------------------------
 
-  private begin(prompt: string, messages: readonly ChatMessage[], replaces?: string): string {
+  /** The history of the complete turns among `ids`. */
+  private history(ids: readonly string[]): ChatMessage[] {
+    const turns = ids.map((id) => historyTurn(this.requests.get(id)!.state));
+    return buildHistory(turns, this.historyLimits);
+  }
+
+  private begin(
+    prompt: string,
+    messages: readonly ChatMessage[],
+    options: GenerateOptions,
+    origin: Origin = {},
+  ): string {
     const requestId = this.makeId();
-    const request = newRequest(requestId, prompt, messages, replaces);
+    const request = newRequest(requestId, prompt, messages, options, origin);
     this.requests.set(requestId, request);
+    const replaces = origin.retryOf;
     const at = replaces === undefined ? -1 : this.order.indexOf(replaces);
-    if (at < 0) {
-      this.order = [...this.order, requestId];
-    } else {
+    if (at >= 0) {
       this.order = [...this.order.slice(0, at), requestId, ...this.order.slice(at + 1)];
       this.requests.delete(replaces!);
       this.dirty.add(replaces!);
+    } else if (origin.continues !== undefined) {
+      // After the request it continues and whatever already continues from it.
+      let after = this.order.indexOf(origin.continues);
+      while (after + 1 < this.order.length && this.continuesFrom(this.order[after + 1]!, origin)) {
+        after += 1;
+      }
+      this.order = [...this.order.slice(0, after + 1), requestId, ...this.order.slice(after + 1)];
+    } else {
+      this.order = [...this.order, requestId];
     }
     this.dirty.add(requestId);
     this.changed = true;
@@ -231,14 +284,28 @@ export class ChatStore {
     return requestId;
   }
 
+  /** Whether request `id` is part of the chain that `origin.continues` started. */
+  private continuesFrom(id: string, origin: Origin): boolean {
+    let continues = this.requests.get(id)?.state.continues;
+    while (continues !== undefined) {
+      if (continues === origin.continues) return true;
+      continues = this.requests.get(continues)?.state.continues;
+    }
+    return false;
+  }
+
   private sendGenerate(request: RequestRecord): void {
     this.update(sent(request, this.now()));
-    const { requestId, prompt, messages } = request.state;
+    const { requestId, prompt, messages, options } = request.state;
+    const { tools, toolChoice, responseFormat } = options;
     this.connection.send({
       type: "ai:generate",
       requestId,
-      prompt,
+      ...(prompt !== "" ? { prompt } : {}),
       ...(messages.length > 0 ? { messages: [...messages] } : {}),
+      ...(tools !== undefined ? { tools: [...tools] } : {}),
+      ...(toolChoice !== undefined ? { toolChoice } : {}),
+      ...(responseFormat !== undefined ? { responseFormat } : {}),
     });
   }
 

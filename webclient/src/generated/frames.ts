@@ -10,6 +10,17 @@
 // and enums (whose *_UNSPECIFIED zero value is never sent) may be absent.
 // Client → server: every key but type and requestId is optional.
 
+// --- JSON values --------------------------------------------------------------------------------
+
+/** Any JSON value (aistream.v1.Json: its text on the gRPC hop, the value in frames). */
+export type JsonValue =
+  | null
+  | boolean
+  | number
+  | string
+  | JsonValue[]
+  | { [key: string]: JsonValue };
+
 // --- enums --------------------------------------------------------------------------------
 
 /**
@@ -18,10 +29,29 @@
  * ROLE_SYSTEM → "system"
  * ROLE_USER → "user"
  * ROLE_ASSISTANT → "assistant"
+ * ROLE_TOOL → "tool"
  */
-export type Role = "system" | "user" | "assistant";
+export type Role = "system" | "user" | "assistant" | "tool";
 /** Every Role the JSON frames may carry. */
-export const ROLE_VALUES = ["system", "user", "assistant"] as const satisfies readonly Role[];
+export const ROLE_VALUES = [
+  "system",
+  "user",
+  "assistant",
+  "tool",
+] as const satisfies readonly Role[];
+
+/**
+ * ResponseFormatType is the kind of structured output asked for.
+ *
+ * RESPONSE_FORMAT_TYPE_JSON_OBJECT → "json_object"
+ * RESPONSE_FORMAT_TYPE_JSON_SCHEMA → "json_schema"
+ */
+export type ResponseFormatType = "json_object" | "json_schema";
+/** Every ResponseFormatType the JSON frames may carry. */
+export const RESPONSE_FORMAT_TYPE_VALUES = [
+  "json_object",
+  "json_schema",
+] as const satisfies readonly ResponseFormatType[];
 
 /**
  * FinishReason says why the model stopped generating.
@@ -66,6 +96,7 @@ export const USAGE_SOURCE_VALUES = [
  * ERROR_CODE_INTERNAL → "internal"
  * ERROR_CODE_SLOW_CONSUMER → "slow_consumer"
  * ERROR_CODE_UNAUTHENTICATED → "unauthenticated"
+ * ERROR_CODE_INVALID_OUTPUT → "invalid_output"
  */
 export type ErrorCode =
   | "cancelled"
@@ -77,7 +108,8 @@ export type ErrorCode =
   | "unavailable"
   | "internal"
   | "slow_consumer"
-  | "unauthenticated";
+  | "unauthenticated"
+  | "invalid_output";
 /** Every ErrorCode the JSON frames may carry. */
 export const ERROR_CODE_VALUES = [
   "cancelled",
@@ -90,6 +122,7 @@ export const ERROR_CODE_VALUES = [
   "internal",
   "slow_consumer",
   "unauthenticated",
+  "invalid_output",
 ] as const satisfies readonly ErrorCode[];
 
 // --- nested messages ---------------------------------------------------------------------
@@ -102,8 +135,57 @@ export const ERROR_CODE_VALUES = [
 export interface ChatMessage {
   /** Who said it. */
   role?: Role;
-  /** What was said. */
+  /** What was said. May be empty for an assistant message that only calls tools. */
   content?: string;
+  /** The tools the assistant called in this turn (role assistant only). */
+  toolCalls?: ToolCall[];
+  /** The call this message answers (role tool, where it is required; its result is content). */
+  toolCallId?: string;
+}
+
+/**
+ * ToolCall is one call of a tool by the model: in Done.tool_calls, and in the assistant
+ * message that carries it back in the next Generate of an agent loop.
+ *
+ * (both ways; every key present, as the server sends it)
+ */
+export interface ToolCall {
+  /** The call's id; the tool message answering it names it in tool_call_id. */
+  id: string;
+  /** The tool's name. */
+  name: string;
+  /** The arguments: JSON text (in Done: complete, and proven to parse). */
+  arguments: string;
+}
+
+/**
+ * Tool is one function the model may call.
+ *
+ * (client → server)
+ */
+export interface Tool {
+  /** The function's name: 1 to 64 of a-z, A-Z, 0-9, "_" and "-". */
+  name?: string;
+  /** What the function does, for the model. */
+  description?: string;
+  /** The JSON Schema of the function's arguments (an object); absent: no arguments described. */
+  parameters?: JsonValue;
+}
+
+/**
+ * ResponseFormat asks for an answer that is JSON.
+ *
+ * (client → server)
+ */
+export interface ResponseFormat {
+  /** "json_object" (any JSON object) or "json_schema" (JSON valid against schema). */
+  type?: ResponseFormatType;
+  /** A name for the schema (json_schema only; "response" when empty). */
+  name?: string;
+  /** The JSON Schema the answer must be valid against (required with json_schema). */
+  schema?: JsonValue;
+  /** Ask the upstream to follow the schema strictly (passed on as given). */
+  strict?: boolean;
 }
 
 /**
@@ -118,6 +200,17 @@ export interface Usage {
   completionTokens: number;
   /** Where the numbers came from. */
   source?: UsageSource;
+  /**
+   * Of completion_tokens, those spent reasoning: the upstream's
+   * completion_tokens_details.reasoning_tokens, or (estimated) one per reasoning chunk.
+   * Absent when unknown and no reasoning streamed.
+   */
+  reasoningTokens?: number;
+  /**
+   * Of prompt_tokens, those the upstream served from its cache
+   * (prompt_tokens_details.cached_tokens); absent when the upstream did not say.
+   */
+  cachedTokens?: number;
 }
 
 // --- client → server frames --------------------------------------------------------------
@@ -162,6 +255,22 @@ export interface GenerateFrame {
    * request (the bridge sends many requests over one call; call metadata is per call).
    */
   traceparent?: string;
+  /**
+   * Tools the model may call (Chat Completions "tools", each a function). A call the model
+   * makes streams as ToolCallStart and ToolArgs parts and ends in Done.tool_calls.
+   */
+  tools?: Tool[];
+  /**
+   * How the model may use the tools ("toolChoice"): the string "auto", "none" or "required",
+   * or an object {"name": "<tool name>"} to force that tool. Anything else is invalid_request.
+   */
+  toolChoice?: JsonValue;
+  /**
+   * Ask for structured output: the answer text streams as usual, and Done carries it parsed
+   * (Done.output), validated against the schema; text that is not valid JSON, or breaks the
+   * schema, ends the generation with Error(INVALID_OUTPUT) instead.
+   */
+  responseFormat?: ResponseFormat;
 }
 
 /**
@@ -191,7 +300,7 @@ export const CLIENT_FRAME_TYPES = [
 
 /**
  * Start says a Generate was accepted. Exactly one per accepted generation,
- * before any Token.
+ * before any part.
  *
  * (server → client)
  */
@@ -218,13 +327,14 @@ export interface TokenFrame {
   /** The text, to be appended to everything received before for this id. */
   chunk: string;
   /**
-   * Position of this chunk's first token in the answer, counting from 0.
-   * Consecutive Tokens of one id have increasing seq; a gap never happens.
+   * Position of this chunk's first token among the request's parts, counting from 0
+   * (for an answer with text only: its position in the answer). The parts of one id
+   * have increasing seq; a gap never happens.
    */
   seq: number;
   /**
    * How many upstream tokens this chunk holds (more than one when tokens were
-   * coalesced because a hop fell behind); the next Token's seq is seq + count.
+   * coalesced because a hop fell behind); the next part's seq is seq + count.
    * 0 in events from older servers means 1.
    */
   count: number;
@@ -249,6 +359,22 @@ export interface DoneFrame {
   ttftMs: number;
   /** Milliseconds from the Generate being accepted to this event. */
   durationMs: number;
+  /**
+   * The tool calls the model made, in index order, each with its complete arguments (JSON text
+   * that parses). Empty when it made none.
+   */
+  toolCalls: ToolCall[];
+  /**
+   * With Generate.response_format: the answer text parsed as JSON, and valid against the
+   * schema. Absent without a response_format, and when the model answered with tool calls or a
+   * refusal instead of text.
+   */
+  output?: JsonValue;
+  /**
+   * Milliseconds from the Generate being accepted to the first reasoning part; absent when the
+   * model streamed no reasoning. (ttft_ms is the first answer part: text, tool call or refusal.)
+   */
+  reasoningMs?: number;
 }
 
 /**
@@ -274,8 +400,91 @@ export interface ErrorFrame {
   durationMs: number;
 }
 
+/**
+ * Reasoning carries the next piece of the model's reasoning ("thinking") text. It is never
+ * part of the answer: a client shows it apart, or not at all.
+ *
+ * (server → client)
+ */
+export interface ReasoningFrame {
+  type: "ai:reasoning";
+  /** The request id of the Generate. */
+  requestId: string;
+  /** The text, to be appended to the reasoning received before for this id. */
+  chunk: string;
+  /** Position of this chunk's first token among the request's parts (as Token.seq). */
+  seq: number;
+  /** How many upstream tokens this chunk holds (as Token.count). */
+  count: number;
+}
+
+/**
+ * ToolCallStart says the model began a tool call. Its arguments follow as ToolArgs with the
+ * same index; Done.tool_calls has the whole call.
+ *
+ * (server → client)
+ */
+export interface ToolCallStartFrame {
+  type: "ai:tool_call";
+  /** The request id of the Generate. */
+  requestId: string;
+  /** Position of this part among the request's parts (it covers one number). */
+  seq: number;
+  /** The call's place among this answer's tool calls, from 0 (calls may stream interleaved). */
+  index: number;
+  /** The call's id. */
+  id: string;
+  /** The tool's name. */
+  name: string;
+}
+
+/**
+ * ToolArgs carries the next piece of a tool call's arguments (JSON text, incomplete until
+ * Done: a piece may end anywhere, even inside a string or an escape).
+ *
+ * (server → client)
+ */
+export interface ToolArgsFrame {
+  type: "ai:tool_args";
+  /** The request id of the Generate. */
+  requestId: string;
+  /** The text, to be appended to the arguments received before for this call. */
+  chunk: string;
+  /** Position of this chunk's first token among the request's parts (as Token.seq). */
+  seq: number;
+  /** How many upstream tokens this chunk holds (as Token.count). */
+  count: number;
+  /** The call's index (as in its ToolCallStart). */
+  index: number;
+}
+
+/**
+ * Refusal carries the next piece of the model's refusal text (the model declined to answer).
+ *
+ * (server → client)
+ */
+export interface RefusalFrame {
+  type: "ai:refusal";
+  /** The request id of the Generate. */
+  requestId: string;
+  /** The text, to be appended to the refusal received before for this id. */
+  chunk: string;
+  /** Position of this chunk's first token among the request's parts (as Token.seq). */
+  seq: number;
+  /** How many upstream tokens this chunk holds (as Token.count). */
+  count: number;
+}
+
 /** Every server → client frame, discriminated on `type`. */
-export type ServerFrame = StartFrame | TokenFrame | DoneFrame | ErrorFrame;
+export type ServerFrame =
+  | StartFrame
+  | TokenFrame
+  | DoneFrame
+  | ErrorFrame
+  | ReasoningFrame
+  | ToolCallStartFrame
+  | ToolArgsFrame
+  | RefusalFrame;
 /** The `type` of a ServerFrame. */
 export type ServerFrameType = ServerFrame["type"];
 /** Every valid ServerFrame `type`, for parsing. */
@@ -284,4 +493,8 @@ export const SERVER_FRAME_TYPES = [
   "ai:token",
   "ai:done",
   "ai:error",
+  "ai:reasoning",
+  "ai:tool_call",
+  "ai:tool_args",
+  "ai:refusal",
 ] as const satisfies readonly ServerFrameType[];

@@ -1,5 +1,7 @@
 // One turn: the question and its answer, streaming in with a cursor, with Stop / Retry and the
-// numbers when it is done. Re-renders only when its own request changes.
+// numbers when it is done. Around the answer text: the model's thinking (Thinking.tsx), its tool
+// calls (ToolCalls.tsx), a refusal; an answer asked for as JSON shows as StructuredOutput.
+// Re-renders only when its own request changes.
 
 import { memo } from "react";
 
@@ -7,12 +9,17 @@ import {
   completionTokens,
   formatMs,
   formatRate,
+  reasoningTokens,
+  thinkingTime,
   timeToFirstToken,
   tokensPerSecond,
 } from "../chat/metrics.ts";
 import type { RequestState } from "../chat/store.ts";
 import { useChatStore, useRequest } from "../react/useChat.ts";
 import { Markdown } from "./Markdown.tsx";
+import { StructuredOutput } from "./StructuredOutput.tsx";
+import { Thinking } from "./Thinking.tsx";
+import { ToolCalls, ToolResultsSent } from "./ToolCalls.tsx";
 
 const FINISH_NOTES: Record<string, string> = {
   length: "cut off: the token limit was reached",
@@ -32,6 +39,9 @@ export const Answer = memo(function Answer({
   if (request === undefined) return null;
   const { status } = request;
   const streaming = status === "streaming";
+  const structured = request.options.responseFormat !== undefined;
+  const nothingYet =
+    request.text === "" && request.refusal === "" && request.toolCalls.length === 0;
 
   return (
     <article
@@ -40,23 +50,46 @@ export const Answer = memo(function Answer({
       data-status={status}
       aria-label={`Answer ${index + 1}`}
     >
-      <div className="question">
-        <span className="who">You</span>
-        <p>{request.prompt}</p>
-      </div>
+      {request.continues !== undefined ? (
+        <ToolResultsSent requestId={request.continues} />
+      ) : (
+        <div className="question">
+          <span className="who">You</span>
+          <p>{request.prompt}</p>
+        </div>
+      )}
       <div className="answer">
         <header className="answer-head">
           <ModelBadge model={request.model} />
           <StatusNote request={request} />
         </header>
+        {request.reasoning !== "" && (
+          <Thinking
+            reasoning={request.reasoning}
+            thinking={request.thinking}
+            answered={request.timings.firstTokenAt !== undefined}
+            thoughtMs={thinkingTime(request)}
+          />
+        )}
         <div
           className={`answer-text${streaming ? " streaming" : ""}`}
           aria-live="polite"
           aria-busy={streaming}
         >
-          {request.text !== "" && <Markdown text={request.text} />}
-          {streaming && request.text === "" && <span className="cursor" aria-hidden="true" />}
+          {structured ? (
+            <StructuredOutput request={request} />
+          ) : (
+            request.text !== "" && <Markdown text={request.text} />
+          )}
+          {streaming && nothingYet && <span className="cursor" aria-hidden="true" />}
         </div>
+        {request.refusal !== "" && (
+          <div className="refusal" role="note" aria-label="Refusal">
+            <strong>The model declined to answer</strong>
+            <p>{request.refusal}</p>
+          </div>
+        )}
+        <ToolCalls request={request} />
         <footer className="answer-foot">
           {streaming && (
             <button type="button" className="stop" onClick={() => store.stop(requestId)}>
@@ -101,13 +134,19 @@ function StatusNote({ request }: { request: RequestState }) {
         ? "waiting for the connection…"
         : request.tokens === 0
           ? "thinking…"
-          : "streaming";
+          : request.toolCalls.length > 0 && request.text === ""
+            ? "calling tools…"
+            : "streaming";
       break;
     case "done":
-      note = FINISH_NOTES[request.finishReason ?? ""] ?? "done";
+      note =
+        request.refusal !== "" ? "refused" : (FINISH_NOTES[request.finishReason ?? ""] ?? "done");
       break;
     case "cancelled":
-      note = request.text === "" ? "stopped before any text arrived" : "stopped";
+      note =
+        request.text === "" && request.refusal === "" && request.toolCalls.length === 0
+          ? "stopped before any text arrived"
+          : "stopped";
       break;
     case "error":
       note = "failed";
@@ -120,11 +159,18 @@ function Metrics({ request }: { request: RequestState }) {
   const ttft = timeToFirstToken(request);
   const rate = tokensPerSecond(request);
   const tokens = completionTokens(request);
+  const reasoning = reasoningTokens(request);
+  const cached = request.usage?.cachedTokens;
   const estimated = request.usage?.source === "estimated";
+  const details = [reasoning > 0 && `${reasoning} reasoning`, estimated && "estimated"].filter(
+    (detail): detail is string => typeof detail === "string",
+  );
   const parts = [
     ttft !== undefined && `first token ${formatMs(ttft)}`,
     rate !== undefined && formatRate(rate),
-    `${tokens} ${tokens === 1 ? "token" : "tokens"}${estimated ? " (estimated)" : ""}`,
+    `${tokens} ${tokens === 1 ? "token" : "tokens"}` +
+      (details.length > 0 ? ` (${details.join(", ")})` : ""),
+    cached !== undefined && cached > 0 && `${cached} prompt tokens cached`,
   ].filter((part): part is string => typeof part === "string");
   return <p className="metrics">{parts.join(" · ")}</p>;
 }

@@ -94,6 +94,7 @@ describe("an answer", () => {
     expect(within(article).getByText("gpt-test")).toBeInTheDocument();
     t.server({
       type: "ai:done",
+      toolCalls: [],
       requestId: "r1",
       finishReason: "stop",
       usage: { promptTokens: 3, completionTokens: 2, source: "upstream" },
@@ -114,7 +115,7 @@ describe("an answer", () => {
     t.server(
       { type: "ai:start", requestId: "r1", model: "m" },
       { type: "ai:token", requestId: "r1", chunk: "Hello", seq: 0, count: 1 },
-      { type: "ai:done", requestId: "r1", ttftMs: 5, durationMs: 9 },
+      { type: "ai:done", requestId: "r1", ttftMs: 5, durationMs: 9, toolCalls: [] },
     );
     const article = t.answer("r1");
     expect(article).toHaveAttribute("data-status", "done");

@@ -2,6 +2,7 @@
 
 import { useEffect, useRef, type RefObject } from "react";
 
+import { modeOptions, type ChatMode } from "../chat/demo.ts";
 import { useChat, useChatStore } from "../react/useChat.ts";
 import { Answer } from "./Answer.tsx";
 import { Composer } from "./Composer.tsx";
@@ -14,9 +15,9 @@ export function App() {
   const conversation = useRef<HTMLElement>(null);
   const follow = useFollowBottom(conversation);
 
-  const send = (prompt: string) => {
+  const send = (prompt: string, mode: ChatMode) => {
     follow.current = true; // a new question always scrolls into view
-    store.send(prompt);
+    store.send(prompt, modeOptions(mode));
   };
 
   return (

@@ -1,15 +1,19 @@
-// The prompt box: Enter sends, Shift+Enter is a new line.
+// The prompt box: Enter sends, Shift+Enter is a new line. Under it, the mode a question is asked
+// in: plain chat, with a demo tool, or for JSON (see chat/demo.ts); the mode stays until changed.
 
 import { useId, useState, type FormEvent, type KeyboardEvent } from "react";
 
-export function Composer({ onSend }: { onSend: (prompt: string) => void }) {
+import { CHAT_MODES, type ChatMode } from "../chat/demo.ts";
+
+export function Composer({ onSend }: { onSend: (prompt: string, mode: ChatMode) => void }) {
   const [prompt, setPrompt] = useState("");
+  const [mode, setMode] = useState<ChatMode>("chat");
   const id = useId();
   const empty = prompt.trim() === "";
 
   const send = () => {
     if (empty) return;
-    onSend(prompt);
+    onSend(prompt, mode);
     setPrompt("");
   };
   const onSubmit = (event: FormEvent) => {
@@ -44,6 +48,21 @@ export function Composer({ onSend }: { onSend: (prompt: string) => void }) {
       <button type="submit" disabled={empty}>
         Send
       </button>
+      <fieldset className="modes">
+        <legend className="visually-hidden">Mode</legend>
+        {CHAT_MODES.map((m) => (
+          <label key={m.mode} title={m.hint} className={m.mode === mode ? "selected" : undefined}>
+            <input
+              type="radio"
+              name={`${id}-mode`}
+              value={m.mode}
+              checked={m.mode === mode}
+              onChange={() => setMode(m.mode)}
+            />
+            {m.label}
+          </label>
+        ))}
+      </fieldset>
     </form>
   );
 }

@@ -87,4 +87,61 @@ describe("rendering under load", () => {
       `renders: ${commits} commits, ${flushed} snapshots for ${tokens} tokens in 1 s (${frames} frames)`,
     );
   });
+
+  it("renders at most once per animation frame with every kind of part streaming", () => {
+    const { store, sockets } = makeStore({ scheduleFrame: animationFrame() });
+    store.connect();
+    let commits = 0;
+    render(
+      <ChatStoreProvider store={store}>
+        <Profiler id="app" onRender={() => (commits += 1)}>
+          <App />
+        </Profiler>
+      </ChatStoreProvider>,
+    );
+    const socket = sockets[0]!;
+    const ids: string[] = [];
+    act(() => {
+      socket.open();
+      for (const prompt of ["one", "two", "three", "four"]) ids.push(store.send(prompt)!);
+      for (const id of ids) socket.receive({ type: "ai:start", requestId: id, model: "simulated" });
+      vi.advanceTimersByTime(FRAME_MS);
+    });
+
+    // Each stream: 40 reasoning parts, a tool call, 60 argument pieces, 100 tokens, at 200/s.
+    const steps = 201;
+    const stepMs = 5;
+    const part = (requestId: string, seq: number) => {
+      if (seq < 40) return { type: "ai:reasoning", requestId, chunk: "r ", seq, count: 1 } as const;
+      if (seq === 40)
+        return { type: "ai:tool_call", requestId, seq, index: 0, id: "c", name: "f" } as const;
+      if (seq < 101)
+        return { type: "ai:tool_args", requestId, chunk: "1", seq, count: 1, index: 0 } as const;
+      return { type: "ai:token", requestId, chunk: "w ", seq, count: 1 } as const;
+    };
+    commits = 0;
+    let flushed = 0;
+    store.subscribe(() => (flushed += 1));
+    for (let step = 0; step < steps; step++) {
+      act(() => {
+        for (const id of ids) socket.receive(part(id, step));
+        vi.advanceTimersByTime(stepMs);
+      });
+    }
+    act(() => {
+      vi.advanceTimersByTime(FRAME_MS);
+    });
+
+    const frames = Math.ceil((steps * stepMs + FRAME_MS) / FRAME_MS);
+    expect(flushed).toBeLessThanOrEqual(frames);
+    expect(commits).toBeLessThanOrEqual(frames); // the Thinking section closing costs no commit
+    expect(commits).toBeGreaterThan(frames / 2);
+    for (const id of ids) {
+      const article = document.querySelector(`article[data-request-id="${id}"]`)!;
+      expect(article.querySelector(".thinking-toggle")).toHaveAttribute("aria-expanded", "false");
+      expect(article.querySelector(".tool-call-args")!.textContent).toBe("1".repeat(60));
+      expect(article.textContent).toContain("w ".repeat(100).trim());
+    }
+    expect(store.getSnapshot().protocolErrors).toEqual([]);
+  });
 });
