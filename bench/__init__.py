@@ -8,5 +8,5 @@ Modules: ``spec`` (what a stream should look like, carried in the prompt), ``ups
 fake OpenAI-compatible upstream), ``baselines`` (bare websockets and grpc.aio servers),
 ``wsclient`` (a lean WebSocket client protocol), ``client`` (the load client process),
 ``procs`` (child processes, CPU and RSS), ``stats`` (percentiles, median over repeats),
-``scenarios`` (the five scenarios), ``report`` (table, JSON, plot), ``run`` (the command).
+``scenarios`` (the six scenarios), ``report`` (table, JSON, plot), ``run`` (the command).
 """

@@ -9,14 +9,21 @@ One process drives many connections over one transport and records what it saw:
 * ``openai``: the ``openai`` SDK's typed streaming path straight to the upstream — what a user
   would write without aistream.
 
-Modes: ``loop`` (each connection runs generations back to back, staggered; time to first token,
-gaps between token messages and tokens delivered are recorded inside a measuring window),
+Modes: ``loop`` (each connection runs generations back to back, staggered; time to the first
+answer token and to the first reasoning part, gaps between part messages of either kind, and
+tokens delivered are recorded inside a measuring window),
 ``cancel`` (every connection holds one long stream; a sample of them is cancelled — or its socket
 closed — one at a time and replaced, and the send time of each cancel is reported for matching
 against the upstream's records), ``idle`` (connections only) and ``slow`` (streams whose reader
 stops reading). The client talks to the harness by lines: it prints ``{"event": "ready"}``, waits
 for ``go`` on stdin, runs, and prints ``{"event": "result", …}``; ``idle`` and ``slow`` hold their
 connections after ``ready`` until ``stop``.
+
+Reasoning parts (``ai:reasoning``) are parts, never answer tokens: they count in the gaps and
+the messages, apart in ``reasoning``, and their first one times ``reasoning_ms``, not the TTFT.
+Where the transport carries ``seq``, each request's parts (of both kinds) must follow one
+another with no gap (``seq`` = the last part's ``seq + count``); a request that skips counts once
+under the error ``seq_gap``.
 """
 
 from __future__ import annotations
@@ -42,23 +49,39 @@ class _Request:
     sent_at: float
     done: asyncio.Future[str]
     first_at: float | None = None
+    """When the first answer token arrived."""
+    reasoning_at: float | None = None
+    """When the first reasoning part arrived."""
     last_at: float | None = None
+    """When the last part (of either kind) arrived."""
     tokens: int = 0
+    next_seq: int = 0
+    """The ``seq`` the next part must have."""
+    seq_gap: bool = False
 
 
 @dataclass
 class Tracker:
-    """Per-request accounting shared by every transport: TTFT, gaps, tokens in the window."""
+    """Per-request accounting shared by every transport: TTFT, time to the first reasoning part,
+    gaps between parts, tokens in the window, seq continuity."""
 
     window: tuple[float, float] = (0.0, float("inf"))
     requests: dict[str, _Request] = field(default_factory=dict)
     ttft_ms: list[float] = field(default_factory=list)
+    """Sent → first answer token, for requests sent inside the window."""
+    reasoning_ms: list[float] = field(default_factory=list)
+    """Sent → first reasoning part, for requests sent inside the window."""
     gaps_ms: list[float] = field(default_factory=list)
+    """Between two consecutive parts (of either kind) of a request, inside the window."""
     tokens: int = 0
+    """Answer tokens received inside the window."""
+    reasoning: int = 0
+    """Reasoning tokens received inside the window."""
     messages: int = 0
+    """Part messages (answer or reasoning) received inside the window."""
     completed: int = 0
     timeline: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """Request id → (sent, first token received), for requests sent inside the window."""
+    """Request id → (sent, first part received), for requests sent inside the window."""
     errors: dict[str, int] = field(default_factory=dict)
 
     def begin(self, request_id: str, now: float) -> asyncio.Future[str]:
@@ -67,25 +90,58 @@ class Tracker:
         self.requests[request_id] = _Request(now, done)
         return done
 
-    def token(self, request_id: str, count: int, now: float) -> None:
-        """``count`` tokens of ``request_id`` arrived at ``now``."""
+    def token(self, request_id: str, count: int, now: float, seq: int | None = None) -> None:
+        """An answer part of ``count`` tokens (at ``seq``, if known) of ``request_id`` arrived at
+        ``now``."""
         req = self.requests.get(request_id)
         if req is None:
             return
-        lo, hi = self.window
-        inside = lo <= now <= hi
+        inside = self._part(request_id, req, count, now, seq)
         if req.first_at is None:
             req.first_at = now
-            if lo <= req.sent_at <= hi:
+            if self.window[0] <= req.sent_at <= self.window[1]:
                 self.ttft_ms.append(round((now - req.sent_at) * 1000, 3))
-                self.timeline[request_id] = (req.sent_at, now)
-        elif inside and req.last_at is not None:
-            self.gaps_ms.append(round((now - req.last_at) * 1000, 3))
-        req.last_at = now
         req.tokens += count
         if inside:
             self.tokens += count
+
+    def reasoning_part(
+        self, request_id: str, count: int, now: float, seq: int | None = None
+    ) -> None:
+        """A reasoning part of ``count`` tokens (at ``seq``, if known) of ``request_id`` arrived
+        at ``now``."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return
+        inside = self._part(request_id, req, count, now, seq)
+        if req.reasoning_at is None:
+            req.reasoning_at = now
+            if self.window[0] <= req.sent_at <= self.window[1]:
+                self.reasoning_ms.append(round((now - req.sent_at) * 1000, 3))
+        if inside:
+            self.reasoning += count
+
+    def _part(
+        self, request_id: str, req: _Request, count: int, now: float, seq: int | None
+    ) -> bool:
+        """What every part counts for (gap, message, timeline, seq); whether it is inside the
+        window."""
+        lo, hi = self.window
+        inside = lo <= now <= hi
+        if req.last_at is None:
+            if lo <= req.sent_at <= hi:
+                self.timeline[request_id] = (req.sent_at, now)
+        elif inside:
+            self.gaps_ms.append(round((now - req.last_at) * 1000, 3))
+        req.last_at = now
+        if seq is not None:
+            if seq != req.next_seq and not req.seq_gap:
+                req.seq_gap = True
+                self.errors["seq_gap"] = self.errors.get("seq_gap", 0) + 1
+            req.next_seq = seq + count
+        if inside:
             self.messages += 1
+        return inside
 
     def end(self, request_id: str, outcome: str) -> None:
         """The generation ended: ``done``, or an error code."""
@@ -102,9 +158,9 @@ class Tracker:
             req.done.set_result(outcome)
 
     def first_token(self, request_id: str) -> bool:
-        """Whether ``request_id`` has received a token."""
+        """Whether ``request_id`` has received a part."""
         req = self.requests.get(request_id)
-        return req is not None and req.first_at is not None
+        return req is not None and req.last_at is not None
 
 
 # --- transports -------------------------------------------------------------------------------
@@ -149,7 +205,11 @@ class WsConn(Conn):
         frame = orjson.loads(payload)
         kind = frame.get("type")
         if kind == "ai:token":
-            self._tracker.token(frame["requestId"], frame.get("count", 1), now)
+            count = frame.get("count") or 1
+            self._tracker.token(frame["requestId"], count, now, frame.get("seq"))
+        elif kind == "ai:reasoning":
+            count = frame.get("count") or 1
+            self._tracker.reasoning_part(frame["requestId"], count, now, frame.get("seq"))
         elif kind == "ai:done":
             self._tracker.end(frame["requestId"], "done")
         elif kind == "ai:error":
@@ -193,7 +253,11 @@ class GrpcConn(Conn):
                 now = time.monotonic()
                 kind = event.WhichOneof("event")
                 if kind == "token":
-                    tracker.token(event.token.request_id, event.token.count, now)
+                    part = event.token
+                    tracker.token(part.request_id, part.count or 1, now, part.seq)
+                elif kind == "reasoning":
+                    part = event.reasoning
+                    tracker.reasoning_part(part.request_id, part.count or 1, now, part.seq)
                 elif kind == "done":
                     tracker.end(event.done.request_id, "done")
                 elif kind == "error":
@@ -424,8 +488,10 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
     result = {
         "event": "result",
         "ttft_ms": tracker.ttft_ms,
+        "reasoning_ms": tracker.reasoning_ms,
         "gaps_ms": tracker.gaps_ms,
         "tokens": tracker.tokens,
+        "reasoning": tracker.reasoning,
         "messages": tracker.messages,
         "completed": tracker.completed,
         "errors": tracker.errors,

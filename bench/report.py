@@ -242,6 +242,71 @@ def _slow_table(result: dict[str, Any]) -> str:
     )
 
 
+def _reasoning_table(result: dict[str, Any]) -> str:
+    p, v = result["params"], result["variants"]
+    r, plain = v["reasoning"], v["plain"]
+    schedule_ms = p["reasoning_tokens"] / p["rate"] * 1000
+
+    def row(metric: str, label: str, digits: int = 2, compare: bool = True) -> list[str]:
+        return [
+            label,
+            _cell(r[metric], digits),
+            _cell(plain[metric], digits),
+            _ratio(r[metric], plain[metric]) if compare else "",
+        ]
+
+    rows = [
+        row("reasoning_p50_ms", "first reasoning part p50 ms", compare=False),
+        row("reasoning_p99_ms", "first reasoning part p99 ms", compare=False),
+        row("ttft_p50_ms", "first answer token p50 ms", compare=False),
+        row("ttft_p99_ms", "first answer token p99 ms", compare=False),
+        row("answer_lag_p50_ms", f"… minus its schedule ({schedule_ms:,.0f} ms) p50 ms"),
+        row("answer_lag_p99_ms", "… minus its schedule p99 ms"),
+        row("gap_p50_ms", "between parts p50 ms"),
+        row("gap_p99_ms", "between parts p99 ms"),
+        row("request_path_p50_ms", "… request path p50 ms (sent → upstream got it)"),
+        row("response_path_p50_ms", "… response path p50 ms (upstream wrote → first part)"),
+        row("parts_per_s", f"parts/s (offered {result['offered_parts_per_s']:,.0f})", 0),
+        row("reasoning_per_s", "… of which reasoning tokens/s", 0, compare=False),
+        row("tokens_per_s", "… of which answer tokens/s", 0, compare=False),
+        row("messages_per_s", "part messages/s", 0),
+        [
+            "errors / answer samples / reasoning samples",
+            *(
+                f"{_cell(x['errors'], 0)} / {_cell(x['samples'], 0)} / "
+                f"{_cell(x['reasoning_samples'], 0)}"
+                for x in (r, plain)
+            ),
+            "",
+        ],
+    ]
+    processes = result["processes"]
+    for name in ("bridge", "generator"):
+        a, b = processes["reasoning"].get(name), processes["plain"].get(name)
+        if a and b:
+            rows.append(
+                [
+                    f"{name} CPU % of one core",
+                    _cell(a["cpu_pct"], 0),
+                    _cell(b["cpu_pct"], 0),
+                    _ratio(a["cpu_pct"], b["cpu_pct"]),
+                ]
+            )
+    total = p["reasoning_tokens"] + p["answer_tokens"]
+    header = [
+        "",
+        f"reasoning ({p['reasoning_tokens']} + {p['answer_tokens']})",
+        f"plain ({total} answer)",
+        "reasoning ÷ plain",
+    ]
+    title = (
+        f"### Reasoning: {p['streams']:,} concurrent streams at {p['rate']:g} tokens/s, "
+        f"{p['reasoning_tokens']} `{p['reasoning_field']}` tokens then {p['answer_tokens']} "
+        f"answer tokens ({p['window_s']:g} s window)"
+    )
+    return f"{title}\n\n{_table(header, rows)}\n\n{_cpu_table(processes)}"
+
+
 def tables(results: dict[str, Any]) -> str:
     """Every scenario's table, as Markdown."""
     parts: list[str] = []
@@ -256,6 +321,8 @@ def tables(results: dict[str, Any]) -> str:
         parts.append(_idle_table(scenarios["idle"]))
     if "slow" in scenarios:
         parts.append(_slow_table(scenarios["slow"]))
+    if "reasoning" in scenarios:
+        parts.append(_reasoning_table(scenarios["reasoning"]))
     return "\n\n".join(parts)
 
 

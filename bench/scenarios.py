@@ -1,4 +1,4 @@
-"""The five scenarios of the harness; each returns its figures, aggregated over repeats.
+"""The six scenarios of the harness; each returns its figures, aggregated over repeats.
 
 Every scenario starts its own servers (``bench.stack``), runs its load clients as separate
 processes (``bench.client``), meters every process's CPU and RSS over the measuring window
@@ -60,6 +60,22 @@ class Sizes:
     quiet_patience: float = 15.0
     """Before a run, how long to wait for other processes on the machine to quieten (0: no
     wait; what they used is reported either way)."""
+    reasoning_streams: int = 1000
+    """Concurrent streams of the reasoning scenario (paced at ``rate``, as in the TTFT one)."""
+    reasoning_tokens: int = 200
+    """Reasoning tokens before each answer of the reasoning scenario."""
+    reasoning_answer_tokens: int = 100
+    """Answer tokens after the reasoning (the plain baseline streams both counts as answer)."""
+    reasoning_field: str = "reasoning_content"
+    """The delta key of the upstream's reasoning: ``reasoning_content`` or ``reasoning``
+    (vLLM's)."""
+    reasoning_warmup: float = 10.0
+    """Seconds before the window: one whole answer (300 tokens at 30/s), over which the streams
+    start staggered, so every one is live and they are spread over every phase of an answer."""
+    reasoning_window: float = 15.0
+    """Seconds of the window. Only requests sent in it are timed, and an answer's first token
+    comes ``reasoning_tokens / rate`` s (6.7 s) after it was sent: 15 s leaves half the window's
+    requests an answer token to time."""
 
 
 SLOW_CLIENT_RCVBUF = 256 * 1024
@@ -85,6 +101,11 @@ QUICK = Sizes(
     slow_hold=1.5,
     settle=0.3,
     quiet_patience=0.0,
+    reasoning_streams=50,
+    reasoning_tokens=20,
+    reasoning_answer_tokens=10,
+    reasoning_warmup=0.5,
+    reasoning_window=1.5,
 )
 
 
@@ -101,14 +122,15 @@ def _client_processes(path: str, connections: int) -> int:
 
 
 def _merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, Any] = {"ttft_ms": [], "gaps_ms": [], "errors": {}, "sent": {}}
-    merged["timeline"] = {}
+    merged: dict[str, Any] = {"ttft_ms": [], "reasoning_ms": [], "gaps_ms": [], "errors": {}}
+    merged["sent"], merged["timeline"] = {}, {}
     for r in results:
         merged["timeline"].update(r.get("timeline", {}))
-    for key in ("tokens", "messages", "completed", "live"):
+    for key in ("tokens", "reasoning", "messages", "completed", "live"):
         merged[key] = sum(r.get(key, 0) for r in results)
     for r in results:
         merged["ttft_ms"] += r["ttft_ms"]
+        merged["reasoning_ms"] += r.get("reasoning_ms", [])
         merged["gaps_ms"] += r["gaps_ms"]
         merged["sent"].update(r.get("sent", {}))
         for code, n in r["errors"].items():
@@ -173,8 +195,9 @@ class Load:
 
 
 def _split_ttft(stack: Stack, timeline: dict[str, list[float]]) -> dict[str, float | None]:
-    """Split each TTFT at the upstream's own record: request path (client sent → upstream
-    received) and response path (upstream wrote the first token → client received it)."""
+    """Split each time to the first part at the upstream's own record: request path (client
+    sent → upstream received) and response path (upstream wrote the first chunk → client
+    received the first part; with no reasoning, the first token)."""
     request, response = [], []
     for record in stack.records():
         times = timeline.get(record["tag"])
@@ -201,13 +224,18 @@ def _run_loop(stack: Stack, path: str, job: dict[str, Any], window: float) -> di
     return {
         "ttft_p50_ms": percentile(result["ttft_ms"], 50),
         "ttft_p99_ms": percentile(result["ttft_ms"], 99),
+        "reasoning_p50_ms": percentile(result["reasoning_ms"], 50),
+        "reasoning_p99_ms": percentile(result["reasoning_ms"], 99),
         "gap_p50_ms": percentile(result["gaps_ms"], 50),
         "gap_p99_ms": percentile(result["gaps_ms"], 99),
         "tokens_per_s": round(result["tokens"] / window, 1),
+        "reasoning_per_s": round(result["reasoning"] / window, 1),
+        "parts_per_s": round((result["tokens"] + result["reasoning"]) / window, 1),
         "messages_per_s": round(result["messages"] / window, 1),
         "errors": sum(result["errors"].values()),
         "error_codes": result["errors"],
         "samples": len(result["ttft_ms"]),
+        "reasoning_samples": len(result["reasoning_ms"]),
         "processes": usage,
         **(_split_ttft(stack, result["timeline"]) if path in ("aistream", "direct") else {}),
     }
@@ -619,6 +647,101 @@ def slow(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     }
 
 
+# --- 6. Reasoning ---------------------------------------------------------------------------------
+
+_REASONING_METRICS = (
+    "reasoning_p50_ms",
+    "reasoning_p99_ms",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "answer_lag_p50_ms",
+    "answer_lag_p99_ms",
+    "gap_p50_ms",
+    "gap_p99_ms",
+    *_SPLIT,
+    "parts_per_s",
+    "tokens_per_s",
+    "reasoning_per_s",
+    "messages_per_s",
+    "errors",
+    "samples",
+    "reasoning_samples",
+)
+
+
+def _reasoning_run(stack: Stack, spec: StreamSpec, sizes: Sizes) -> Run:
+    job = {
+        "mode": "loop",
+        "connections": sizes.reasoning_streams,
+        "spec": asdict(spec),
+        "stagger": sizes.reasoning_warmup,
+        "warmup": sizes.reasoning_warmup,
+        "duration": sizes.reasoning_window,
+    }
+    run = _run_loop(stack, "aistream", job, sizes.reasoning_window)
+    schedule_ms = spec.reasoning * spec.interval * 1000
+    for q in ("p50", "p99"):
+        ttft_ms = run[f"ttft_{q}_ms"]
+        run[f"answer_lag_{q}_ms"] = None if ttft_ms is None else round(ttft_ms - schedule_ms, 3)
+    return run
+
+
+def reasoning(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
+    """``reasoning_streams`` closed-loop streams through aistream, each ``reasoning_tokens``
+    reasoning tokens then ``reasoning_answer_tokens`` answer tokens, paced as in the TTFT
+    scenario; the baseline (``plain``), run alongside, streams as many tokens, all answer.
+
+    The reasoning/plain ratio of each figure (the bridge's and generator's CPU above all) is
+    what decoding and relaying reasoning costs. An answer's first token comes after the
+    reasoning by design: ``answer_lag`` is its time to the first token minus that schedule
+    (``reasoning_tokens / rate``), comparable with the plain streams' TTFT."""
+    interval = 1 / sizes.rate
+    total = sizes.reasoning_tokens + sizes.reasoning_answer_tokens
+    specs = {
+        "reasoning": StreamSpec(
+            ttft=0.0,
+            interval=interval,
+            tokens=sizes.reasoning_answer_tokens,
+            reasoning=sizes.reasoning_tokens,
+            reasoning_field=sizes.reasoning_field,
+        ),
+        "plain": StreamSpec(ttft=0.0, interval=interval, tokens=total),
+    }
+
+    def say(run: Run) -> str:
+        return (
+            f"first reasoning p50 {run['reasoning_p50_ms']} p99 {run['reasoning_p99_ms']} ms, "
+            f"first answer p50 {run['ttft_p50_ms']} p99 {run['ttft_p99_ms']} ms, "
+            f"{run['parts_per_s']} parts/s, errors {run['errors']}"
+        )
+
+    with Stack(("aistream",), upstream, quiet_patience=sizes.quiet_patience) as stack:
+        runs = repeated(
+            f"reasoning c={sizes.reasoning_streams}",
+            repeat,
+            tuple(specs),
+            lambda variant: _reasoning_run(stack, specs[variant], sizes),
+            say,
+            sizes.settle,
+        )
+    return {
+        "params": {
+            "streams": sizes.reasoning_streams,
+            "rate": sizes.rate,
+            "reasoning_tokens": sizes.reasoning_tokens,
+            "answer_tokens": sizes.reasoning_answer_tokens,
+            "reasoning_field": sizes.reasoning_field,
+            "warmup_s": sizes.reasoning_warmup,
+            "window_s": sizes.reasoning_window,
+            "upstream_ttft_s": 0.0,
+        },
+        "variants": runs.figures(_REASONING_METRICS),
+        "offered_parts_per_s": round(sizes.reasoning_streams * sizes.rate, 1),
+        "processes": runs.processes(),
+        "error_codes": {v: [r["error_codes"] for r in rs] for v, rs in runs.by_variant.items()},
+    }
+
+
 Scenario = Callable[[Sizes, int, str], dict[str, Any]]
 
 SCENARIOS: dict[str, Scenario] = {
@@ -627,4 +750,5 @@ SCENARIOS: dict[str, Scenario] = {
     "cancel": cancel,
     "idle": idle,
     "slow": slow,
+    "reasoning": reasoning,
 }

@@ -5,7 +5,8 @@ server-sent events, scripted by the prompt (``bench.spec``), and keeps one recor
 it arrived, when the first token was written, when the client closed the connection. It is built to
 cost as little CPU as possible, so it is never what a scenario measures: one ``asyncio.Protocol``
 per connection, token chunks rendered once (by the product's fake upstream,
-``aistream.testing.fake_upstream.chunks``) and cycled, each paced stream on its own absolute
+``aistream.testing.fake_upstream.chunks``) and cycled (reasoning chunks too, one table per delta
+key, streamed before the answer's on the same schedule), each paced stream on its own absolute
 schedule (no task, no drift; with no scripted TTFT the first token goes out as the request is
 read), an unpaced stream written in batches as fast as the socket's flow control allows. Paced
 tokens due in the same millisecond share one timer (``_Slots``): at 1,000 streams that is ~1,000
@@ -34,7 +35,7 @@ from typing import Any
 import orjson
 
 from aistream.testing.fake_upstream.chunks import DONE, completion_chunk, sse_event, usage_chunk
-from bench.spec import parse_prompt, token_text
+from bench.spec import REASONING_FIELDS, parse_prompt, reasoning_text, token_text
 
 __all__ = ["Record", "main"]
 
@@ -63,20 +64,49 @@ def _chunk(delta: dict[str, str], finish: str | None) -> bytes:
 _TOKENS = [_event(_chunk({"content": token_text(i)}, None)) for i in range(_CYCLE)]
 _FIRST = _event(_chunk({"role": "assistant", "content": token_text(0)}, None))
 _DONE = _http_chunk(DONE) + b"0\r\n\r\n"
+_REASONING: dict[str, tuple[bytes, list[bytes]]] = {}
+"""Delta key → (first reasoning chunk, with the role; the cycled ones), rendered on first use."""
 
 
 _FINISH = {reason: _event(_chunk({}, reason)) for reason in ("stop", "length")}
 
 
-def _finish(reason: str, usage: tuple[int, int] | None) -> bytes:
+def _finish(reason: str, usage: tuple[int, int, int] | None) -> bytes:
+    """The finish chunk, the usage chunk (prompt, completion and reasoning tokens) if asked for,
+    ``[DONE]`` and the end of the body."""
     out = _FINISH[reason]
     if usage is not None:
-        out += _event(usage_chunk(_ID, _CREATED, _MODEL, *usage))
+        prompt, completion, reasoning = usage
+        chunk = usage_chunk(_ID, _CREATED, _MODEL, prompt, completion, reasoning=reasoning or None)
+        out += _event(chunk)
     return out + _DONE
+
+
+def _reasoning_chunks(field: str) -> tuple[bytes, list[bytes]]:
+    rendered = _REASONING.get(field)
+    if rendered is None:
+        first = _event(_chunk({"role": "assistant", field: reasoning_text(0)}, None))
+        cycled = [_event(_chunk({field: reasoning_text(i)}, None)) for i in range(_CYCLE)]
+        rendered = _REASONING[field] = (first, cycled)
+    return rendered
 
 
 def _tokens(start: int, end: int) -> bytes:
     return b"".join(_FIRST if i == 0 else _TOKENS[i % _CYCLE] for i in range(start, end))
+
+
+def _events(start: int, end: int, reasoning: int, field: str) -> bytes:
+    """Events ``start`` to ``end`` of a stream whose first ``reasoning`` events are reasoning
+    (the first of all carries the role) and the rest answer tokens."""
+    if not reasoning:
+        return _tokens(start, end)
+    first, cycled = _reasoning_chunks(field)
+    return b"".join(
+        (first if i == 0 else cycled[i % _CYCLE])
+        if i < reasoning
+        else _TOKENS[(i - reasoning) % _CYCLE]
+        for i in range(start, end)
+    )
 
 
 @dataclass(slots=True)
@@ -86,7 +116,9 @@ class Record:
     tag: str
     received_at: float
     first_token_at: float | None = None
+    """When the first chunk (reasoning or answer) was written."""
     tokens_sent: int = 0
+    """Chunks written, reasoning and answer."""
     ended_at: float | None = None
     """When the whole answer had been written."""
     closed_at: float | None = None
@@ -132,11 +164,34 @@ class _Server:
 class _Stream:
     """One answer in progress on a connection."""
 
-    __slots__ = ("body", "handle", "interval", "next", "record", "start", "tail", "total")
+    __slots__ = (
+        "body",
+        "field",
+        "handle",
+        "interval",
+        "next",
+        "reasoning",
+        "record",
+        "start",
+        "tail",
+        "total",
+    )
 
-    def __init__(self, record: Record, total: int, interval: float, start: float, tail: bytes):
+    def __init__(
+        self,
+        record: Record,
+        total: int,
+        interval: float,
+        start: float,
+        tail: bytes,
+        reasoning: int = 0,
+        field: str = REASONING_FIELDS[0],
+    ):
         self.record = record
         self.total = total
+        self.reasoning = reasoning
+        # the first `reasoning` events are reasoning, under the delta key `field`
+        self.field = field
         self.interval = interval
         self.start = start
         self.tail = tail
@@ -236,13 +291,18 @@ class _Connection(asyncio.Protocol):
         spec, tag = parse_prompt(str(messages[-1].get("content", "")))
         record = Record(tag=tag, received_at=now)
         self._server.records.append(record)
-        total, reason = spec.tokens, "stop"
+        total, reason = spec.reasoning + spec.tokens, "stop"
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        if isinstance(limit, int) and limit < total:
+        if isinstance(limit, int) and limit < total:  # (it counts reasoning tokens too)
             total, reason = limit, "length"
+        reasoning = min(spec.reasoning, total)
         options = body.get("stream_options") or {}
-        usage = (len(str(messages).split()), total) if options.get("include_usage") else None
-        stream = _Stream(record, total, spec.interval, now + spec.ttft, _finish(reason, usage))
+        usage = None
+        if options.get("include_usage"):
+            usage = (len(str(messages).split()), total, reasoning)
+        tail = _finish(reason, usage)
+        start = now + spec.ttft
+        stream = _Stream(record, total, spec.interval, start, tail, reasoning, spec.reasoning_field)
         self._stream = stream
         assert self._transport is not None
         self._transport.write(_HEAD)
@@ -285,7 +345,7 @@ class _Connection(asyncio.Protocol):
         record = stream.record
         end = min(end, stream.total)
         if end > stream.next:
-            transport.write(_tokens(stream.next, end))
+            transport.write(_events(stream.next, end, stream.reasoning, stream.field))
             if record.first_token_at is None:
                 record.first_token_at = time.monotonic()
             stream.next = record.tokens_sent = end

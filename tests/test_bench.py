@@ -15,32 +15,44 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench/ is not installed: ``python -m bench`` runs from ROOT
+    sys.path.append(str(ROOT))
+from bench.client import Tracker  # noqa: E402
+from bench.spec import StreamSpec, parse_prompt  # noqa: E402
+from bench.upstream import _events, _finish  # noqa: E402
+
 PATHS = ("aistream", "direct", "bare_ws", "bare_grpc")
 LATENCY = ("ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms")
+FIRST_FIVE = "ttft,firehose,cancel,idle,slow"
+"""The scenarios of the ``quick`` run; ``reasoning`` has a run of its own (a few seconds)."""
 
 # the first test to ask for the ``quick`` fixture pays for the whole run (~70 s)
 pytestmark = pytest.mark.timeout(360)
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One ``python -m bench --quick`` run: its exit code, output, JSON and plot path."""
-    out = tmp_path_factory.mktemp("bench")
-    command = [
-        sys.executable,
-        "-m",
-        "bench",
-        "--quick",
-        "--out",
-        str(out / "results.json"),
-        "--plot",
-        str(out / "latency.png"),
-    ]
+def _bench(out: Path, *args: str) -> dict[str, Any]:
+    """Run ``python -m bench --quick … --out out/results.json``: exit code, output and JSON."""
+    command = [sys.executable, "-m", "bench", "--quick", *args, "--out", str(out / "results.json")]
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
     results = orjson.loads((out / "results.json").read_bytes()) if done.returncode == 0 else {}
-    return {"done": done, "results": results, "plot": out / "latency.png"}
+    return {"done": done, "results": results}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``python -m bench --quick`` run of the first five scenarios: exit code, output, JSON
+    and plot path."""
+    out = tmp_path_factory.mktemp("bench")
+    plot = out / "latency.png"
+    return {**_bench(out, "--scenarios", FIRST_FIVE, "--plot", str(plot)), "plot": plot}
+
+
+@pytest.fixture(scope="module")
+def reasoning(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``python -m bench --quick --scenarios reasoning`` run: exit code, output, JSON."""
+    return _bench(tmp_path_factory.mktemp("bench-reasoning"), "--scenarios", "reasoning")
 
 
 def _has(agg: dict[str, Any]) -> bool:
@@ -104,3 +116,68 @@ def test_process_usage_and_plot(quick: dict[str, Any]) -> None:
     assert isinstance(results["targets"], dict)
     assert results["machine"]["nproc"]
     assert quick["plot"].stat().st_size > 0
+
+
+def test_reasoning_figures(reasoning: dict[str, Any]) -> None:
+    """The reasoning scenario runs with no errors and reports both first-part times, the gaps
+    and parts/s, and its plain baseline; reasoning is counted apart from answer tokens."""
+    done = reasoning["done"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "### Reasoning" in done.stdout
+    result = reasoning["results"]["scenarios"]["reasoning"]
+    with_reasoning, plain = result["variants"]["reasoning"], result["variants"]["plain"]
+    for variant in (with_reasoning, plain):
+        assert variant["errors"]["median"] == 0, result["error_codes"]
+        for metric in ("ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms", "parts_per_s"):
+            assert _has(variant[metric]), metric
+    for metric in ("reasoning_p50_ms", "reasoning_p99_ms", "answer_lag_p50_ms"):
+        assert _has(with_reasoning[metric]), metric
+    assert with_reasoning["reasoning_per_s"]["median"] > 0
+    assert with_reasoning["tokens_per_s"]["median"] > 0
+    assert plain["reasoning_per_s"]["median"] == 0 and not _has(plain["reasoning_p50_ms"])
+    # the answer's first token comes after the reasoning: its TTFT is at least that schedule
+    schedule_ms = 1000 * result["params"]["reasoning_tokens"] / result["params"]["rate"]
+    assert with_reasoning["ttft_p50_ms"]["median"] >= schedule_ms - 1
+    for name in ("bridge", "generator"):
+        assert _has(result["processes"]["reasoning"][name]["cpu_pct"]), name
+
+
+def test_upstream_streams_reasoning_before_the_answer() -> None:
+    """bench.upstream sends the reasoning chunks first (the first with the role) under the
+    spec's delta key, then the answer's, and counts both in the usage chunk."""
+    spec, tag = parse_prompt(
+        StreamSpec(tokens=2, reasoning=2, reasoning_field="reasoning").prompt("t")
+    )
+    assert (spec.reasoning, spec.reasoning_field, tag) == (2, "reasoning", "t")
+    body = _events(0, 4, spec.reasoning, spec.reasoning_field)
+    deltas = [
+        orjson.loads(line[len(b"data: ") :])["choices"][0]["delta"]
+        for line in body.split(b"\r\n")
+        if line.startswith(b"data: ")
+    ]
+    assert deltas == [
+        {"role": "assistant", "reasoning": "think0 "},
+        {"reasoning": "think1 "},
+        {"content": "tok0 "},
+        {"content": "tok1 "},
+    ]
+    usage = orjson.loads(_finish("stop", (3, 4, 2)).split(b"data: ")[2].split(b"\n")[0])["usage"]
+    assert usage["completion_tokens"] == 4
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 2}
+
+
+async def test_tracker_times_reasoning_apart_and_checks_seq() -> None:
+    """The load client times the first reasoning part and the first answer token apart, takes
+    gaps across both kinds, and counts a request whose seq skips once as ``seq_gap``."""
+    tracker = Tracker()
+    tracker.begin("r", 0.0)
+    tracker.reasoning_part("r", 1, 0.010, seq=0)
+    tracker.reasoning_part("r", 2, 0.020, seq=1)
+    tracker.token("r", 1, 0.050, seq=3)
+    assert (tracker.reasoning_ms, tracker.ttft_ms) == ([10.0], [50.0])
+    assert tracker.gaps_ms == [10.0, 30.0]
+    assert (tracker.reasoning, tracker.tokens, tracker.messages) == (3, 1, 3)
+    assert tracker.errors == {}
+    tracker.token("r", 1, 0.060, seq=5)  # 4 skipped
+    tracker.token("r", 1, 0.070, seq=7)  # 6 too: the same request counts once
+    assert tracker.errors == {"seq_gap": 1}
