@@ -99,8 +99,8 @@ class Settings:
     """Most tool calls in one assistant message of the history, and in one answer: an upstream
     that opens more ends its generation with ``upstream_error``."""
     max_tool_arguments_chars: int = 256 * 1024
-    """Longest arguments text of one tool call, in the history or streamed by the model (a call
-    streamed past it ends the generation with ``invalid_output``)."""
+    """Longest arguments text of one tool call in the history, and of all the calls one answer
+    streams together (past it the generation ends with ``invalid_output``)."""
     max_schema_chars: int = 64 * 1024
     """Longest JSON (as compact text) of one tool's ``parameters``, of the ``responseFormat``
     schema, and of ``toolChoice``."""
@@ -316,6 +316,15 @@ class Settings:
             )
         if self.upstream_max_retries < 0:
             raise SettingsError("upstream_max_retries must be >= 0")
+        # A Done hands over the answer's tool calls and structured output in one event: it must
+        # fit a gRPC message whatever the model wrote (a character is at most 4 bytes).
+        handed_over = 4 * (self.max_tool_arguments_chars + self.max_output_chars)
+        if handed_over > MAX_SINGLE_EVENT_BYTES // 2:
+            raise SettingsError(
+                "max_tool_arguments_chars + max_output_chars must be at most "
+                f"{MAX_SINGLE_EVENT_BYTES // 8} characters (what one Done may carry), got "
+                f"{self.max_tool_arguments_chars + self.max_output_chars}"
+            )
         for name in ("ws_max_size", "upstream_max_event_bytes"):
             # One of these is the largest single event a gRPC message may have to carry.
             if getattr(self, name) > MAX_SINGLE_EVENT_BYTES:

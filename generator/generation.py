@@ -75,7 +75,7 @@ _FINISH_REASONS = {
 # The one line a generation's end logs (logs.py: the JSON format makes each key a field).
 _END = (
     "end request_id=%s model=%s outcome=%s code=%s finish=%s ttft_ms=%s duration_ms=%d "
-    "input_tokens=%d output_tokens=%d usage=%s trace_id=%s"
+    "input_tokens=%d output_tokens=%d reasoning_tokens=%s tool_calls=%d usage=%s trace_id=%s"
 )
 
 
@@ -476,6 +476,8 @@ class Generation:
             end.duration_ms,
             usage.prompt_tokens,
             usage.completion_tokens,
+            usage.reasoning_tokens if usage.HasField("reasoning_tokens") else "-",
+            len(end.tool_calls) if isinstance(end, pb.Done) else 0,
             "upstream" if usage.source == pb.USAGE_SOURCE_UPSTREAM else "estimated",
             tracing.trace_id(self.request.traceparent),
         )

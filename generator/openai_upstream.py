@@ -396,6 +396,12 @@ def _public_http_client(limits: httpx2.Limits) -> httpx2.AsyncClient:
         return openai.DefaultAsyncHttpxClient(limits=limits, follow_redirects=False)
 
 
+def _streams_parts(delta: Delta) -> bool:
+    """Whether a delta brought parts (any kind: reasoning is paced like answer text), not only
+    the end's details."""
+    return bool(delta.count or delta.reasoning or delta.calls or delta.refusal)
+
+
 def _reasoning_only(delta: Delta) -> bool:
     return (
         bool(delta.reasoning)
@@ -565,7 +571,7 @@ class _ChatStream:
                 raise truncated()
             deltas = self._decode(chunk)
             if deltas:
-                if paced is not None and not self._done and any(d.count for d in deltas):
+                if paced is not None and not self._done and any(map(_streams_parts, deltas)):
                     paced.hold()
                 for delta in deltas:
                     yield delta

@@ -6,7 +6,7 @@ index opens the call (it must name the tool; an id is made up when the upstream 
 later ones add to its arguments text. ``finish`` hands over every call in index order, each one's
 arguments proven to parse as JSON::
 
-    calls = ToolCalls(max_calls=64, max_chars=256 * 1024)
+    calls = ToolCalls(max_calls=64, max_chars=256 * 1024)  # (arguments of all calls together)
     calls.add(CallPiece(0, "call_1", "get_weather"))   # → the opened call (ToolCallStart)
     calls.add(CallPiece(0, arguments='{"city": "Pa'))  # → None (its text goes on as ToolArgs)
     calls.add(CallPiece(0, arguments='ris"}'))
@@ -47,20 +47,20 @@ class _Call:
     id: str
     name: str
     pieces: list[str] = field(default_factory=list)
-    length: int = 0
 
 
 class ToolCalls:
     """The tool calls of one answer, by index, as they stream (module doc)."""
 
-    __slots__ = ("_calls", "_max_calls", "_max_chars")
+    __slots__ = ("_calls", "_chars", "_max_calls", "_max_chars")
 
     def __init__(self, max_calls: int, max_chars: int) -> None:
         """``max_calls``: the most calls (an index must be below it); ``max_chars``: the
-        longest arguments text of one call."""
+        longest arguments text of all the calls together (what Done may carry is bounded)."""
         self._calls: dict[int, _Call] = {}
         self._max_calls = max_calls
         self._max_chars = max_chars
+        self._chars = 0
 
     def __bool__(self) -> bool:
         return bool(self._calls)
@@ -88,11 +88,10 @@ class ToolCalls:
             self._calls[index] = call
             opened = pb.ToolCallStart(index=index, id=call.id, name=call.name)
         if piece.arguments:
-            call.length += len(piece.arguments)
-            if call.length > self._max_chars:
+            self._chars += len(piece.arguments)
+            if self._chars > self._max_chars:
                 raise InvalidOutput(
-                    f"the arguments of tool call {index} are longer than "
-                    f"{self._max_chars} characters"
+                    f"the tool calls' arguments are longer than {self._max_chars} characters"
                 )
             call.pieces.append(piece.arguments)
         return opened

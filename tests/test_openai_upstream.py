@@ -125,6 +125,29 @@ async def test_paced_reads_coalesce_tokens_and_lose_none(reads_per_s: int) -> No
     assert record.outcome == "completed"
 
 
+@pytest.mark.parametrize("reads_per_s", [0, 10])
+async def test_paced_reads_coalesce_reasoning_too(reads_per_s: int) -> None:
+    """Reasoning is paced like answer text: pieces that arrive between two reads come as one
+    delta (merged by kind), in order, none lost, none mixed into the answer."""
+    script = Script(tokens=5, reasoning=30, interval=0.005, usage=True)
+    async with FakeUpstream(script) as fake:
+        settings = settings_for(fake, upstream_reads_per_s=reads_per_s, max_read_interval=0.05)
+        upstream = OpenAIUpstream(settings)
+        try:
+            deltas, _ = await _collect(upstream, "r1")
+        finally:
+            await upstream.aclose()
+    assert sum(d.reasoning_count for d in deltas) == 30
+    assert "".join(d.reasoning for d in deltas) == "".join(f"think{i} " for i in range(30))
+    assert "".join(d.text for d in deltas) == "tok0 tok1 tok2 tok3 tok4 "
+    assert all(not (d.reasoning and d.text) for d in deltas)
+    counted = [d.reasoning_count for d in deltas if d.reasoning_count]
+    if reads_per_s:
+        assert max(counted) > 1 and len(counted) < 30
+    else:
+        assert len(counted) > 10  # (unpaced: about one read per piece)
+
+
 async def test_an_answer_already_all_received_is_read_to_its_end_under_pacing() -> None:
     """A body that arrived whole — larger than one read, the HTTP message already complete — is
     read to its end under pacing: there is nothing left on the socket to hold (aiohttp refuses

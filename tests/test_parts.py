@@ -11,7 +11,13 @@ import orjson
 import pytest
 
 from aistream.bridge.translate import decode_client_frame
-from aistream.errors import InvalidFrame, InvalidOutput, InvalidRequest, UpstreamFailure
+from aistream.errors import (
+    InvalidFrame,
+    InvalidOutput,
+    InvalidRequest,
+    SettingsError,
+    UpstreamFailure,
+)
 from aistream.generator.generation import upstream_request
 from aistream.generator.openai_upstream import _body, parse_chunk
 from aistream.generator.parts import Output, ToolCalls
@@ -185,6 +191,21 @@ def test_arguments_past_the_limit_are_invalid_output() -> None:
     with pytest.raises(InvalidOutput) as info:
         calls.add(CallPiece(0, arguments="0123456789"))
     assert (info.value.code, info.value.retryable) == (pb.ERROR_CODE_INVALID_OUTPUT, True)
+
+
+def test_the_limit_is_on_all_calls_together() -> None:
+    """Many calls each under the limit cannot add up past it: Done's size stays bounded."""
+    calls = ToolCalls(max_calls=8, max_chars=20)
+    for index in range(3):
+        calls.add(CallPiece(index, f"c{index}", "f", "[1, 2]"))
+    with pytest.raises(InvalidOutput, match="longer than 20"):
+        calls.add(CallPiece(3, "c3", "f", "[1, 2]"))
+
+
+def test_settings_keep_what_a_done_carries_inside_one_grpc_message() -> None:
+    with pytest.raises(SettingsError, match="what one Done may carry"):
+        Settings(max_tool_arguments_chars=1 << 20, max_output_chars=1 << 20)
+    Settings(max_tool_arguments_chars=512 * 1024, max_output_chars=512 * 1024)
 
 
 @pytest.mark.parametrize("arguments", ["", '{"city": "Par', "{'a': 1}"])

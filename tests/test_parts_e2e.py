@@ -377,3 +377,17 @@ async def test_parts_on_the_grpc_hop(make_stack: StackFactory) -> None:
     assert "tool_call" in kinds and "tool_args" in kinds
     assert event.done.tool_calls == [pb.ToolCall(id="c1", name="f", arguments="[1, 2]")]
     assert event.done.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+
+
+async def test_the_end_log_line_tells_reasoning_and_tool_calls(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator reads what an answer was made of in its one end line."""
+    caplog.set_level("INFO", logger="aistream.generator.generation")
+    calls = [{"name": "f", "arguments": "[1]"}, {"name": "f", "arguments": "[2]"}]
+    frames, _ = await run(
+        make_stack, Script(tokens=0, reasoning=3, reasoning_tokens=3, tool_calls=calls)
+    )
+    assert frames[-1]["type"] == "ai:done"
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("end ")]
+    assert "reasoning_tokens=3 tool_calls=2 usage=upstream" in line
