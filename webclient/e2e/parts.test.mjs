@@ -3,9 +3,16 @@
 // its result sent back: one turn of an agent loop), structured output checked, refusals.
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { TEST_TIMEOUT_MS, closeBrowser, ensureBuilt, scenario } from "./harness.mjs";
+import {
+  TEST_TIMEOUT_MS,
+  closeBrowser,
+  ensureArtifacts,
+  ensureBuilt,
+  scenario,
+} from "./harness.mjs";
 
 before(() => ensureBuilt());
 after(() => closeBrowser());
@@ -157,6 +164,10 @@ test(
         .nth(1)
         .getAttribute("data-request-id");
       await chat.waitForStatus(next, "done");
+      // (what the README shows: the call's card, its result sent back, the answer with it)
+      await chat.answer(id).scrollIntoViewIfNeeded();
+      const shot = join(ensureArtifacts(), "parts-tool-call.png");
+      await chat.page.screenshot({ path: shot, animations: "disabled" });
       const step = chat.frames.find((f) => f.dir === "out" && f.requestId === next);
       assert.deepEqual(
         step.messages.map((m) => m.role),
