@@ -7,6 +7,7 @@ import { after, before, test } from "node:test";
 
 import {
   TEST_TIMEOUT_MS,
+  assertGeneration,
   closeBrowser,
   ensureArtifacts,
   ensureBuilt,
@@ -16,27 +17,6 @@ import {
 
 before(() => ensureBuilt());
 after(() => closeBrowser());
-
-/**
- * The frames received for `id` make one well-formed generation: start, parts (reasoning, then
- * tokens: one seq across them all, no gap), one terminal. `tokens` counts the answer tokens.
- */
-function assertLifecycle(chat, id, terminal) {
-  const frames = chat.received(id);
-  const types = frames.map((f) => f.type);
-  assert.equal(types[0], "ai:start", `first frame for ${id}`);
-  assert.equal(types.at(-1), terminal, `last frame for ${id}`);
-  assert.equal(types.filter((t) => t === "ai:start").length, 1, "one ai:start");
-  assert.equal(types.filter((t) => t === "ai:done" || t === "ai:error").length, 1, "one terminal");
-  let next = 0;
-  let tokens = 0;
-  for (const part of frames.slice(1, -1)) {
-    assert.equal(part.seq, next, `seq of ${JSON.stringify(part)}`);
-    next += part.type === "ai:tool_call" ? 1 : part.count;
-    if (part.type === "ai:token") tokens += part.count;
-  }
-  return { frames, tokens };
-}
 
 test(
   "streams an answer into the page token by token, before the generation ends",
@@ -78,7 +58,7 @@ test(
       );
 
       // The wire: tokens spread over the answer's life, and the end came after the screenshot.
-      const { frames, tokens } = assertLifecycle(chat, second, "ai:done");
+      const { frames, tokens } = assertGeneration(chat, second, "ai:done");
       assert.equal(tokens, 60);
       const firstToken = frames.find((f) => f.type === "ai:token");
       const done = frames.at(-1);
@@ -135,8 +115,8 @@ test(
 
       assert.match(await chat.text(a), /^Simulated answer to: Tell me about rivers/);
       assert.match(await chat.text(b), /^Simulated answer to: Tell me about mountains/);
-      assert.equal(assertLifecycle(chat, a, "ai:done").tokens, 60);
-      assert.equal(assertLifecycle(chat, b, "ai:done").tokens, 60);
+      assert.equal(assertGeneration(chat, a, "ai:done").tokens, 60);
+      assert.equal(assertGeneration(chat, b, "ai:done").tokens, 60);
 
       // The two streams interleaved on the one socket: they really ran at the same time.
       const tokens = chat.frames.filter((f) => f.dir === "in" && f.type === "ai:token");
@@ -187,7 +167,7 @@ test(
       );
       assert.equal(await midAnswer.locator(".status-note").textContent(), "failed");
       await midAnswer.getByRole("button", { name: "Retry" }).waitFor();
-      const midEnd = assertLifecycle(chat, mid, "ai:error");
+      const midEnd = assertGeneration(chat, mid, "ai:error");
       assert.equal(midEnd.tokens, 5);
       assert.deepEqual(
         { code: midEnd.frames.at(-1).code, retryable: midEnd.frames.at(-1).retryable },
@@ -220,7 +200,7 @@ test(
       assert.equal(await chat.page.locator("article[data-request-id]").count(), 3);
 
       // The others were not harmed: the socket stayed up, the normal answer finished.
-      assert.equal(assertLifecycle(chat, ok, "ai:done").tokens, 40);
+      assert.equal(assertGeneration(chat, ok, "ai:done").tokens, 40);
       assert.equal(await chat.status.getAttribute("data-state"), "connected");
       assert.deepEqual(await chat.protocolWarnings(), []);
       assert.deepEqual(chat.problems, []);

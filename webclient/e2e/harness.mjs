@@ -3,6 +3,7 @@
 // driven by playwright-core. Nothing here sleeps to wait: processes are ready when they print
 // their ready line, pages when the DOM says so (Playwright's auto-waiting).
 
+import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -426,6 +427,31 @@ export class Chat {
   async protocolWarnings() {
     return this.page.locator(".protocol-errors li").allTextContents();
   }
+}
+
+const PART_TYPES = ["ai:token", "ai:reasoning", "ai:tool_call", "ai:tool_args", "ai:refusal"];
+
+/**
+ * The frames the page received for `id` make one well-formed generation: one ai:start, parts
+ * numbered from 0 with no gap across every kind (an ai:tool_call covers one number), one
+ * terminal frame of type `terminal`. Returns the frames, the terminal frame, the parts' types in
+ * order and the answer tokens counted.
+ */
+export function assertGeneration(chat, id, terminal) {
+  const frames = chat.received(id);
+  const types = frames.map((f) => f.type);
+  assert.equal(types[0], "ai:start", `first frame for ${id}`);
+  assert.equal(types.at(-1), terminal, `last frame for ${id}: ${JSON.stringify(frames.at(-1))}`);
+  const parts = frames.slice(1, -1);
+  let next = 0;
+  let tokens = 0;
+  for (const part of parts) {
+    assert.ok(PART_TYPES.includes(part.type), `a part: ${JSON.stringify(part)}`);
+    assert.equal(part.seq, next, `seq of ${JSON.stringify(part)}`);
+    next += part.type === "ai:tool_call" ? 1 : part.count;
+    if (part.type === "ai:token") tokens += part.count;
+  }
+  return { frames, end: frames.at(-1), kinds: parts.map((f) => f.type), tokens };
 }
 
 export function ensureArtifacts() {

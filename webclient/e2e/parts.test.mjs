@@ -8,6 +8,7 @@ import { after, before, test } from "node:test";
 
 import {
   TEST_TIMEOUT_MS,
+  assertGeneration,
   closeBrowser,
   ensureArtifacts,
   ensureBuilt,
@@ -16,31 +17,6 @@ import {
 
 before(() => ensureBuilt());
 after(() => closeBrowser());
-
-/**
- * The frames received for `id` make one well-formed generation: one ai:start, parts numbered
- * from 0 with no gap across every kind, one terminal frame of type `terminal`. Returns the
- * frames and the parts' types in order.
- */
-function assertParts(chat, id, terminal) {
-  const frames = chat.received(id);
-  const types = frames.map((f) => f.type);
-  assert.equal(types[0], "ai:start", `first frame for ${id}`);
-  assert.equal(types.at(-1), terminal, `last frame for ${id}: ${JSON.stringify(frames.at(-1))}`);
-  const parts = frames.slice(1, -1);
-  let next = 0;
-  for (const part of parts) {
-    assert.ok(
-      ["ai:token", "ai:reasoning", "ai:tool_call", "ai:tool_args", "ai:refusal"].includes(
-        part.type,
-      ),
-      `a part: ${JSON.stringify(part)}`,
-    );
-    assert.equal(part.seq, next, `seq of ${JSON.stringify(part)}`);
-    next += part.type === "ai:tool_call" ? 1 : part.count;
-  }
-  return { frames, end: frames.at(-1), kinds: parts.map((f) => f.type) };
-}
 
 /** Choose the composer's mode (Chat, Tools, JSON). */
 async function chooseMode(chat, mode) {
@@ -84,7 +60,7 @@ test(
       await chat.waitForStatus(id, "done");
 
       // The reasoning came first and is not part of the answer text.
-      const { frames, end, kinds } = assertParts(chat, id, "ai:done");
+      const { frames, end, kinds } = assertGeneration(chat, id, "ai:done");
       const reasoning = frames.filter((f) => f.type === "ai:reasoning");
       assert.ok(reasoning.length > 0, "the simulated model reasons before it answers");
       assert.equal(kinds.indexOf("ai:token"), reasoning.length, "reasoning, then the answer");
@@ -129,7 +105,7 @@ test(
         generate.tools.map((tool) => tool.name),
         ["get_weather"],
       );
-      const { frames, end, kinds } = assertParts(chat, id, "ai:done");
+      const { frames, end, kinds } = assertGeneration(chat, id, "ai:done");
       assert.ok(kinds.includes("ai:tool_call") && kinds.includes("ai:tool_args"), `${kinds}`);
       assert.equal(end.finishReason, "tool_calls");
       assert.equal(end.toolCalls.length, 1);
@@ -175,7 +151,7 @@ test(
       );
       assert.deepEqual(step.messages[1].toolCalls, [call]);
       assert.deepEqual(step.messages[2], { role: "tool", toolCallId: call.id, content: result });
-      const answer = assertParts(chat, next, "ai:done");
+      const answer = assertGeneration(chat, next, "ai:done");
       assert.equal(answer.end.finishReason, "stop");
       assert.ok((await chat.text(next)).length > 0, "an answer that uses the result");
       assert.equal(
@@ -212,7 +188,7 @@ test(
       // Valid: ai:done carries the value; the page shows it formatted, marked valid.
       const generate = chat.frames.find((f) => f.dir === "out" && f.requestId === valid);
       assert.equal(generate.responseFormat.type, "json_schema");
-      const { end } = assertParts(chat, valid, "ai:done");
+      const { end } = assertGeneration(chat, valid, "ai:done");
       assert.equal(typeof end.output, "object");
       for (const key of generate.responseFormat.schema.required) {
         assert.ok(key in end.output, `output has "${key}": ${JSON.stringify(end.output)}`);
@@ -226,7 +202,7 @@ test(
       assert.deepEqual(JSON.parse(await section.locator("code").textContent()), end.output);
 
       // Invalid: ai:error invalid_output; the text that streamed stays, marked invalid.
-      const bad = assertParts(chat, invalid, "ai:error");
+      const bad = assertGeneration(chat, invalid, "ai:error");
       assert.equal(bad.end.code, "invalid_output");
       const badSection = chat.answer(invalid).getByRole("region", { name: "Structured output" });
       assert.equal(await badSection.getAttribute("data-valid"), "invalid");
@@ -243,7 +219,7 @@ test(
       );
 
       // Refused: the refusal shown apart, no answer text.
-      const no = assertParts(chat, refused, "ai:done");
+      const no = assertGeneration(chat, refused, "ai:done");
       assert.ok(no.kinds.includes("ai:refusal"));
       const refusal = no.frames
         .filter((f) => f.type === "ai:refusal")
