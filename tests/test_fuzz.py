@@ -914,6 +914,74 @@ FIELDS = {
         ),
         _graded((LIMIT, st.just(0)), (TYPE, st.sampled_from([-5, 1 << 32, 1.5, "x", False]))),
     ),
+    "tools": (
+        _graded(
+            (
+                OK,
+                st.sampled_from(
+                    [
+                        MISSING,
+                        [],
+                        [{"name": "f"}],
+                        [
+                            {
+                                "name": "get_weather",
+                                "description": "é🙂",
+                                "parameters": {
+                                    "type": "object",
+                                    "properties": {"city": {"type": "string"}},
+                                },
+                            },
+                            {"name": "g-2_x", "parameters": {}},
+                        ],
+                    ]
+                ),
+            )
+        ),
+        _graded(
+            (
+                LIMIT,
+                st.sampled_from(
+                    [
+                        [{"name": "bad name"}],
+                        [{}],
+                        [{"name": "f"}, {"name": "f"}],
+                        [{"name": "f", "parameters": [1]}],
+                        [{"name": "f", "parameters": "schema"}],
+                        [{"name": "f", "parameters": {"type": 12}}],
+                        [{"name": "x" * 65}],
+                    ]
+                ),
+            ),
+            (TYPE, st.sampled_from(["x", [3], {"name": "f"}, [{"name": 5}], [None]])),
+        ),
+    ),
+    "toolChoice": (
+        _graded((OK, st.sampled_from([MISSING, None, "auto", "none"]))),
+        _graded((LIMIT, st.sampled_from(["sometimes", 5, [], {"name": 5}, {"name": "nope"}]))),
+    ),
+    "responseFormat": (
+        # (a valid one asks the fake's plain words to be JSON: an invalid_output, judged elsewhere)
+        _graded((OK, st.sampled_from([MISSING, None]))),
+        _graded(
+            (
+                LIMIT,
+                st.sampled_from(
+                    [
+                        {},
+                        {"type": "json_schema"},
+                        {"type": "json_schema", "schema": "x"},
+                        {"type": "json_schema", "schema": {"type": 12}},
+                        {"type": "json_object", "schema": {}},
+                    ]
+                ),
+            ),
+            (
+                TYPE,
+                st.sampled_from(["json", 5, {"type": "xml"}, {"type": "json_schema", "strict": 1}]),
+            ),
+        ),
+    ),
 }
 """For each key of an ai:generate, values that pass and values that do not (with their grade)."""
 

@@ -518,3 +518,46 @@ async def test_a_cut_stream_is_an_error_never_done(
     assert words in end.error.message
     assert SECRET not in str(end)
     assert end.error.usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("sdk_path", ["auto", "public"])
+async def test_every_part_decodes_the_same_on_both_paths(
+    sdk_path: Literal["auto", "public"],
+) -> None:
+    """Reasoning (vLLM's field name here), text, a refusal, parallel tool-call pieces and usage
+    details come out of the fast path and the SDK's public, typed path alike (the typed chunks'
+    unknown fields, such as ``reasoning``, go through the same decoder)."""
+    calls = [
+        {"id": "c0", "name": "f", "arguments": '{"a": "é\\"x"}'},
+        {"id": "c1", "name": "g", "arguments": "[1, 2, 3]"},
+    ]
+    script = Script(
+        reasoning=3,
+        reasoning_field="reasoning",
+        text_chunks=["Hi ", "there"],
+        refusal="no way",
+        tool_calls=calls,
+        reasoning_tokens=3,
+        cached_tokens=4,
+    )
+    async with FakeUpstream(script) as fake:
+        upstream = OpenAIUpstream(settings_for(fake), sdk_path=sdk_path)
+        try:
+            assert upstream.path == ("public" if sdk_path == "public" else "fast")
+            async with upstream.stream(_request()) as stream:
+                deltas = [delta async for delta in stream]
+        finally:
+            await upstream.aclose()
+    assert "".join(d.reasoning for d in deltas) == "think0 think1 think2 "
+    assert "".join(d.text for d in deltas) == "Hi there"
+    assert "".join(d.refusal for d in deltas).split() == ["no", "way"]
+    pieces = [piece for d in deltas for piece in d.calls or []]
+    for index, call in enumerate(calls):
+        mine = [p for p in pieces if p.index == index]
+        assert (mine[0].id, mine[0].name) == (call["id"], call["name"])
+        assert "".join(p.arguments for p in mine) == call["arguments"]
+    assert deltas[-1].finish_reason == "tool_calls" or any(
+        d.finish_reason == "tool_calls" for d in deltas
+    )
+    usage = [d for d in deltas if d.prompt_tokens is not None]
+    assert (usage[-1].reasoning_tokens, usage[-1].cached_tokens) == (3, 4)
