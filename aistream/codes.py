@@ -137,14 +137,21 @@ def is_retryable(code: Code, explicit: bool | None = None) -> bool:
 
 
 def error_event(
-    code: Code, message: str, request_id: str = "", *, retryable: bool | None = None
+    code: Code,
+    message: str,
+    request_id: str = "",
+    *,
+    retryable: bool | None = None,
+    retry_after_ms: int | None = None,
 ) -> pb.ServerEvent:
-    """An Error ServerEvent (``retryable`` as ``is_retryable`` decides)."""
-    return pb.ServerEvent(
-        error=pb.Error(
-            request_id=request_id,
-            code=code,
-            message=message,
-            retryable=is_retryable(code, retryable),
-        )
+    """An Error ServerEvent (``retryable`` as ``is_retryable`` decides; ``retry_after_ms``: the
+    hint of a refusal that sheds load)."""
+    error = pb.Error(
+        request_id=request_id,
+        code=code,
+        message=message,
+        retryable=is_retryable(code, retryable),
     )
+    if retry_after_ms is not None:
+        error.retry_after_ms = retry_after_ms
+    return pb.ServerEvent(error=error)

@@ -106,7 +106,7 @@ _SCRAPE_MAX_BYTES = 16 << 20
 _OFF_PAGE = b"# aistream metrics are off (AISTREAM_METRICS=false)\n"
 
 FrameRefusal = Literal[
-    "invalid", "rate", "per_connection", "per_client", "shutting_down", "control_flood"
+    "invalid", "rate", "per_connection", "per_client", "shutting_down", "control_flood", "shed"
 ]
 """Why the bridge refused a frame (``aistream_bridge_frames_refused_total{reason}``)."""
 

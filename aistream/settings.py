@@ -134,6 +134,15 @@ class Settings:
     """Upper bound of the spacing between two reads of one answer's body (see above)."""
     max_generations: int = 2000
     """Generations running at once in the generator process; more → ``too_many_requests``."""
+    shed_loop_lag_ms: float = 50.0
+    """Shed load: while this process's event loop has been late by more than this on every tick
+    of ``shed_window_ms``, a new generation is refused at once with ``too_many_requests`` (and
+    ``retryAfterMs``), so the streams it carries keep their pace and cancels stay fast (generator
+    and bridge, each for itself). 0: never shed."""
+    shed_window_ms: float = 1000.0
+    """How long the loop lag must be sustained before new generations are shed."""
+    shed_retry_after_ms: int = 1000
+    """The ``retryAfterMs`` hint of a refusal that sheds load."""
     max_generations_per_stream: int = 2000
     """Generations running at once on one gRPC stream; more → ``too_many_requests``. The bridge
     sends all its generations over ``generator_streams`` shared streams (one by default), so
@@ -290,6 +299,7 @@ class Settings:
             "frames_per_second",
             "frames_burst",
             "metrics_max_models",
+            "shed_window_ms",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -303,6 +313,8 @@ class Settings:
             "stream_flush_interval",
             "upstream_reads_per_s",
             "max_read_interval",
+            "shed_loop_lag_ms",
+            "shed_retry_after_ms",
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)!r}")

@@ -48,6 +48,7 @@ from aistream.bridge.ratelimit import TokenBucket
 from aistream.bridge.shares import ClientShares
 from aistream.collector import release
 from aistream.errors import InvalidRequest, LifecycleViolation, Refused
+from aistream.headroom import UNWATCHED, Headroom
 from aistream.lifecycle import PART_KINDS, RequestLifecycle
 from aistream.metrics import BRIDGE_OFF, BridgeMetrics
 from aistream.outbox import Outbox
@@ -93,6 +94,7 @@ class Connection:
         "_accepting",
         "_client",
         "_ending",
+        "_headroom",
         "_idle",
         "_metrics",
         "_outbox",
@@ -115,9 +117,11 @@ class Connection:
         shares: ClientShares | None = None,
         client: str = "",
         metrics: BridgeMetrics = BRIDGE_OFF,
+        headroom: Headroom = UNWATCHED,
     ) -> None:
         """``shares``: the bridge's per-client shares, ``client`` this connection's key in
-        them (None: no per-client share); ``metrics``: the bridge's."""
+        them (None: no per-client share); ``metrics``: the bridge's; ``headroom``: the bridge
+        process's (a saturated loop sheds new generations)."""
         self.websocket = websocket
         self.id = next(_ids)
         self._stream = stream
@@ -125,6 +129,7 @@ class Connection:
         self._shares = shares
         self._client = client
         self._metrics = metrics
+        self._headroom = headroom
         # request id → its record; the shared empty dict until the first generate (never
         # written to: see _on_frame)
         self._requests: dict[str, _Request] = _NO_REQUESTS
@@ -272,6 +277,14 @@ class Connection:
         if not self._accepting:
             self._metrics.frame_refused("shutting_down")
             raise Refused(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
+        if self._headroom.saturated:  # shed: the streams already running keep their pace
+            self._metrics.frame_refused("shed")
+            raise Refused(
+                pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                "the server is at capacity; try again shortly",
+                request_id,
+                retry_after_ms=self._headroom.retry_after_ms,
+            )
         limit = self._settings.max_generations_per_connection
         if len(self._requests) >= limit:
             self._metrics.frame_refused("per_connection")

@@ -30,6 +30,7 @@ from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, HostNames, check_ha
 from aistream.bridge.connection import Connection
 from aistream.bridge.link import GeneratorLink
 from aistream.bridge.shares import ClientShares, client_key_of
+from aistream.headroom import Headroom
 from aistream.metrics import CONTENT_TYPE, BridgeMetrics
 from aistream.settings import GRPC_MAX_MESSAGE_BYTES, Settings
 from aistream.v1 import generator_pb2_grpc
@@ -215,6 +216,8 @@ class BridgeServer:
             else None
         )
         """Generations each client holds over all its connections (None: no share)."""
+        self.headroom = Headroom.of(settings)
+        """The bridge process's loop lag: a saturated loop sheds new generations."""
         self._on_closed = self._closed  # one bound method for every connection
         self.connections: set[Connection] = set()
         self.metrics = BridgeMetrics(
@@ -228,6 +231,7 @@ class BridgeServer:
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
         s = self.settings
+        self.headroom.start()
         self._server = await serve(
             self._handle,
             s.bridge_host,
@@ -326,6 +330,7 @@ class BridgeServer:
             self.shares,
             _client_key(websocket, s),
             self.metrics,
+            self.headroom,
         )
         if isinstance(websocket, _ServerConnection):
             # When the client says goodbye its upstreams are closed at once, not after the
@@ -351,6 +356,7 @@ class BridgeServer:
             self._server.close(close_connections=False)
             await asyncio.gather(*(c.shutdown(timeout) for c in list(self.connections)))
             await self._server.wait_closed()
+        self.headroom.stop()
         await self.link.close()
         await self._channel.close(None)
         log.info("bridge stopped")

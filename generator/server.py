@@ -93,6 +93,7 @@ class GeneratorServer:
         # /metrics on a port of its own (metrics_port; none by default), on its own thread.
         self.metrics_port = self.service.metrics.serve(s.generator_host, s.metrics_port)
         await self._server.start()
+        self.service.headroom.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -115,6 +116,7 @@ class GeneratorServer:
         await self.service.drain(timeout)
         # The ended generations' terminal events still need a moment to reach their clients.
         await self._server.stop(grace=1.0)
+        self.service.headroom.stop()
         await self.service.metrics.close()
         await self.upstream.aclose()
         log.info("generator stopped")

@@ -33,6 +33,7 @@ from aistream.collector import release
 from aistream.errors import InvalidRequest
 from aistream.generator.generation import Generation
 from aistream.generator.upstream import Upstream
+from aistream.headroom import UNWATCHED, Headroom
 from aistream.metrics import GENERATOR_OFF, GeneratorMetrics
 from aistream.outbox import Outbox
 from aistream.settings import GRPC_BATCH_BYTES, Settings
@@ -50,13 +51,15 @@ _BATCH_SIZE = GRPC_BATCH_BYTES // 4
 
 
 class Capacity:
-    """How many generations the whole process runs, against ``max_generations``."""
+    """How many generations the whole process runs, against ``max_generations``, and its
+    ``headroom`` (a saturated loop sheds new generations)."""
 
-    __slots__ = ("limit", "running")
+    __slots__ = ("headroom", "limit", "running")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, headroom: Headroom = UNWATCHED) -> None:
         self.limit = limit
         self.running = 0
+        self.headroom = headroom
 
 
 class StreamSession:
@@ -157,6 +160,24 @@ class StreamSession:
             self._metrics.refusal(pb.ERROR_CODE_TOO_MANY_REQUESTS)
             self.outbox.put(codes.error_event(pb.ERROR_CODE_TOO_MANY_REQUESTS, refusal, request_id))
             return
+        headroom = self._capacity.headroom
+        if headroom.saturated:  # shed: the streams already running keep their pace
+            log.warning(
+                "shed request_id=%s peer=%s loop_lag_ms=%.0f",
+                request_id,
+                self._peer,
+                headroom.lag * 1000,
+            )
+            self._metrics.refusal(pb.ERROR_CODE_TOO_MANY_REQUESTS)
+            self.outbox.put(
+                codes.error_event(
+                    pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                    "the server is at capacity; try again shortly",
+                    request_id,
+                    retry_after_ms=headroom.retry_after_ms,
+                )
+            )
+            return
         generation = Generation(
             generate,
             self._upstream,
@@ -241,7 +262,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self._upstream = upstream
         self._settings = settings
         self._sessions: set[StreamSession] = set()
-        self._capacity = Capacity(settings.max_generations)
+        self._capacity = Capacity(settings.max_generations, Headroom.of(settings))
         self.metrics = GeneratorMetrics(
             settings, lambda: len(self._sessions), upstream.model_name(None)
         )
@@ -251,6 +272,12 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
     def running(self) -> int:
         """Generation tasks not yet finished, across all calls."""
         return self._capacity.running
+
+    @property
+    def headroom(self) -> Headroom:
+        """The process's loop lag, which admission watches (started and stopped by the
+        server)."""
+        return self._capacity.headroom
 
     async def Stream(
         self,

@@ -62,6 +62,9 @@ GROUPS: list[tuple[str, list[str]]] = [
             "max_read_interval",
             "max_generations",
             "max_generations_per_stream",
+            "shed_loop_lag_ms",
+            "shed_window_ms",
+            "shed_retry_after_ms",
         ],
     ),
     (

@@ -518,6 +518,12 @@ class Error(betterproto2.Message):
     Milliseconds from the Generate being accepted to this event (0 when rejected).
     """
 
+    retry_after_ms: "int | None" = betterproto2.field(7, betterproto2.TYPE_UINT32, optional=True)
+    """
+    With too_many_requests: milliseconds after which sending the Generate again may succeed
+    (the server is shedding load to keep the streams it carries on pace). Absent: no hint.
+    """
+
 
 default_message_pool.register_message("aistream.v1", "Error", Error)
 

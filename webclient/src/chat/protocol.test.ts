@@ -190,6 +190,29 @@ describe("parseServerFrame", () => {
     expect(result.warnings).toEqual(['"seq" is not a non-negative integer']);
   });
 
+  it("reads a busy server's retryAfterMs on ai:error, and drops a bad one with a warning", () => {
+    const shed = {
+      type: "ai:error",
+      requestId: "r1",
+      code: "too_many_requests",
+      message: "the server is at capacity; try again shortly",
+      retryable: true,
+      retryAfterMs: 1000,
+      durationMs: 0,
+    };
+    expect(ok(JSON.stringify(shed))).toEqual({ ok: true, frame: shed, missing: [], warnings: [] });
+    expect(ok(JSON.stringify({ ...shed, retryAfterMs: 0 })).frame).toMatchObject({
+      retryAfterMs: 0,
+    });
+    expect(ok(JSON.stringify({ ...shed, retryAfterMs: null })).warnings).toEqual([]);
+    for (const bad of [-1, 1.5, "1000", {}]) {
+      const result = ok(JSON.stringify({ ...shed, retryAfterMs: bad }));
+      expect(result.frame).not.toHaveProperty("retryAfterMs");
+      expect(result.frame).toMatchObject({ code: "too_many_requests", retryable: true });
+      expect(result.warnings).toEqual(['"retryAfterMs" is not a non-negative integer']);
+    }
+  });
+
   it("accepts an ai:error without a request id (a rejected frame)", () => {
     expect(
       ok('{"type":"ai:error","requestId":"","code":"invalid_request","message":"bad"}').frame,

@@ -268,6 +268,9 @@ export function parseServerFrame(data: unknown): ParseResult {
       if (code !== undefined) frame.code = code;
       const usage = fields.usage("usage");
       if (usage !== undefined) frame.usage = usage;
+      // A busy server's hint: when sending the same generate again may succeed.
+      const retryAfterMs = fields.optionalCount("retryAfterMs");
+      if (retryAfterMs !== undefined) frame.retryAfterMs = retryAfterMs;
       break;
     }
   }

@@ -191,6 +191,18 @@ describe("errors from the server", () => {
     expect(problems).toEqual([]);
   });
 
+  it("keeps a busy server's retry hint with the error", () => {
+    const { state } = fold(sentRequest(), [
+      error({ code: "too_many_requests", retryable: true, retryAfterMs: 1000 }),
+    ]);
+    expect(state).toMatchObject({
+      status: "error",
+      started: false,
+      error: { code: "too_many_requests", retryable: true, retryAfterMs: 1000 },
+    });
+    expect(fold(sentRequest(), [error()]).state!.error).not.toHaveProperty("retryAfterMs");
+  });
+
   it("applies a terminal frame with an unknown code as internal, reporting the code", () => {
     const { state, problems } = fold(streaming(), [
       '{"type":"ai:error","requestId":"r1","code":"quantum_flux","message":"odd","retryable":true}',

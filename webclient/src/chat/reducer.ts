@@ -141,6 +141,7 @@ export function applyFrame(
         message: frame.message !== "" ? frame.message : DEFAULT_MESSAGES[code],
         retryable: frame.retryable,
       };
+      if (frame.retryAfterMs !== undefined) state.error.retryAfterMs = frame.retryAfterMs;
       // The text that streamed stays; it is marked as not the JSON that was asked for.
       if (code === "invalid_output" && state.options.responseFormat !== undefined) {
         state.output = { valid: false };

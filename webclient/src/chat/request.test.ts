@@ -12,6 +12,7 @@ import {
   newRequest,
   sent,
   stopped,
+  waiting,
 } from "./request.ts";
 
 function frame(text: string): ParsedFrame {
@@ -61,6 +62,7 @@ describe("newRequest and sent", () => {
       nextSeq: 0,
       awaiting: false,
       stopRequested: false,
+      autoRetries: 0,
     });
     expect(newRequest("r1", "first", []).state).not.toHaveProperty("retryOf");
   });
@@ -73,6 +75,32 @@ describe("newRequest and sent", () => {
       state: { queued: false, timings: { sentAt: 42 } },
     });
     expect(queued.state.queued).toBe(true);
+  });
+});
+
+describe("waiting for a busy server", () => {
+  it("counts down while queued, and is sent (or waits for the connection only) without it", () => {
+    const queued = newRequest("r2", "hi", [], {}, { retryOf: "r1", autoRetry: 2 });
+    expect(queued.autoRetries).toBe(2);
+    const two = waiting(queued, 2);
+    expect(two.state).toMatchObject({ status: "streaming", queued: true, retryInS: 2 });
+    expect(waiting(two, 2)).toBe(two);
+    expect(waiting(two, undefined).state).not.toHaveProperty("retryInS");
+    const out = sent(waiting(two, 1), 42);
+    expect(out.state).not.toHaveProperty("retryInS");
+    expect(out).toMatchObject({ awaiting: true, autoRetries: 2, state: { queued: false } });
+    expect(waiting(out, 3)).toBe(out); // only a request not sent yet waits
+    expect(queued.state).not.toHaveProperty("retryInS");
+  });
+
+  it("is taken back by Stop: cancelled, no longer waiting, nothing in flight", () => {
+    const request = stopped(waiting(newRequest("r2", "hi", []), 1), 50);
+    expect(request).toMatchObject({
+      stopRequested: false,
+      awaiting: false,
+      state: { status: "cancelled", queued: false },
+    });
+    expect(request.state).not.toHaveProperty("retryInS");
   });
 });
 

@@ -4,14 +4,17 @@
 //                     ├──▶ error                      (ai:error, or the socket dropped: "interrupted")
 //                     └──▶ cancelled                  (Stop, or ai:error "cancelled"; text kept)
 //
+// A request is `queued` (streaming, not sent yet) while it waits for the connection, or, with
+// `retryInS`, for the hint of a busy server that refused the request it retries (see shed.ts).
+//
 // While streaming, its parts build up side by side: reasoning (shown apart, never part of the
 // answer), answer text, a refusal, tool calls by index (arguments filling in until ai:done
 // lists them complete); with a responseFormat, ai:done's parsed output (or an invalid_output
 // error) says whether the answer text is the JSON that was asked for.
 //
-// The steps the page takes are here (`newRequest`, `sent`, `stopped`, `interrupted`); the server's
-// frames are folded in by `applyFrame` (reducer.ts). Every step is given the time and returns a
-// new object, never changing the one it was given; a step that changes nothing returns it as is.
+// The steps the page takes are here (`newRequest`, `sent`, `waiting`, `stopped`, `interrupted`);
+// the server's frames are folded in by `applyFrame` (reducer.ts). Every step returns a new object,
+// never changing the one it was given; a step that changes nothing returns it as is.
 
 import type {
   ChatMessage,
@@ -68,6 +71,8 @@ export interface RequestError {
   message: string;
   /** Whether sending the same request again may succeed (the UI offers Retry). */
   retryable: boolean;
+  /** The server's hint: ms after which sending it again may succeed (a busy server shed it). */
+  retryAfterMs?: number;
 }
 
 /** Client-side times (ms on the store's clock) and the server's own measurements. */
@@ -97,8 +102,13 @@ export interface RequestState {
   /** Tools and structured output asked for (sent again as-is on Retry). */
   readonly options: GenerateOptions;
   readonly status: RequestStatus;
-  /** Still waiting for the connection to open before it can be sent. */
+  /** Not sent yet: waiting for the connection to open, or (with `retryInS`) for a busy server. */
   readonly queued: boolean;
+  /**
+   * A busy server refused the request this one retries: this one goes out by itself in this
+   * many whole seconds (counting down, once a second). Absent otherwise, and once it is sent.
+   */
+  readonly retryInS?: number;
   /** `ai:start` arrived: the server accepted the request. */
   readonly started: boolean;
   /** The answer received so far. */
@@ -141,6 +151,8 @@ export interface RequestRecord {
   readonly awaiting: boolean;
   /** The user pressed Stop while it was awaiting: tokens still in flight are dropped quietly. */
   readonly stopRequested: boolean;
+  /** How many automatic resends of the user's request this is (0: the user's own Send or Retry). */
+  readonly autoRetries: number;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
@@ -177,6 +189,8 @@ export interface Origin {
   retryOf?: string;
   /** The request whose tool results it carries. */
   continues?: string;
+  /** It is the store's own resend number n of a request a busy server refused (see shed.ts). */
+  autoRetry?: number;
 }
 
 /** A question just asked: streaming, queued until it is sent. */
@@ -206,15 +220,34 @@ export function newRequest(
   };
   if (origin.retryOf !== undefined) state.retryOf = origin.retryOf;
   if (origin.continues !== undefined) state.continues = origin.continues;
-  return { state, nextSeq: 0, awaiting: false, stopRequested: false };
+  return {
+    state,
+    nextSeq: 0,
+    awaiting: false,
+    stopRequested: false,
+    autoRetries: origin.autoRetry ?? 0,
+  };
 }
 
 /** Its generate frame went out on the open socket at `now`: frames for it are expected. */
 export function sent(request: RequestRecord, now: number): RequestRecord {
   const next = draft(request);
   next.state.queued = false;
+  delete next.state.retryInS;
   next.awaiting = true;
   next.state.timings.sentAt = now;
+  return next;
+}
+
+/**
+ * A queued request will go out by itself in `inS` whole seconds (a busy server's hint), or,
+ * with undefined, waits for nothing but the connection now. Only a queued request waits.
+ */
+export function waiting(request: RequestRecord, inS: number | undefined): RequestRecord {
+  if (!request.state.queued || request.state.retryInS === inS) return request;
+  const next = draft(request);
+  if (inS === undefined) delete next.state.retryInS;
+  else next.state.retryInS = inS;
   return next;
 }
 
@@ -229,8 +262,12 @@ export function stopped(request: RequestRecord, now: number): RequestRecord {
   next.state.status = "cancelled";
   next.state.thinking = false;
   next.state.timings.endedAt = now;
-  if (next.state.queued) next.state.queued = false;
-  else if (next.awaiting) next.stopRequested = true;
+  if (next.state.queued) {
+    next.state.queued = false;
+    delete next.state.retryInS;
+  } else if (next.awaiting) {
+    next.stopRequested = true;
+  }
   return next;
 }
 

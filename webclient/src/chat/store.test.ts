@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
+import type { ServerFrame } from "../generated/frames.ts";
 import { makeStore } from "../test/fakeSocket.ts";
 
 beforeEach(() => {
@@ -716,5 +717,221 @@ describe("parts", () => {
     expect(t.socket.frames.at(-1)).toEqual({ ...sentFirst, requestId: "r3" });
     expect(t.state.order).toEqual(["r1", "r3"]);
     expect(t.request("r3")).toMatchObject({ continues: "r1", retryOf: "r2" });
+  });
+});
+
+describe("a busy server (load shedding)", () => {
+  /** The refusal of a generate by a server at capacity (with the hint unless it is null). */
+  function shed(requestId: string, retryAfterMs: number | null = 1000): ServerFrame {
+    return {
+      type: "ai:error",
+      requestId,
+      code: "too_many_requests",
+      message: "the server is at capacity; try again shortly",
+      retryable: true,
+      ...(retryAfterMs !== null ? { retryAfterMs } : {}),
+      durationMs: 0,
+    };
+  }
+
+  /** The request ids of the generates sent so far, in order. */
+  function generates(t: ReturnType<typeof connected>) {
+    return t.socket.frames.filter((f) => f.type === "ai:generate").map((f) => f.requestId);
+  }
+
+  it("sends a shed generate again after the hint, under a new id in its place, and streams", () => {
+    const t = connected();
+    t.store.send("first");
+    t.store.send("second");
+    const first = t.socket.frames[0];
+    t.socket.receive(shed("r1", 2000));
+    t.flush();
+    expect(t.state.order).toEqual(["r3", "r2"]);
+    expect(t.state.requests["r1"]).toBeUndefined();
+    expect(t.request("r3")).toMatchObject({
+      status: "streaming",
+      queued: true,
+      retryInS: 2,
+      retryOf: "r1",
+      prompt: "first",
+    });
+    expect(t.request("r3").timings).not.toHaveProperty("sentAt");
+    vi.advanceTimersByTime(1000);
+    t.flush();
+    expect(t.request("r3").retryInS).toBe(1);
+    vi.advanceTimersByTime(999);
+    expect(generates(t)).toEqual(["r1", "r2"]);
+    vi.advanceTimersByTime(1);
+    expect(t.socket.frames.at(-1)).toEqual({ ...first, requestId: "r3" });
+    t.flush();
+    expect(t.request("r3")).toMatchObject({ status: "streaming", queued: false });
+    expect(t.request("r3")).not.toHaveProperty("retryInS");
+    t.socket.receive({ type: "ai:start", requestId: "r3", model: "m" });
+    t.socket.receive({ type: "ai:token", requestId: "r3", chunk: "Hello", seq: 0, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      toolCalls: [],
+      requestId: "r3",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.flush();
+    expect(t.request("r3")).toMatchObject({ status: "done", text: "Hello" });
+    expect(t.state.order).toEqual(["r3", "r2"]);
+    expect(generates(t)).toEqual(["r1", "r2", "r3"]); // one generate per request id
+    expect(t.warnings).toEqual([]);
+  });
+
+  it("adds a little jitter to the hint, never less than the hint", () => {
+    const t = connected({ random: () => 0.5 });
+    t.store.send("hi");
+    t.socket.receive(shed("r1", 1000));
+    t.flush();
+    expect(t.request("r2").retryInS).toBe(2); // 1100 ms
+    vi.advanceTimersByTime(100);
+    t.flush();
+    expect(t.request("r2").retryInS).toBe(1);
+    vi.advanceTimersByTime(999);
+    expect(generates(t)).toEqual(["r1"]);
+    vi.advanceTimersByTime(1);
+    expect(generates(t)).toEqual(["r1", "r2"]);
+  });
+
+  it("gives up after three automatic resends: the error stays, with Retry, which starts over", () => {
+    const t = connected();
+    t.store.send("hi");
+    for (const id of ["r1", "r2", "r3"]) {
+      t.socket.receive(shed(id));
+      vi.advanceTimersByTime(1000);
+    }
+    expect(generates(t)).toEqual(["r1", "r2", "r3", "r4"]);
+    t.socket.receive(shed("r4"));
+    vi.advanceTimersByTime(60_000);
+    t.flush();
+    expect(generates(t)).toEqual(["r1", "r2", "r3", "r4"]);
+    expect(t.state.order).toEqual(["r4"]);
+    expect(t.request("r4")).toMatchObject({
+      status: "error",
+      retryOf: "r3",
+      error: {
+        code: "too_many_requests",
+        message: "the server is at capacity; try again shortly",
+        retryable: true,
+        retryAfterMs: 1000,
+      },
+    });
+    // The user's Retry is a new request, with three automatic resends of its own.
+    expect(t.store.retry("r4")).toBe("r5");
+    expect(generates(t)).toEqual(["r1", "r2", "r3", "r4", "r5"]);
+    t.socket.receive(shed("r5"));
+    t.flush();
+    expect(t.request("r6")).toMatchObject({ status: "streaming", retryInS: 1 });
+  });
+
+  it("takes the resend back on Stop during the wait: cancelled, and nothing is sent", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive(shed("r1", 2000));
+    t.flush();
+    t.store.stop("r2");
+    expect(t.request("r2")).toMatchObject({ status: "cancelled", queued: false });
+    expect(t.request("r2")).not.toHaveProperty("retryInS");
+    vi.advanceTimersByTime(60_000);
+    t.flush();
+    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r1", prompt: "hi" }]);
+    expect(t.request("r2").status).toBe("cancelled");
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it("does not resend by itself a refusal without a hint, or one after ai:start", () => {
+    const t = connected();
+    t.store.send("per-connection limit");
+    t.socket.receive(shed("r1", null));
+    t.store.send("started");
+    t.socket.receive({ type: "ai:start", requestId: "r2", model: "m" });
+    t.socket.receive(shed("r2"));
+    vi.advanceTimersByTime(60_000);
+    t.flush();
+    expect(generates(t)).toEqual(["r1", "r2"]);
+    expect(t.state.order).toEqual(["r1", "r2"]);
+    for (const id of ["r1", "r2"]) {
+      expect(t.request(id)).toMatchObject({
+        status: "error",
+        error: { code: "too_many_requests", retryable: true },
+      });
+    }
+    expect(t.request("r1").error).not.toHaveProperty("retryAfterMs");
+  });
+
+  it("counts down once a second, not once per frame", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive(shed("r1", 3000));
+    t.flush();
+    const shown: (number | undefined)[] = [];
+    t.store.subscribe(() => shown.push(t.state.requests["r2"]?.retryInS));
+    for (let ms = 0; ms < 3200; ms += 16) {
+      vi.advanceTimersByTime(16);
+      t.flush();
+    }
+    expect(shown).toEqual([2, 1, undefined]);
+    expect(generates(t)).toEqual(["r1", "r2"]);
+  });
+
+  it("waits for the connection when it dropped during the wait, then sends", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive(shed("r1", 2000));
+    t.socket.drop();
+    t.flush();
+    expect(t.request("r2")).toMatchObject({ status: "streaming", retryInS: 2 }); // not interrupted
+    vi.advanceTimersByTime(2000); // the reconnect (after 500 ms) is still opening
+    t.flush();
+    expect(t.request("r2")).toMatchObject({ status: "streaming", queued: true });
+    expect(t.request("r2")).not.toHaveProperty("retryInS");
+    expect(t.sockets).toHaveLength(2);
+    t.socket.open();
+    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r2", prompt: "hi" }]);
+  });
+
+  it("resends a step of an agent loop in its place, still continuing the same request", () => {
+    const t = connected();
+    t.store.send("Weather?", { tools: [{ name: "get_weather", parameters: { type: "object" } }] });
+    const call = { id: "c1", name: "get_weather", arguments: "{}" };
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m" });
+    t.socket.receive({
+      type: "ai:tool_call",
+      requestId: "r1",
+      seq: 0,
+      index: 0,
+      id: "c1",
+      name: "get_weather",
+    });
+    t.socket.receive({
+      type: "ai:done",
+      toolCalls: [call],
+      requestId: "r1",
+      finishReason: "tool_calls",
+      ttftMs: 1,
+      durationMs: 2,
+    });
+    t.flush();
+    t.store.sendToolResults("r1", [{ toolCallId: "c1", content: "3" }]);
+    const step = t.socket.frames.at(-1);
+    t.socket.receive(shed("r2"));
+    vi.advanceTimersByTime(1000);
+    t.flush();
+    expect(t.socket.frames.at(-1)).toEqual({ ...step, requestId: "r3" });
+    expect(t.state.order).toEqual(["r1", "r3"]);
+    expect(t.request("r3")).toMatchObject({ continues: "r1", retryOf: "r2" });
+  });
+
+  it("forgets a pending resend when the store is disposed", () => {
+    const t = connected();
+    t.store.send("hi");
+    t.socket.receive(shed("r1"));
+    t.store.dispose();
+    expect(vi.getTimerCount()).toBe(0);
   });
 });

@@ -10,6 +10,12 @@
 // immediately. Anything unexpected on the wire (a malformed frame, an unknown id, a seq gap or
 // duplicate, a frame after the end) is reported in `protocolErrors` and logged with the frame
 // quoted; it never throws.
+//
+// A generate that a busy server sheds (refused before it started, with a retry hint, shed.ts)
+// is asked again by the store itself, like Retry: a new request id takes the refused one's place
+// at once, waits out the hint (its `retryInS` counting down once a second, published like
+// frames) and then goes out. Stop takes it back before it is sent. Each request id still gets
+// one generate and one answer on the wire.
 
 import type { ChatMessage } from "../generated/frames.ts";
 import type { BackoffOptions } from "./backoff.ts";
@@ -30,16 +36,19 @@ import {
   newRequest,
   sent,
   stopped,
+  waiting,
   type GenerateOptions,
   type Origin,
   type RequestRecord,
   type RequestState,
 } from "./request.ts";
 import { animationFrame, type FrameScheduler } from "./schedule.ts";
+import { DEFAULT_SHED_RETRY, secondsLeft, shedRetryDelay, type ShedRetryOptions } from "./shed.ts";
 import type { SocketFactory } from "./socket.ts";
 
 export type { ConnectionStatus } from "./connection.ts";
 export type { ToolResult } from "./history.ts";
+export type { ShedRetryOptions } from "./shed.ts";
 export type {
   GenerateOptions,
   RequestError,
@@ -82,10 +91,12 @@ export interface ChatStoreOptions {
   /** Makes request ids (default: random, see ids.ts). */
   newRequestId?: () => string;
   backoff?: BackoffOptions;
-  /** Randomness for backoff jitter, [0, 1). */
+  /** Randomness for backoff and shed-retry jitter, [0, 1). */
   random?: () => number;
   /** A connection that stayed open this long (ms) resets the backoff. */
   stableAfterMs?: number;
+  /** How a generate refused by a busy server is sent again by itself (see shed.ts). */
+  shedRetry?: ShedRetryOptions;
   history?: HistoryLimits;
   /** How many protocol errors to keep. */
   maxProtocolErrors?: number;
@@ -99,6 +110,8 @@ export class ChatStore {
   private readonly scheduleFrame: FrameScheduler;
   private readonly now: () => number;
   private readonly makeId: () => string;
+  private readonly random: () => number;
+  private readonly shedRetry: ShedRetryOptions;
   private readonly historyLimits: HistoryLimits;
   private readonly maxProtocolErrors: number;
   private readonly log: (message: string) => void;
@@ -110,6 +123,8 @@ export class ChatStore {
   private order: readonly string[] = EMPTY;
   /** Ids waiting for the connection, oldest first. */
   private outbox: string[] = [];
+  /** Ids waiting out a busy server's hint → the timer of their next countdown step. */
+  private readonly retryTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private protocolErrors: readonly ProtocolError[] = EMPTY;
 
   /** Request ids changed since the last snapshot. */
@@ -124,18 +139,20 @@ export class ChatStore {
     this.scheduleFrame = options.scheduleFrame ?? animationFrame();
     this.now = options.now ?? (() => performance.now());
     this.makeId = options.newRequestId ?? newRequestId;
+    this.random = options.random ?? Math.random;
+    this.shedRetry = options.shedRetry ?? DEFAULT_SHED_RETRY;
     this.historyLimits = options.history ?? DEFAULT_HISTORY_LIMITS;
     this.maxProtocolErrors = options.maxProtocolErrors ?? 50;
     this.log = options.log ?? ((message) => console.warn(message));
-    const { url, socketFactory, backoff, random, stableAfterMs } = options;
+    const { url, socketFactory, backoff, stableAfterMs } = options;
     this.connection = new Connection(
       {
         url,
         socketFactory,
         now: this.now,
         log: this.log,
+        random: this.random,
         ...(backoff !== undefined ? { backoff } : {}),
-        ...(random !== undefined ? { random } : {}),
         ...(stableAfterMs !== undefined ? { stableAfterMs } : {}),
       },
       {
@@ -201,7 +218,10 @@ export class ChatStore {
     return this.begin("", this.history(upTo), request.state.options, { continues: requestId });
   }
 
-  /** Stop a streaming answer: sends `ai:cancel` and keeps the text received so far. */
+  /**
+   * Stop a streaming answer: sends `ai:cancel` and keeps the text received so far. One not sent
+   * yet (waiting for the connection or for a busy server) is taken back: nothing is sent.
+   */
   stop(requestId: string): void {
     const request = this.requests.get(requestId);
     if (request === undefined) return;
@@ -210,6 +230,8 @@ export class ChatStore {
     this.update(next);
     if (request.state.queued) {
       this.outbox = this.outbox.filter((id) => id !== requestId);
+      clearTimeout(this.retryTimers.get(requestId));
+      this.retryTimers.delete(requestId);
     } else if (next.stopRequested) {
       this.connection.send({ type: "ai:cancel", requestId });
     }
@@ -225,10 +247,8 @@ export class ChatStore {
     if (this.disposed || request === undefined || request.state.status !== "error") {
       return undefined;
     }
-    const { prompt, messages, options, continues } = request.state;
-    const origin: Origin = { retryOf: requestId };
-    if (continues !== undefined) origin.continues = continues;
-    return this.begin(prompt, messages, options, origin);
+    const { prompt, messages, options } = request.state;
+    return this.begin(prompt, messages, options, retryOrigin(request.state));
   }
 
   /** Close the socket and stop reconnecting; the store is unusable afterwards. */
@@ -236,6 +256,8 @@ export class ChatStore {
     if (this.disposed) return;
     this.disposed = true;
     this.cancelScheduled?.();
+    for (const timer of this.retryTimers.values()) clearTimeout(timer);
+    this.retryTimers.clear();
     this.connection.close();
   }
 
@@ -253,8 +275,16 @@ export class ChatStore {
     options: GenerateOptions,
     origin: Origin = {},
   ): string {
-    const requestId = this.makeId();
-    const request = newRequest(requestId, prompt, messages, options, origin);
+    const request = newRequest(this.makeId(), prompt, messages, options, origin);
+    this.add(request, origin);
+    this.dispatch(request);
+    this.publish();
+    return request.state.requestId;
+  }
+
+  /** Keep a new request in its place in the conversation (see `begin`). */
+  private add(request: RequestRecord, origin: Origin): void {
+    const { requestId } = request.state;
     this.requests.set(requestId, request);
     const replaces = origin.retryOf;
     const at = replaces === undefined ? -1 : this.order.indexOf(replaces);
@@ -274,14 +304,53 @@ export class ChatStore {
     }
     this.dirty.add(requestId);
     this.changed = true;
+  }
+
+  /** Send a queued request now, or as soon as the connection opens. */
+  private dispatch(request: RequestRecord): void {
     if (this.connection.isOpen) {
       this.sendGenerate(request);
     } else {
-      this.outbox.push(requestId);
+      this.update(waiting(request, undefined));
+      this.outbox.push(request.state.requestId);
       this.connection.connect(); // don't make a question wait for the backoff
     }
-    this.publish();
-    return requestId;
+  }
+
+  /**
+   * If a busy server shed `refused` (shed.ts), ask again by itself: a new request takes its
+   * place at once and goes out after the server's hint. Published with the frame that refused it.
+   */
+  private retryIfShed(refused: RequestRecord): void {
+    const delay = shedRetryDelay(refused.state, refused.autoRetries, this.shedRetry, this.random);
+    if (delay === undefined) return;
+    const { prompt, messages, options } = refused.state;
+    const origin = retryOrigin(refused.state, refused.autoRetries + 1);
+    const request = newRequest(this.makeId(), prompt, messages, options, origin);
+    this.add(request, origin);
+    this.countDown(request.state.requestId, delay);
+  }
+
+  /**
+   * `ms` before request `requestId` goes out by itself: show the whole seconds left and come back
+   * when that number changes (at most once a second); at 0, send it.
+   */
+  private countDown(requestId: string, ms: number): void {
+    this.retryTimers.delete(requestId);
+    const request = this.requests.get(requestId);
+    if (request === undefined || !request.state.queued) return;
+    const inS = secondsLeft(ms);
+    if (inS === 0) {
+      this.dispatch(request);
+      return;
+    }
+    this.update(waiting(request, inS));
+    const step = ms - (inS - 1) * 1000;
+    const timer = setTimeout(() => {
+      this.countDown(requestId, ms - step);
+      this.schedule();
+    }, step);
+    this.retryTimers.set(requestId, timer);
   }
 
   /** Whether request `id` is part of the chain that `origin.continues` started. */
@@ -345,6 +414,7 @@ export class ChatStore {
       for (const problem of applied.problems) this.report(problem, data);
       if (applied.request !== undefined && applied.request !== request) {
         this.update(applied.request);
+        this.retryIfShed(applied.request);
       }
     }
     this.schedule();
@@ -394,6 +464,14 @@ export class ChatStore {
     };
     for (const listener of [...this.listeners]) listener();
   }
+}
+
+/** The origin of a request that asks `state`'s again: Retry, or resend `autoRetry` by the store. */
+function retryOrigin(state: RequestState, autoRetry?: number): Origin {
+  const origin: Origin = { retryOf: state.requestId };
+  if (state.continues !== undefined) origin.continues = state.continues;
+  if (autoRetry !== undefined) origin.autoRetry = autoRetry;
+  return origin;
 }
 
 /** Make a store (see `ChatStoreOptions`); call `connect()` to open the socket. */

@@ -398,6 +398,11 @@ export interface ErrorFrame {
   usage?: Usage;
   /** Milliseconds from the Generate being accepted to this event (0 when rejected). */
   durationMs: number;
+  /**
+   * With too_many_requests: milliseconds after which sending the Generate again may succeed
+   * (the server is shedding load to keep the streams it carries on pace). Absent: no hint.
+   */
+  retryAfterMs?: number;
 }
 
 /**

@@ -130,13 +130,16 @@ function StatusNote({ request }: { request: RequestState }) {
   let note: string;
   switch (request.status) {
     case "streaming":
-      note = request.queued
-        ? "waiting for the connection…"
-        : request.tokens === 0
-          ? "thinking…"
-          : request.toolCalls.length > 0 && request.text === ""
-            ? "calling tools…"
-            : "streaming";
+      note =
+        request.retryInS !== undefined
+          ? `Server busy — retrying in ${request.retryInS} s…`
+          : request.queued
+            ? "waiting for the connection…"
+            : request.tokens === 0
+              ? "thinking…"
+              : request.toolCalls.length > 0 && request.text === ""
+                ? "calling tools…"
+                : "streaming";
       break;
     case "done":
       note =

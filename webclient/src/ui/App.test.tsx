@@ -1,6 +1,6 @@
-import { act, render, screen, within } from "@testing-library/react";
+import { act, fireEvent, render, screen, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 
 import type { ServerFrame } from "../generated/frames.ts";
 import { ChatStoreProvider } from "../react/useChat.ts";
@@ -246,6 +246,83 @@ describe("errors", () => {
     expect(t.answer("r1")).toHaveAttribute("data-status", "error");
     expect(within(t.answer("r1")).getByText(/connection was lost/)).toBeInTheDocument();
     expect(within(t.answer("r1")).getByRole("button", { name: "Retry" })).toBeInTheDocument();
+  });
+});
+
+describe("a busy server", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  /** A server at capacity refuses `requestId` before it starts, with a retry hint. */
+  const shed = (requestId: string, retryAfterMs = 2000): ServerFrame => ({
+    type: "ai:error",
+    requestId,
+    code: "too_many_requests",
+    message: "the server is at capacity; try again shortly",
+    retryable: true,
+    retryAfterMs,
+    durationMs: 0,
+  });
+
+  /**
+   * The app on fake timers, "hi" asked; `wait(ms)` lets them run and paints. (user-event waits
+   * on a timer after each action, which fake timers would hold: fireEvent clicks here.)
+   */
+  function busySetup() {
+    vi.useFakeTimers();
+    const t = setup();
+    fireEvent.change(screen.getByRole("textbox", { name: "Prompt" }), { target: { value: "hi" } });
+    fireEvent.click(screen.getByRole("button", { name: "Send" }));
+    const wait = (ms: number) =>
+      act(() => {
+        vi.advanceTimersByTime(ms);
+        t.flush();
+      });
+    const click = (id: string, name: string) =>
+      fireEvent.click(within(t.answer(id)).getByRole("button", { name }));
+    return { ...t, wait, click };
+  }
+
+  it("counts down in the answer, sends again by itself, and Stop takes a resend back", () => {
+    const t = busySetup();
+    t.server(shed("r1"));
+    expect(screen.getAllByRole("article")).toHaveLength(1);
+    const article = t.answer("r2");
+    expect(article).toHaveAttribute("data-status", "streaming");
+    expect(within(article).getByText("Server busy — retrying in 2 s…")).toBeInTheDocument();
+    expect(within(article).getByRole("button", { name: "Stop" })).toBeInTheDocument();
+    t.wait(1000);
+    expect(within(article).getByText("Server busy — retrying in 1 s…")).toBeInTheDocument();
+    t.wait(1000);
+    expect(t.socket.frames.at(-1)).toEqual({ type: "ai:generate", requestId: "r2", prompt: "hi" });
+    expect(within(article).getByText("thinking…")).toBeInTheDocument();
+
+    t.server(shed("r2"));
+    t.click("r3", "Stop");
+    t.wait(10_000);
+    expect(t.answer("r3")).toHaveAttribute("data-status", "cancelled");
+    expect(within(t.answer("r3")).getByText("stopped before any text arrived")).toBeVisible();
+    expect(t.socket.frames.map((f) => `${f.type} ${f.requestId}`)).toEqual([
+      "ai:generate r1",
+      "ai:generate r2",
+    ]);
+  });
+
+  it("shows the error with Retry once the server stayed busy through three resends", () => {
+    const t = busySetup();
+    for (const id of ["r1", "r2", "r3"]) {
+      t.server(shed(id, 1000));
+      t.wait(1000);
+    }
+    t.server(shed("r4", 1000));
+    t.wait(10_000);
+    const article = t.answer("r4");
+    expect(article).toHaveAttribute("data-status", "error");
+    expect(within(article).getByText(/the server is at capacity/)).toBeInTheDocument();
+    expect(within(article).queryByText(/Server busy/)).toBeNull();
+    t.click("r4", "Retry");
+    expect(t.socket.frames.at(-1)).toEqual({ type: "ai:generate", requestId: "r5", prompt: "hi" });
   });
 });
 

@@ -144,4 +144,62 @@ describe("rendering under load", () => {
     }
     expect(store.getSnapshot().protocolErrors).toEqual([]);
   });
+
+  it("renders at most once per animation frame while a shed request counts down and resends", () => {
+    const { store, sockets } = makeStore({ scheduleFrame: animationFrame() });
+    store.connect();
+    let commits = 0;
+    render(
+      <ChatStoreProvider store={store}>
+        <Profiler id="app" onRender={() => (commits += 1)}>
+          <App />
+        </Profiler>
+      </ChatStoreProvider>,
+    );
+    const socket = sockets[0]!;
+    const ids: string[] = [];
+    act(() => {
+      socket.open();
+      for (const prompt of ["one", "two", "three", "busy"]) ids.push(store.send(prompt)!);
+      for (const id of ids.slice(0, 3)) {
+        socket.receive({ type: "ai:start", requestId: id, model: "simulated" });
+      }
+      vi.advanceTimersByTime(FRAME_MS);
+    });
+    commits = 0;
+    let flushed = 0;
+    store.subscribe(() => (flushed += 1));
+    const steps = 600; // 3 s of 3 streams at 200 tokens/s; "busy" is shed at once, hint 2.5 s
+    const stepMs = 5;
+    for (let step = 0; step < steps; step++) {
+      act(() => {
+        for (const id of ids.slice(0, 3)) {
+          socket.receive({ type: "ai:token", requestId: id, chunk: "w ", seq: step, count: 1 });
+        }
+        if (step === 0) {
+          socket.receive({
+            type: "ai:error",
+            requestId: ids[3]!,
+            code: "too_many_requests",
+            message: "the server is at capacity; try again shortly",
+            retryable: true,
+            retryAfterMs: 2500,
+            durationMs: 0,
+          });
+        }
+        vi.advanceTimersByTime(stepMs);
+      });
+    }
+    act(() => {
+      vi.advanceTimersByTime(FRAME_MS);
+    });
+
+    const frames = Math.ceil((steps * stepMs + FRAME_MS) / FRAME_MS);
+    expect(flushed).toBeLessThanOrEqual(frames);
+    expect(commits).toBeLessThanOrEqual(frames);
+    const resent = store.getSnapshot().order[3]!;
+    expect(store.getSnapshot().requests[resent]).toMatchObject({ retryOf: ids[3], queued: false });
+    expect(socket.sent.filter((text) => text.includes(`"${resent}"`))).toHaveLength(1);
+    expect(store.getSnapshot().protocolErrors).toEqual([]);
+  });
 });
