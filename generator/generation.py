@@ -420,6 +420,13 @@ class Generation:
         if self.ended:
             return
         calls = self._calls.finish() if self._calls else []
+        if not calls and _FINISH_REASONS.get(finish or "") == pb.FINISH_REASON_TOOL_CALLS:
+            # ("tool_calls" and nothing to call: an agent loop would have nothing to run)
+            raise UpstreamFailure(
+                pb.ERROR_CODE_UPSTREAM_ERROR,
+                "the upstream finished to call tools but sent no tool call",
+                retryable=True,
+            )
         output = None
         if self._output is not None and not calls and not self._refusal:
             output = self._output.finish()

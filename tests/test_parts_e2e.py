@@ -391,3 +391,13 @@ async def test_the_end_log_line_tells_reasoning_and_tool_calls(
     assert frames[-1]["type"] == "ai:done"
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("end ")]
     assert "reasoning_tokens=3 tool_calls=2 usage=upstream" in line
+
+
+async def test_a_tool_calls_finish_without_any_call_is_an_upstream_error(
+    make_stack: StackFactory,
+) -> None:
+    """ "tool_calls" with no call streamed is not a done: there would be nothing to run."""
+    frames, _ = await run(make_stack, Script(tokens=2, finish_reason="tool_calls"))
+    end = frames[-1]
+    assert (end["type"], end["code"], end["retryable"]) == ("ai:error", "upstream_error", True)
+    assert "no tool call" in end["message"]
