@@ -16,7 +16,10 @@ or a rejection answers an event the client sent, so the reader applies no furthe
 the next one of the same batch) while the outbox is ``over`` its bounds: it reads the call only as
 fast as the client reads its replies, and gRPC flow control then stops the client's writes. The
 call is never ended for it (a status could not reach a client that does not read). Terminal
-events of running generations are bounded by ``max_generations_per_stream``.
+events of running generations are bounded by ``max_generations_per_stream``. Control goes before
+data: a cancel of a running generation never waits for that room — one already read is applied
+at once, and so are those further on in a batch that waits (unless a Generate of the same id
+comes before them): it frees what the wait is for, and its upstream is closed now.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 
 import grpc
 
@@ -96,23 +99,56 @@ class StreamSession:
 
     async def read(self, requests: AsyncIterator[pb.ClientEvent]) -> None:
         """Apply every ClientEvent of the call until the client half-closes, none while the
-        outbox is over its bounds."""
+        outbox is over its bounds — but a cancel of a running generation, control before
+        data: it is applied as soon as it is read (it frees what the wait is for)."""
         outbox = self.outbox
         async for event in requests:
-            if outbox.over:
+            if outbox.over and not self._stops_a_running(event):
                 await outbox.room()
             self.apply(event)
 
     async def read_batches(self, requests: AsyncIterator[pb.ClientEventBatch]) -> None:
         """Apply every event of every ClientEventBatch of the call, in order, until the client
         half-closes; none while the outbox is over its bounds (also between the events of one
-        batch)."""
+        batch) — but before waiting, the batch's cancels of running generations are applied
+        at once (control before data), each unless a Generate of its id comes earlier in what
+        waits (the batch's order per id is kept)."""
         outbox = self.outbox
         async for batch in requests:
-            for event in batch.events:
-                if outbox.over:
+            events = batch.events
+            ahead: set[int] | None = None  # indexes of the cancels applied ahead
+            for i, event in enumerate(events):
+                if ahead is not None and i in ahead:
+                    continue
+                if outbox.over and not self._stops_a_running(event):
+                    ahead = self._cancel_ahead(events, i, ahead)
                     await outbox.room()
                 self.apply(event)
+
+    def _stops_a_running(self, event: pb.ClientEvent) -> bool:
+        """Whether ``event`` cancels a generation running on this call."""
+        return event.WhichOneof("event") == "cancel" and event.cancel.request_id in self._running
+
+    def _cancel_ahead(
+        self, events: Sequence[pb.ClientEvent], start: int, ahead: set[int] | None
+    ) -> set[int]:
+        """Apply the cancels of running generations among ``events[start:]`` now, each unless
+        a Generate of its id comes before it there; their indexes, with ``ahead``'s."""
+        ahead = set() if ahead is None else ahead
+        generated: set[str] = set()
+        for j in range(start, len(events)):
+            event = events[j]
+            kind = event.WhichOneof("event")
+            if kind == "generate":
+                generated.add(event.generate.request_id)
+            elif (
+                j not in ahead
+                and self._stops_a_running(event)
+                and event.cancel.request_id not in generated
+            ):
+                self.apply(event)
+                ahead.add(j)
+        return ahead
 
     async def reading(self, read: Callable[[StreamSession], Coroutine[None, None, None]]) -> None:
         """Run ``read(self)`` (a ``read`` or ``read_batches`` of the call); however it ends, the

@@ -15,12 +15,20 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import UNIT, Conversation, PeakRss, check_conversation, settings_for
+from conftest import (
+    UNIT,
+    Conversation,
+    PeakRss,
+    StackFactory,
+    check_conversation,
+    settings_for,
+)
 
 from aistream.generator.server import GeneratorServer
 from aistream.generator.service import Capacity, StreamSession
 from aistream.generator.simulated import SimulatedUpstream, answer_tokens
 from aistream.lifecycle import PART_KINDS
+from aistream.testing.fake_upstream import Script
 from aistream.v1 import events_pb2 as pb
 from aistream.v1.generator_pb2_grpc import GeneratorStub
 
@@ -337,3 +345,40 @@ async def test_cancels_of_unknown_ids_queue_nothing() -> None:
     await session.read_batches(_batches([_cancel(f"u{i}") for i in range(100_000)]))
     assert len(session.outbox) == 0
     assert session.outbox.peak_bytes == 0
+
+
+async def test_cancels_go_before_data_in_a_batch_that_waits(make_stack: StackFactory) -> None:
+    """Control before data: a batch whose events wait for room (its client reads nothing, the
+    outbox is over its bounds) still has its cancels of running generations applied at once —
+    their upstreams close now, not when the client reads again. The generates behind the wait
+    stay unapplied (bounded memory)."""
+    stack = await make_stack(
+        Script(tokens=100_000),
+        stream_buffer=4,
+        stream_buffer_bytes=1024,
+        stall_timeout=30 * UNIT,
+    )
+    first = [_generate(f"g{i}", f"p{i}") for i in range(3)]
+    then = [_generate(f"g{i}", f"p{i}") for i in range(3, 400)]
+    then += [_cancel("g0"), _cancel("g1"), _cancel("g2")]
+    target = f"127.0.0.1:{stack.generator.port}"
+    fake = stack.fake
+
+    def record(prompt: str) -> Any:
+        return next((r for r in fake.records if r.messages[-1]["content"] == prompt), None)
+
+    async with grpc.aio.insecure_channel(target, options=SMALL_WINDOW) as channel:
+        call = GeneratorStub(channel).StreamBatches()
+        await call.write(pb.ClientEventBatch(events=first))  # three answers streaming
+        await fake.wait_for(lambda: all(record(f"p{i}") for i in range(3)), 5 * UNIT)
+        # Many more generates, then cancels of the first three: the starts put the outbox over
+        # its bounds part-way through, and the rest of the batch waits for room.
+        await call.write(pb.ClientEventBatch(events=then))
+        for i in range(3):  # cancelled while the client still reads nothing
+            closed = await fake.wait_closed(record(f"p{i}"), 3 * UNIT)
+            assert closed.outcome == "client_closed"
+        started = len(fake.records)
+        assert started < 400, "the batch waited for room (else nothing was tested)"
+        assert all(record(f"p{i}").active for i in range(3, started))
+        call.cancel()
+    await fake.wait_idle(5 * UNIT)
