@@ -49,16 +49,25 @@ class RequestError(AistreamError):
         request_id: str = "",
         *,
         retryable: bool | None = None,
+        retry_after_ms: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
         self.retryable = codes.is_retryable(code, retryable)
+        self.retry_after_ms = retry_after_ms
+        """When trying again may succeed (a refusal that sheds load), or None."""
 
     def event(self) -> pb.ServerEvent:
-        """The Error event that answers the request."""
-        return codes.error_event(self.code, self.message, self.request_id, retryable=self.retryable)
+        """The Error event that answers the request (with its retry hint, if any)."""
+        return codes.error_event(
+            self.code,
+            self.message,
+            self.request_id,
+            retryable=self.retryable,
+            retry_after_ms=self.retry_after_ms,
+        )
 
 
 class InvalidRequest(RequestError, ValueError):
@@ -75,28 +84,6 @@ class InvalidFrame(InvalidRequest):
 class Refused(RequestError):
     """A well-formed request that is not served now (over a limit, shutting down, shedding load:
     then ``retry_after_ms`` says when to try again)."""
-
-    def __init__(
-        self,
-        code: codes.Code,
-        message: str,
-        request_id: str = "",
-        *,
-        retryable: bool | None = None,
-        retry_after_ms: int | None = None,
-    ) -> None:
-        super().__init__(code, message, request_id, retryable=retryable)
-        self.retry_after_ms = retry_after_ms
-
-    def event(self) -> pb.ServerEvent:
-        """The Error event that answers the request (with its retry hint, if any)."""
-        return codes.error_event(
-            self.code,
-            self.message,
-            self.request_id,
-            retryable=self.retryable,
-            retry_after_ms=self.retry_after_ms,
-        )
 
 
 class UpstreamFailure(AistreamError):

@@ -233,20 +233,15 @@ class Outbox:
         return self._max_bytes is None or not self._events or self.bytes + size <= self._max_bytes
 
     async def put_token(self, request_id: str, text: str, seq: int, count: int) -> None:
-        """Queue ``count`` tokens of ``text`` starting at ``seq``, merging or waiting for room
-        (``capacity`` events and ``max_bytes``)."""
-        while not self._merge(request_id, text, seq, count):
-            if self._has_room_for(EVENT_OVERHEAD + len(text)):
-                self._add_tokens(request_id, text, seq, count)
-                return
-            self._has_room.clear()
-            await self._has_room.wait()
+        """``put_part`` for answer text."""
+        await self.put_part(TOKEN, request_id, text, seq, count)
 
     async def put_part(
         self, kind: str, request_id: str, text: str, seq: int, count: int, index: int = 0
     ) -> None:
-        """``put_token`` for any mergeable part: ``kind`` is one of ``PART_KINDS``, ``index``
-        the tool call of ``TOOL_ARGS``."""
+        """Queue ``count`` tokens of ``text`` of part ``kind`` (one of ``PART_KINDS``; ``index``:
+        the tool call of ``TOOL_ARGS``) starting at ``seq``, merging or waiting for room
+        (``capacity`` events and ``max_bytes``)."""
         while not self._merge(request_id, text, seq, count, kind, index):
             if self._has_room_for(EVENT_OVERHEAD + len(text)):
                 self._add_tokens(request_id, text, seq, count, kind, index)

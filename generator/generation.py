@@ -310,8 +310,7 @@ class Generation:
         if self.ended:
             return
         if self._answer_at is None:
-            self._answer_at = now
-            self._metrics.first_token(self._model, now - self.started_at)
+            self._answered(now)
         if self._output is not None:
             self._output.add(delta.text)
         seq = self.seq
@@ -334,12 +333,16 @@ class Generation:
             if kind is REFUSAL:
                 self._refusal = True
             if self._answer_at is None:
-                self._answer_at = now
-                self._metrics.first_token(self._model, now - self.started_at)
+                self._answered(now)
         seq = self.seq
         self.seq = seq + count
         self.tokens += count
         await self._put(kind, text, seq, count, index, now)
+
+    def _answered(self, now: float) -> None:
+        """The first answer part (text, tool call or refusal) came at ``now``: the TTFT."""
+        self._answer_at = now
+        self._metrics.first_token(self._model, now - self.started_at)
 
     async def _tool_calls(self, pieces: list[CallPiece]) -> None:
         calls = self._calls
@@ -354,8 +357,7 @@ class Generation:
                 now = asyncio.get_running_loop().time()
                 self._limits.token(now)
                 if self._answer_at is None:
-                    self._answer_at = now
-                    self._metrics.first_token(self._model, now - self.started_at)
+                    self._answered(now)
                 start.request_id = self.request_id
                 start.seq = self.seq
                 self.seq += 1

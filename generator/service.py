@@ -33,7 +33,7 @@ import grpc
 
 from aistream import codes, tracing
 from aistream.collector import release
-from aistream.errors import InvalidRequest
+from aistream.errors import InvalidRequest, Refused
 from aistream.generator.generation import Generation
 from aistream.generator.upstream import Upstream
 from aistream.headroom import UNWATCHED, Headroom
@@ -182,37 +182,13 @@ class StreamSession:
         if request_id in self._running:
             log.info("duplicate generate ignored request_id=%s", request_id)
             return
-        if not self._accepting:
-            self._metrics.refusal(pb.ERROR_CODE_UNAVAILABLE)
-            self.outbox.put(
-                codes.error_event(
-                    pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id
-                )
-            )
-            return
-        refusal = self._over_capacity()
-        if refusal is not None:
-            log.warning("refused request_id=%s peer=%s: %s", request_id, self._peer, refusal)
-            self._metrics.refusal(pb.ERROR_CODE_TOO_MANY_REQUESTS)
-            self.outbox.put(codes.error_event(pb.ERROR_CODE_TOO_MANY_REQUESTS, refusal, request_id))
-            return
-        headroom = self._capacity.headroom
-        if headroom.saturated:  # shed: the streams already running keep their pace
+        refused = self._refusal(request_id)
+        if refused is not None:
             log.warning(
-                "shed request_id=%s peer=%s loop_lag_ms=%.0f",
-                request_id,
-                self._peer,
-                headroom.lag * 1000,
+                "refused request_id=%s peer=%s: %s", request_id, self._peer, refused.message
             )
-            self._metrics.refusal(pb.ERROR_CODE_TOO_MANY_REQUESTS)
-            self.outbox.put(
-                codes.error_event(
-                    pb.ERROR_CODE_TOO_MANY_REQUESTS,
-                    "the server is at capacity; try again shortly",
-                    request_id,
-                    retry_after_ms=headroom.retry_after_ms,
-                )
-            )
+            self._metrics.refusal(refused.code)
+            self.outbox.put(refused.event())
             return
         generation = Generation(
             generate,
@@ -235,12 +211,27 @@ class StreamSession:
             self._peer,
         )
 
-    def _over_capacity(self) -> str | None:
-        """Why a new generation cannot start now, or None if it can."""
-        if len(self._running) >= self._settings.max_generations_per_stream:
-            return f"at most {self._settings.max_generations_per_stream} generations per stream"
+    def _refusal(self, request_id: str) -> Refused | None:
+        """Why a new generation cannot start now (shutting down, a generation limit, no
+        headroom: the streams already running keep their pace), or None if it can."""
+        if not self._accepting:
+            return Refused(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
+        limit = self._settings.max_generations_per_stream
+        if len(self._running) >= limit:
+            message = f"at most {limit} generations per stream"
+            return Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, message, request_id)
         if self._capacity.running >= self._capacity.limit:
-            return "the server is at its generation limit; try again shortly"
+            message = "the server is at its generation limit; try again shortly"
+            return Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, message, request_id)
+        headroom = self._capacity.headroom
+        if headroom.saturated:
+            log.info("shedding: loop lag %.0f ms sustained", headroom.lag * 1000)
+            return Refused(
+                pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                "the server is at capacity; try again shortly",
+                request_id,
+                retry_after_ms=headroom.retry_after_ms,
+            )
         return None
 
     def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:

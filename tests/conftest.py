@@ -203,6 +203,17 @@ class WsClient:
         self.conversation.abandoned = True
 
 
+def recorded_frame(event: pb.ServerEvent) -> dict[str, Any]:
+    """What the lifecycle checker needs of a ServerEvent, as its frame would say it."""
+    kind = event.WhichOneof("event")
+    assert kind is not None
+    body = getattr(event, kind)
+    frame: dict[str, Any] = {"type": f"ai:{kind}", "requestId": body.request_id}
+    if kind in PART_KINDS:  # (a tool_call covers one seq number)
+        frame |= {"seq": body.seq, "count": getattr(body, "count", 1)}
+    return frame
+
+
 class GrpcClient:
     """A Generator.Stream call that records its conversation (as JSON-like frames)."""
 
@@ -237,13 +248,7 @@ class GrpcClient:
             event = await self.call.read()
         assert event is not grpc.aio.EOF, "the generator ended the stream"
         assert isinstance(event, pb.ServerEvent)
-        kind = event.WhichOneof("event")
-        assert kind is not None
-        body = getattr(event, kind)
-        frame = {"type": f"ai:{kind}", "requestId": body.request_id}
-        if kind in PART_KINDS:  # (a tool_call covers one seq number)
-            frame |= {"seq": body.seq, "count": getattr(body, "count", 1)}
-        self.conversation.events.append(("recv", frame))
+        self.conversation.events.append(("recv", recorded_frame(event)))
         return event
 
     async def finish(self, request_id: str, timeout: float = 5 * UNIT) -> pb.ServerEvent:

@@ -21,13 +21,13 @@ from conftest import (
     PeakRss,
     StackFactory,
     check_conversation,
+    recorded_frame,
     settings_for,
 )
 
 from aistream.generator.server import GeneratorServer
 from aistream.generator.service import Capacity, StreamSession
 from aistream.generator.simulated import SimulatedUpstream, answer_tokens
-from aistream.lifecycle import PART_KINDS
 from aistream.testing.fake_upstream import Script
 from aistream.v1 import events_pb2 as pb
 from aistream.v1.generator_pb2_grpc import GeneratorStub
@@ -193,12 +193,7 @@ class _Recorder:
             )
 
     def received(self, event: pb.ServerEvent) -> None:
-        kind = str(event.WhichOneof("event"))
-        body = getattr(event, kind)
-        frame = {"type": f"ai:{kind}", "requestId": body.request_id}
-        if kind in PART_KINDS:  # (a tool_call covers one seq number)
-            frame |= {"seq": body.seq, "count": getattr(body, "count", 1)}
-        self.conversation.events.append(("recv", frame))
+        self.conversation.events.append(("recv", recorded_frame(event)))
         self.events.append(event)
 
 
