@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
 
-__all__ = ["TEXT_FORMAT", "JsonFormatter", "LogFormat", "configure", "fields"]
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "LogFormat", "Tally", "configure", "fields"]
 
 LogFormat = Literal["text", "json"]
 
@@ -125,3 +127,34 @@ def configure(level: str, log_format: LogFormat = "text", stream: TextIO | None 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class Tally:
+    """Occurrences counted and logged as one line at most every ``every`` seconds (refusals
+    under overload come by the thousand a second: a line each would spend the CPU the
+    shedding saves, and fill the logs)::
+
+        refused = Tally(log, "refused %d generates in %.0f s (the last: %s)")
+        refused.add(reason)        # logs now and then, with the count and the last reason
+    """
+
+    __slots__ = ("_count", "_every", "_last", "_log", "_message", "_since")
+
+    def __init__(self, log: logging.Logger, message: str, every: float = 10.0) -> None:
+        self._log = log
+        self._message = message
+        self._every = every
+        self._count = 0
+        self._since = -math.inf
+        self._last = ""
+
+    def add(self, detail: str) -> None:
+        """One more occurrence (``detail``: what the line says of the last one)."""
+        self._count += 1
+        self._last = detail
+        now = time.monotonic()
+        if now - self._since >= self._every:
+            elapsed = now - self._since if self._since > -math.inf else 0.0
+            self._log.warning(self._message, self._count, elapsed, detail)
+            self._count = 0
+            self._since = now

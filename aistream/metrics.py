@@ -23,8 +23,10 @@ is a no-op and nothing is registered.
     aistream_time_to_first_token_seconds          aistream_bridge_slow_consumers_total
     aistream_cancel_upstream_close_seconds        aistream_bridge_frames_refused_total
     aistream_upstream_streams_open                aistream_bridge_generator_scrape_up
-    aistream_generator_generations_in_flight      aistream_bridge_process_*
-    aistream_generator_calls_open                 + the generator's page, when
+    aistream_generator_generations_in_flight      aistream_bridge_loop_lag_seconds
+    aistream_generator_calls_open                 aistream_bridge_generation_limit
+    aistream_generator_loop_lag_seconds           aistream_bridge_process_*
+    aistream_generator_generation_limit           + the generator's page, when
     aistream_generator_process_*                    generator_metrics_url is set
 """
 
@@ -52,6 +54,7 @@ from prometheus_client import (
 from prometheus_client.exposition import start_http_server
 
 from aistream import codes
+from aistream.headroom import Headroom
 from aistream.settings import Settings
 
 __all__ = [
@@ -184,6 +187,24 @@ class UpstreamOpen:
             metrics.cancel_close.observe(time.monotonic() - self._since)
 
 
+def _watch_headroom(registry: CollectorRegistry | None, process: str, headroom: Headroom) -> None:
+    """The gauges of a process's headroom: its loop's lag and the limit it sets."""
+    if registry is None:
+        return
+    Gauge(
+        f"aistream_{process}_loop_lag_seconds",
+        "How late the event loop is on most turns (the 9th of 10 ticks over shed_window_ms): "
+        "what admission weighs (shed_loop_lag_ms).",
+        registry=registry,
+    ).set_function(lambda: headroom.measured)
+    Gauge(
+        f"aistream_{process}_generation_limit",
+        "Generations admitted at once, as the loop's lag has set it (+Inf: no limit learned, "
+        "or shedding off); past it a generation is refused with too_many_requests.",
+        registry=registry,
+    ).set_function(lambda: headroom.limit)
+
+
 class GeneratorMetrics:
     """The generator's registry and what its generations record into it."""
 
@@ -271,6 +292,11 @@ class GeneratorMetrics:
             "gRPC calls (Stream, StreamBatches) open now: a bridge keeps generator_streams.",
             registry=registry,
         ).set_function(calls_open)
+
+    def watch(self, headroom: Headroom) -> None:
+        """Serve the headroom's gauges (``aistream_generator_loop_lag_seconds``,
+        ``aistream_generator_generation_limit``)."""
+        _watch_headroom(self.registry if self.enabled else None, "generator", headroom)
 
     # --- recording (all no-ops with metrics off) --------------------------------------------------
 
@@ -394,7 +420,8 @@ class BridgeMetrics:
         self.frames_refused = Counter(
             "aistream_bridge_frames_refused",
             "Frames refused, by reason: invalid (invalid_request), rate (frames_per_second), "
-            "per_connection, per_client (concurrency), shutting_down, control_flood (pings).",
+            "per_connection, per_client (concurrency), shutting_down, control_flood (pings), "
+            "shed (no room: this process's limit or its generator's).",
             ("reason",),
             registry=registry,
         )
@@ -416,6 +443,11 @@ class BridgeMetrics:
             "Generations the bridge's connections have in flight now.",
             registry=registry,
         ).set_function(generations_in_flight)
+
+    def watch(self, headroom: Headroom) -> None:
+        """Serve the headroom's gauges (``aistream_bridge_loop_lag_seconds``,
+        ``aistream_bridge_generation_limit``)."""
+        _watch_headroom(self.registry if self.enabled else None, "bridge", headroom)
 
     # --- recording (all no-ops with metrics off) --------------------------------------------------
 

@@ -14,7 +14,11 @@ frames instead of an ever longer queue. Two ways to respect the bounds:
 * ``offer`` (bridge) never waits: it refuses an event that would take the queued bytes past
   ``max_bytes``, and the caller applies its policy (slow consumer).
 
-``put`` queues a start or terminal event without waiting. What a generation puts (one start, one
+``put`` queues a start or terminal event without waiting. Control before data: such an event
+goes ahead of every part waiting in line — in a lane of its own that the writer empties first —
+unless something of its own request still waits (a terminal comes after its request's parts),
+so a new generation's start, a refusal or the end of a cancelled one never waits behind other
+requests' tokens. What a generation puts (one start, one
 terminal) is bounded by the number of generations; what answers a client (a start, a rejection)
 is bounded by its caller: while the queue is ``over`` (twice its bounds), the caller takes no
 further client event (``await room()``), so a client that sends faster than it reads is slowed
@@ -123,16 +127,19 @@ _KIND_NAMES = {kind: kind for kind in PART_KINDS}  # interned: a kind is compare
 
 
 class Outbox:
-    """Bounded, coalescing FIFO of ServerEvents."""
+    """Bounded, coalescing queue of ServerEvents: FIFO per request, control first."""
 
     __slots__ = (
         "_capacity",
+        "_control",
         "_empty",
         "_events",
         "_has_events",
         "_has_room",
+        "_length",
         "_max_bytes",
         "_max_chunk",
+        "_queued",
         "_waiting",
         "bytes",
         "peak_bytes",
@@ -145,6 +152,12 @@ class Outbox:
         self._max_chunk = max_chunk_chars
         self._max_bytes = max_bytes
         self._events: deque[_Item] = deque()
+        self._control: deque[pb.ServerEvent] = deque()
+        """Start and terminal events of requests with nothing in ``_events``: taken first."""
+        self._length = 0
+        """Events in both lanes."""
+        self._queued: dict[str, int] = {}
+        """Request id → how many of its events wait in ``_events``."""
         # request id → its token event still in the queue (appended to while it waits)
         self._waiting: dict[str, _Tokens] = {}
         self._has_events = asyncio.Event()
@@ -158,12 +171,12 @@ class Outbox:
         """The most bytes ever queued at once."""
 
     def __len__(self) -> int:
-        return len(self._events)
+        return self._length
 
     @property
     def full(self) -> bool:
         """Whether a token for an id with nothing waiting may have to wait for room."""
-        return len(self._events) >= self._capacity or (
+        return self._length >= self._capacity or (
             self._max_bytes is not None and self.bytes >= self._max_bytes
         )
 
@@ -172,7 +185,7 @@ class Outbox:
         """Whether the queue holds twice its bounds (events, or bytes): the headroom above
         ``full`` is for the events that answer a client, so they never wait behind tokens;
         past it, whoever takes client events stops until ``room``."""
-        return len(self._events) >= 2 * self._capacity or (
+        return self._length >= 2 * self._capacity or (
             self._max_bytes is not None and self.bytes >= 2 * self._max_bytes
         )
 
@@ -182,12 +195,18 @@ class Outbox:
             self._has_room.clear()
             await self._has_room.wait()
 
-    def _append(self, item: _Item, size: int) -> None:
+    def _append(self, item: _Item, size: int, request_id: str) -> None:
         self._events.append(item)
+        queued = self._queued
+        queued[request_id] = queued.get(request_id, 0) + 1
+        self._added(size)
+
+    def _added(self, size: int) -> None:
+        self._length += 1
         self._empty.clear()
         self._grow(size)
         self._has_events.set()
-        if len(self._events) >= self._capacity:
+        if self._length >= self._capacity:
             self._has_room.clear()
 
     def _grow(self, size: int) -> None:
@@ -195,9 +214,15 @@ class Outbox:
         self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def put(self, event: pb.ServerEvent) -> None:
-        """Queue a start or terminal event (never waits, never refused)."""
-        self._waiting.pop(_request_id(event), None)
-        self._append(event, _size(event))
+        """Queue a start or terminal event (never waits, never refused): ahead of the parts
+        waiting, unless its own request's wait."""
+        request_id = _request_id(event)
+        self._waiting.pop(request_id, None)
+        if request_id in self._queued:
+            self._append(event, _size(event), request_id)
+        else:
+            self._control.append(event)
+            self._added(_size(event))
 
     def _merge(
         self, request_id: str, text: str, seq: int, count: int, kind: str = TOKEN, index: int = 0
@@ -224,13 +249,13 @@ class Outbox:
     ) -> None:
         item = _Tokens(request_id, text, seq, count, kind, index)
         self._waiting[request_id] = item
-        self._append(item, EVENT_OVERHEAD + item.length)
+        self._append(item, EVENT_OVERHEAD + item.length, request_id)
 
     def _has_room_for(self, size: int) -> bool:
-        if len(self._events) >= self._capacity:
+        if self._length >= self._capacity:
             return False
         # An empty queue always takes one event, however large, so nothing waits forever.
-        return self._max_bytes is None or not self._events or self.bytes + size <= self._max_bytes
+        return self._max_bytes is None or not self._length or self.bytes + size <= self._max_bytes
 
     async def put_token(self, request_id: str, text: str, seq: int, count: int) -> None:
         """``put_part`` for answer text."""
@@ -266,7 +291,7 @@ class Outbox:
         if kind not in _CHUNKED:
             if (
                 self._max_bytes is not None
-                and self._events
+                and self._length
                 and self.bytes + _size(event) > self._max_bytes
             ):
                 return False
@@ -289,6 +314,9 @@ class Outbox:
     def clear(self) -> None:
         """Drop everything queued."""
         self._events.clear()
+        self._control.clear()
+        self._queued.clear()
+        self._length = 0
         self._waiting.clear()
         self.bytes = 0
         self._has_room.set()
@@ -303,45 +331,59 @@ class Outbox:
         self._has_events.set()
 
     async def get_batch(self, limit: int, max_size: int | None = None) -> list[pb.ServerEvent]:
-        """Up to ``limit`` of the oldest events, waiting for one if the queue is empty; an empty
-        list if woken by ``wake``. With ``max_size`` the batch takes no further event once what
-        it holds counts that much (text plus EVENT_OVERHEAD per event; its first event always)."""
+        """Up to ``limit`` of the next events (control first), waiting for one if the queue is
+        empty; an empty list if woken by ``wake``. With ``max_size`` the batch takes no further
+        event once what it holds counts that much (text plus EVENT_OVERHEAD per event; its first
+        event always)."""
         first = await self.get()
         if first is None:
             return []
         batch = [first]
         if max_size is None:
-            while self._events and len(batch) < limit:
+            while self._length and len(batch) < limit:
                 batch.append(self.get_nowait())
             return batch
         size = _size(first)
-        while self._events and len(batch) < limit:
-            size += _size(self._events[0])
+        while self._length and len(batch) < limit:
+            size += _size(self._control[0] if self._control else self._events[0])
             if size > max_size:
                 break
             batch.append(self.get_nowait())
         return batch
 
     def get_nowait(self) -> pb.ServerEvent:
-        """The oldest event; the queue must not be empty."""
-        item = self._events.popleft()
-        self.bytes -= _size(item)
-        if isinstance(item, _Tokens):
-            if self._waiting.get(item.request_id) is item:
-                del self._waiting[item.request_id]
-            event = item.event()
+        """The next event (control first, then the oldest); the queue must not be empty."""
+        if self._control:
+            event = self._control.popleft()
+            self.bytes -= _size(event)
         else:
-            event = item
+            item = self._events.popleft()
+            self.bytes -= _size(item)
+            if isinstance(item, _Tokens):
+                request_id = item.request_id
+                if self._waiting.get(request_id) is item:
+                    del self._waiting[request_id]
+                event = item.event()
+            else:
+                event = item
+                request_id = _request_id(item)
+            queued = self._queued
+            left = queued[request_id] - 1
+            if left:
+                queued[request_id] = left
+            else:
+                del queued[request_id]
+        self._length -= 1
         self._has_room.set()  # waiters look again: an event or some bytes left
-        if not self._events:
+        if not self._length:
             self._empty.set()
         return event
 
     async def get(self) -> pb.ServerEvent | None:
-        """The oldest event, waiting for one if the queue is empty; None if woken by ``wake``."""
-        if not self._events:
+        """The next event, waiting for one if the queue is empty; None if woken by ``wake``."""
+        if not self._length:
             self._has_events.clear()
             await self._has_events.wait()
-            if not self._events:
+            if not self._length:
                 return None
         return self.get_nowait()

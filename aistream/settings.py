@@ -114,8 +114,10 @@ class Settings:
     """Address the generator listens on."""
     generator_port: int = 50051
     """Port the generator listens on (0: any free port, printed at start)."""
-    stream_buffer: int = 256
-    """ServerEvents queued per gRPC stream before generations wait for the writer."""
+    stream_buffer: int = 4096
+    """ServerEvents queued per gRPC stream before generations wait for the writer (keep it
+    above ``max_generations_per_stream``: under load each running generation has an event
+    waiting, its tokens merged into it; the bytes bound below is what bounds memory)."""
     stream_buffer_bytes: int = 256 * 1024
     """Bytes of ServerEvents queued per gRPC stream before generations wait for the writer. A
     generation that waits longer than ``stall_timeout`` ends with ``slow_consumer``."""
@@ -133,16 +135,22 @@ class Settings:
     max_read_interval: float = 0.3
     """Upper bound of the spacing between two reads of one answer's body (see above)."""
     max_generations: int = 2000
-    """Generations running at once in the generator process; more → ``too_many_requests``."""
-    shed_loop_lag_ms: float = 50.0
-    """Shed load: while this process's event loop has been late by more than this on every tick
-    of ``shed_window_ms``, a new generation is refused at once with ``too_many_requests`` (and
-    ``retryAfterMs``), so the streams it carries keep their pace and cancels stay fast (generator
-    and bridge, each for itself). 0: never shed."""
-    shed_window_ms: float = 1000.0
-    """How long the loop lag must be sustained before new generations are shed."""
+    """Generations running at once in the generator process; more → ``too_many_requests`` with
+    the ``retryAfterMs`` hint of ``shed_retry_after_ms`` (the server is full: shed, as without
+    headroom)."""
+    shed_loop_lag_ms: float = 5.0
+    """Shed load (generator and bridge, each for itself): while this process's event loop is
+    late by more than this on most turns (the 9th of every 10 ticks of ``shed_window_ms``), the
+    number of generations it admits is cut to 80 % of what runs (once per window); while it is
+    under half of this, that limit grows again by 1 % a tick. Past the limit a new generation
+    is refused at once with ``too_many_requests`` and ``retryAfterMs``, so the streams carried
+    keep their pace and cancels stay fast. 0: never shed."""
+    shed_window_ms: float = 500.0
+    """The window the loop's lag is measured over (ten ticks), and the least time between two
+    cuts of the limit."""
     shed_retry_after_ms: int = 1000
-    """The ``retryAfterMs`` hint of a refusal that sheds load."""
+    """The ``retryAfterMs`` hint of a refusal that sheds load (no headroom, or the generator at
+    ``max_generations``)."""
     max_generations_per_stream: int = 2000
     """Generations running at once on one gRPC stream; more → ``too_many_requests``. The bridge
     sends all its generations over ``generator_streams`` shared streams (one by default), so

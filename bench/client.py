@@ -14,10 +14,14 @@ answer token and to the first reasoning part, gaps between part messages of eith
 tokens delivered are recorded inside a measuring window),
 ``cancel`` (every connection holds one long stream; a sample of them is cancelled — or its socket
 closed — one at a time and replaced, and the send time of each cancel is reported for matching
-against the upstream's records), ``idle`` (connections only) and ``slow`` (streams whose reader
-stops reading). The client talks to the harness by lines: it prints ``{"event": "ready"}``, waits
-for ``go`` on stdin, runs, and prints ``{"event": "result", …}``; ``idle`` and ``slow`` hold their
-connections after ``ready`` until ``stop``.
+against the upstream's records), ``overload`` (``loop`` past capacity: a generation refused with
+``too_many_requests`` is sent again after its ``retryAfterMs`` hint, as the web client does; the
+refusals are timed and counted apart from the admitted streams; meanwhile a sample of live
+streams is cancelled or closed, as in ``cancel``, and every frame goes through the lifecycle
+checker), ``idle`` (connections only) and ``slow`` (streams whose reader stops reading). The
+client talks to the harness by lines: it prints ``{"event": "ready"}``, waits for ``go`` on stdin,
+runs, and prints ``{"event": "result", …}``; ``idle`` and ``slow`` hold their connections after
+``ready`` until ``stop``.
 
 Reasoning parts (``ai:reasoning``) are parts, never answer tokens: they count in the gaps and
 the messages, apart in ``reasoning``, and their first one times ``reasoning_ms``, not the TTFT.
@@ -29,6 +33,7 @@ under the error ``seq_gap``.
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from aistream.lifecycle import Lifecycle, LifecycleViolation
 from bench.procs import raise_fd_limit
 from bench.spec import StreamSpec
 from bench.wsclient import WsClient, connect
@@ -83,6 +89,18 @@ class Tracker:
     timeline: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Request id → (sent, first part received), for requests sent inside the window."""
     errors: dict[str, int] = field(default_factory=dict)
+    benign: frozenset[str] = frozenset()
+    """Outcomes that are not errors (``overload``: refusals, cancels, closes): counted in
+    ``outcomes`` for requests sent inside the window."""
+    outcomes: dict[str, int] = field(default_factory=dict)
+    refused_ms: list[float] = field(default_factory=list)
+    """Sent → ``too_many_requests``, for requests sent inside the window."""
+    started: int = 0
+    """Generations sent inside the window that got their ``ai:start`` (admitted)."""
+    violations: list[str] = field(default_factory=list)
+    """What the lifecycle checker found wrong (``overload``)."""
+    hints: dict[str, int] = field(default_factory=dict)
+    """Request id → the ``retryAfterMs`` of the error that ended it (taken by the caller)."""
 
     def begin(self, request_id: str, now: float) -> asyncio.Future[str]:
         """A generation was just requested; the future resolves with how it ended."""
@@ -143,17 +161,33 @@ class Tracker:
             self.messages += 1
         return inside
 
-    def end(self, request_id: str, outcome: str) -> None:
-        """The generation ended: ``done``, or an error code."""
+    def start(self, request_id: str) -> None:
+        """``request_id`` was admitted (its ``ai:start``)."""
+        req = self.requests.get(request_id)
+        if req is not None and self.window[0] <= req.sent_at <= self.window[1]:
+            self.started += 1
+
+    def end(self, request_id: str, outcome: str, retry_after_ms: int | None = None) -> None:
+        """The generation ended: ``done``, or an error code (``too_many_requests`` with its
+        hint)."""
         req = self.requests.pop(request_id, None)
         if req is None:
             return
-        if time.monotonic() > self.window[1] + 0.1:
+        now = time.monotonic()
+        lo, hi = self.window
+        if outcome in self.benign:
+            if lo <= req.sent_at <= hi:
+                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                if outcome == "too_many_requests":
+                    self.refused_ms.append(round((now - req.sent_at) * 1000, 3))
+        elif now > hi + 0.1:
             pass  # cut short by the end of the window: not an error
         elif outcome == "done":
             self.completed += 1
         else:
             self.errors[outcome] = self.errors.get(outcome, 0) + 1
+        if retry_after_ms is not None:
+            self.hints[request_id] = retry_after_ms
         if not req.done.done():
             req.done.set_result(outcome)
 
@@ -189,13 +223,24 @@ class Conn:
 
 
 class WsConn(Conn):
-    """The browser protocol over the lean WebSocket client."""
+    """The browser protocol over the lean WebSocket client; with ``check``, every frame goes
+    through the product's lifecycle checker (strict: each start and rejection answers a
+    generate), a violation counting once per connection under the error ``lifecycle``."""
 
-    def __init__(self, tracker: Tracker, host: str, port: int, path: str, rcvbuf: int = 0) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        host: str,
+        port: int,
+        path: str,
+        rcvbuf: int = 0,
+        check: bool = False,
+    ) -> None:
         self._tracker = tracker
         self._address = (host, port, path)
         self._rcvbuf = rcvbuf
         self.ws: WsClient | None = None
+        self._lifecycle: Lifecycle | None = Lifecycle(strict=True) if check else None
 
     async def open(self) -> None:
         host, port, path = self._address
@@ -204,24 +249,52 @@ class WsConn(Conn):
     def _on_message(self, payload: bytes, now: float) -> None:
         frame = orjson.loads(payload)
         kind = frame.get("type")
+        if self._lifecycle is not None:
+            self._check(frame)
         if kind == "ai:token":
             count = frame.get("count") or 1
             self._tracker.token(frame["requestId"], count, now, frame.get("seq"))
         elif kind == "ai:reasoning":
             count = frame.get("count") or 1
             self._tracker.reasoning_part(frame["requestId"], count, now, frame.get("seq"))
+        elif kind == "ai:start":
+            self._tracker.start(frame["requestId"])
         elif kind == "ai:done":
             self._tracker.end(frame["requestId"], "done")
         elif kind == "ai:error":
-            self._tracker.end(frame.get("requestId", ""), str(frame.get("code", "error")))
+            code = str(frame.get("code", "error"))
+            self._tracker.end(frame.get("requestId", ""), code, frame.get("retryAfterMs"))
+
+    def _check(self, frame: dict[str, Any]) -> None:
+        kind = str(frame.get("type", ""))[3:]
+        if kind not in _CHECKED:
+            return
+        lifecycle = self._lifecycle
+        assert lifecycle is not None
+        try:
+            lifecycle.observe(
+                kind,  # type: ignore[arg-type]  # one of _CHECKED
+                str(frame.get("requestId", "")),
+                int(frame.get("seq") or 0),
+                int(frame.get("count") or 1),
+            )
+        except LifecycleViolation as exc:
+            errors = self._tracker.errors
+            errors["lifecycle"] = errors.get("lifecycle", 0) + 1
+            self._tracker.violations.append(str(exc))
+            self._lifecycle = None  # once per connection: the rest would follow from it
 
     def generate(self, request_id: str, prompt: str) -> None:
         assert self.ws is not None
+        if self._lifecycle is not None:
+            self._lifecycle.expect(request_id)
         frame = {"type": "ai:generate", "requestId": request_id, "prompt": prompt}
         self.ws.send_text(orjson.dumps(frame))
 
     def cancel(self, request_id: str) -> None:
         assert self.ws is not None
+        if self._lifecycle is not None:
+            self._lifecycle.cancel(request_id)
         self.ws.send_text(orjson.dumps({"type": "ai:cancel", "requestId": request_id}))
 
     def close(self) -> None:
@@ -231,6 +304,10 @@ class WsConn(Conn):
     def pause_reading(self) -> None:
         assert self.ws is not None
         self.ws.pause_reading()
+
+
+_CHECKED = frozenset({"start", "token", "reasoning", "done", "error"})
+"""The frame kinds (``ai:`` dropped) the lifecycle checker is given."""
 
 
 class GrpcConn(Conn):
@@ -326,8 +403,8 @@ def _conn_factory(job: dict[str, Any], tracker: Tracker) -> Callable[[], Conn]:
     kind = job["transport"]
     if kind == "ws":
         host, port, path = job["host"], job["port"], job.get("path", "/ws")
-        rcvbuf = int(job.get("rcvbuf", 0))
-        return lambda: WsConn(tracker, host, port, path, rcvbuf)
+        rcvbuf, check = int(job.get("rcvbuf", 0)), bool(job.get("check", False))
+        return lambda: WsConn(tracker, host, port, path, rcvbuf, check)
     if kind == "grpc":
         import grpc
 
@@ -446,6 +523,95 @@ async def _cancel_mode(
     return {"sent": sent, "live": len(live)}
 
 
+async def _overload_mode(
+    job: dict[str, Any], tracker: Tracker, conns: list[Conn], factory: Callable[[], Conn]
+) -> dict[str, Any]:
+    """``loop`` past capacity. A generation refused with ``too_many_requests`` is sent again
+    after its hint plus up to a fifth of it (at least 100 ms) at random, as the web client does;
+    the window's admitted and refused generations are counted apart. From the window's start, a
+    sample of live streams is cancelled (even samples) or has its connection closed and replaced
+    (odd ones) every ``spacing`` s: their send times are reported for matching against the
+    upstream's records."""
+    spec = StreamSpec(**job["spec"])
+    stagger, warmup, duration = job["stagger"], job["warmup"], job["duration"]
+    prefix = job["prefix"]
+    tracker.benign = frozenset({"too_many_requests", "cancelled", "closed"})
+    start = time.monotonic()
+    tracker.window = (start + warmup, start + warmup + duration)
+    stop_at = tracker.window[1]
+    current: list[str | None] = [None] * len(conns)
+    rng = random.Random(prefix)
+
+    async def run(i: int) -> None:
+        await asyncio.sleep(stagger * i / max(1, len(conns)))
+        k = 0
+        while time.monotonic() < stop_at:
+            rid = f"{prefix}{i}-{k}"
+            k += 1
+            done = tracker.begin(rid, time.monotonic())
+            current[i] = rid
+            conns[i].generate(rid, spec.prompt(rid))
+            outcome = await done
+            current[i] = None
+            if outcome == "too_many_requests":
+                hint = tracker.hints.pop(rid, 1000)  # no hint: a limit, not shedding
+                await asyncio.sleep((hint + rng.random() * max(hint * 0.2, 100)) / 1000)
+
+    cancels: dict[str, float] = {}
+    closes: dict[str, float] = {}
+
+    async def sample() -> None:
+        await asyncio.sleep(max(0.0, tracker.window[0] - time.monotonic()))
+        began = time.monotonic()
+        for n in range(job["samples"]):
+            live = [i for i, rid in enumerate(current) if rid and tracker.first_token(rid)]
+            if live:
+                i = rng.choice(live)
+                rid = current[i]
+                assert rid is not None
+                if n % 2 == 0:
+                    cancels[rid] = time.monotonic()
+                    conns[i].cancel(rid)
+                else:
+                    fresh = factory()
+                    await fresh.open()
+                    old, conns[i] = conns[i], fresh
+                    ended = current[i]  # (the sampled one may have finished meanwhile)
+                    if ended == rid:
+                        closes[rid] = time.monotonic()
+                    old.close()
+                    if ended is not None:
+                        tracker.end(ended, "closed")
+            await asyncio.sleep(max(0.0, began + (n + 1) * job["spacing"] - time.monotonic()))
+
+    lags: list[float] = []
+
+    async def watch() -> None:
+        """This client's own loop lag in the window: how late it reads what it times."""
+        await asyncio.sleep(max(0.0, tracker.window[0] - time.monotonic()))
+        while time.monotonic() < stop_at:
+            due = time.monotonic() + 0.01
+            await asyncio.sleep(0.01)
+            lags.append(round(max(0.0, time.monotonic() - due) * 1000, 3))
+
+    runners = [asyncio.create_task(run(i)) for i in range(len(conns))]
+    helpers = (asyncio.create_task(sample()), asyncio.create_task(watch()))
+    await asyncio.sleep(max(0.0, stop_at - time.monotonic()) + 0.2)
+    for task in (*runners, *helpers):
+        task.cancel()
+    await asyncio.gather(*runners, *helpers, return_exceptions=True)
+    return {
+        "window_s": duration,
+        "cancels": cancels,
+        "closes": closes,
+        "refused_ms": tracker.refused_ms,
+        "admitted": tracker.started,
+        "outcomes": tracker.outcomes,
+        "violations": tracker.violations[:10],
+        "client_lags_ms": lags,
+    }
+
+
 async def _hold_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -> dict[str, Any]:
     """``idle``: just connections; ``slow``: one stream each, reading stopped after a while."""
     paused = 0
@@ -477,6 +643,9 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
     _say({"event": "ready"})
     if job["mode"] == "cancel":
         extra = await _cancel_mode(job, tracker, conns, factory)
+    elif job["mode"] == "overload":
+        await _wait_line("go")
+        extra = await _overload_mode(job, tracker, conns, factory)
     elif job["mode"] in ("idle", "slow"):
         extra = await _hold_mode(job, tracker, conns)
     else:

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.stats import Agg, ratio
 
-__all__ = ["plot", "tables", "targets"]
+__all__ = ["plot", "plot_overload", "tables", "targets"]
 
 NODE_CANCEL_P50_MS, NODE_CANCEL_P99_MS, NODE_FIREHOSE = 100.0, 220.0, 42_000.0
 """The one-hop Node server this product grew out of, measured on this machine (the issue)."""
@@ -307,6 +307,65 @@ def _reasoning_table(result: dict[str, Any]) -> str:
     return f"{title}\n\n{_table(header, rows)}\n\n{_cpu_table(processes)}"
 
 
+def _capacity_table(result: dict[str, Any]) -> str:
+    p, paths = result["params"], result["paths"]
+    rows = [
+        [
+            name,
+            _cell(paths[key]["streams"], 0),
+            _cell(paths[key]["ttft_p99_ms"], 1),
+        ]
+        for key, name in (
+            ("aistream", "aistream (bridge → generator)"),
+            ("bare_ws", "bare websockets"),
+        )
+    ]
+    rows.append(["aistream ÷ bare websockets", _cell(result["ratio"], 2), ""])
+    title = (
+        f"### Capacity: concurrent {p['rate']:g} tokens/s streams ({p['stream_tokens']} tokens "
+        f"each, closed loop) carried with TTFT p99 ≤ {p['ttft_p99_ms']:g} ms and no error"
+    )
+    return f"{title}\n\n{_table(['', 'streams', 'TTFT p99 ms at it'], rows)}"
+
+
+_OVERLOAD_ROWS = (
+    ("offered", "streams offered", 0),
+    ("admitted", "generations admitted in the window", 0),
+    ("refused", "… refused (too_many_requests, then resent after the hint)", 0),
+    ("refusal_p50_ms", "refusal p50 ms (sent → ai:error)", 2),
+    ("refusal_p99_ms", "refusal p99 ms", 2),
+    ("ttft_p50_ms", "admitted TTFT p50 ms", 1),
+    ("ttft_p99_ms", "admitted TTFT p99 ms", 1),
+    ("gap_p50_ms", "admitted inter-token p50 ms", 1),
+    ("gap_p99_ms", "admitted inter-token p99 ms", 1),
+    ("cancel_p50_ms", "ai:cancel → upstream closed p50 ms", 2),
+    ("cancel_p99_ms", "ai:cancel → upstream closed p99 ms", 2),
+    ("close_p50_ms", "WebSocket close → upstream closed p50 ms", 2),
+    ("close_p99_ms", "WebSocket close → upstream closed p99 ms", 2),
+    ("tokens_per_s", "tokens/s delivered", 0),
+    ("left_open", "upstreams left open after the run", 0),
+    ("errors", "errors (anything but done, cancel, refusal)", 0),
+    ("client_lag_p99_ms", "(load client's own loop lag p99 ms)", 1),
+)
+
+
+def _overload_table(result: dict[str, Any]) -> str:
+    p, factors = result["params"], result["factors"]
+    header = ["", *(f"{f}× ({_cell(factors[f]['offered'], 0)})" for f in factors)]
+    rows = [
+        [label, *(_cell(factors[f][metric], digits) for f in factors)]
+        for metric, label, digits in _OVERLOAD_ROWS
+    ]
+    violations = sum(len(v) for v in result["lifecycle_violations"].values())
+    crashed = sorted({n for runs in result["crashed"].values() for r in runs for n in r})
+    title = (
+        f"### Overload: offered load in multiples of the capacity ({p['capacity']:,} streams, "
+        f"{p['capacity_source']}), {p['window_s']:g} s window; lifecycle violations "
+        f"{violations}, processes that died: {', '.join(crashed) or 'none'}"
+    )
+    return f"{title}\n\n{_table(header, rows)}\n\n{_cpu_table(result['processes'])}"
+
+
 def tables(results: dict[str, Any]) -> str:
     """Every scenario's table, as Markdown."""
     parts: list[str] = []
@@ -323,6 +382,10 @@ def tables(results: dict[str, Any]) -> str:
         parts.append(_slow_table(scenarios["slow"]))
     if "reasoning" in scenarios:
         parts.append(_reasoning_table(scenarios["reasoning"]))
+    if "capacity" in scenarios:
+        parts.append(_capacity_table(scenarios["capacity"]))
+    if "overload" in scenarios:
+        parts.append(_overload_table(scenarios["overload"]))
     return "\n\n".join(parts)
 
 
@@ -392,7 +455,72 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out["Slow reader: every upstream closed (slow_consumer)"] = _verdict(
             closed, opened, at_most=False
         )
+    factors = s.get("overload", {}).get("factors", {})
+    if "1.0" in factors and "2.0" in factors:
+        at_1, at_2 = factors["1.0"], factors["2.0"]
+        base = med(at_1["ttft_p99_ms"])
+        out["Overload 2×: admitted TTFT p99 ≤ 2× its value at 1×"] = _verdict(
+            med(at_2["ttft_p99_ms"]), 2 * base if base is not None else float("nan")
+        )
+        out["Overload 2×: ai:cancel → upstream closed p99 ≤ 10 ms"] = _verdict(
+            med(at_2["cancel_p99_ms"]), 10
+        )
+        out["Overload 2×: WS close → upstream closed p99 ≤ 10 ms"] = _verdict(
+            med(at_2["close_p99_ms"]), 10
+        )
+    for factor, figures in factors.items():
+        if float(factor) > 1:
+            out[f"Overload {factor}×: refusals within 5 ms p99"] = _verdict(
+                med(figures["refusal_p99_ms"]), 5
+            )
+            out[f"Overload {factor}×: nothing left open upstream"] = _verdict(
+                med(figures["left_open"]), 0
+            )
+    if "overload" in s:
+        crashed = [n for runs in s["overload"]["crashed"].values() for r in runs for n in r]
+        out["Overload: no process died"] = _verdict(len(crashed), 0)
+        violations = sum(len(v) for v in s["overload"]["lifecycle_violations"].values())
+        out["Overload: lifecycle checker on every conversation"] = _verdict(violations, 0)
     return out
+
+
+def plot_overload(runs: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Draw admitted TTFT p99 and cancel → upstream closed p99 against offered load, one line
+    per results file (``runs``: label → results); False if none has an overload scenario."""
+    series = {
+        k: r["scenarios"]["overload"] for k, r in runs.items() if "overload" in r["scenarios"]
+    }
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for label, result in series.items():
+        factors = result["factors"]
+        xs = [float(f) for f in factors]
+        for ax, metric in zip(
+            axes, ("ttft_p99_ms", "cancel_p99_ms", "refusal_p99_ms"), strict=True
+        ):
+            ys = [factors[f][metric]["median"] for f in factors]
+            ax.plot(xs, [y if y is not None else float("nan") for y in ys], "-o", label=label)
+    for ax, title in zip(
+        axes,
+        ("admitted TTFT p99", "ai:cancel → upstream closed p99", "refusal (ai:error) p99"),
+        strict=True,
+    ):
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load (× capacity)")
+        ax.set_ylabel("ms (median of runs)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:

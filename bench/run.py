@@ -10,6 +10,7 @@ other (``--out`` apart), measures what metrics cost.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -23,12 +24,16 @@ from typing import Any
 import orjson
 import psutil
 
+from bench import overload, scenarios
 from bench.procs import ROOT, raise_fd_limit
-from bench.report import plot, tables, targets
-from bench.scenarios import FULL, QUICK, SCENARIOS
+from bench.report import plot, plot_overload, tables, targets
+from bench.scenarios import FULL, QUICK
 from bench.stack import metrics_off
 
-__all__ = ["main"]
+__all__ = ["SCENARIOS", "main"]
+
+SCENARIOS = {**scenarios.SCENARIOS, **overload.SCENARIOS}
+"""Every scenario by name, in the order ``--scenarios`` runs them by default."""
 
 
 def _cpu_model() -> str:
@@ -75,8 +80,29 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)",
     )
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (3; quick: 1)")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        help="streams aistream carries: the overload scenario's 1× (default: the capacity "
+        "scenario's of this run, or searched)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--plot", type=Path, default=None, help="write the latency plot (PNG) here")
+    parser.add_argument(
+        "--overload-plot",
+        type=Path,
+        default=None,
+        help="write the overload plot (PNG) here: latency against offered load",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        default=[],
+        help="results (JSON) of an earlier commit, drawn beside this run in --overload-plot "
+        "(repeatable)",
+    )
     parser.add_argument(
         "--merge",
         action="store_true",
@@ -111,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics == "off":
         metrics_off()
     sizes = QUICK if args.quick else FULL
+    if args.capacity:
+        sizes = dataclasses.replace(sizes, capacity=args.capacity)
     repeat = args.repeat or (1 if args.quick else 3)
     results: dict[str, Any] = {
         "machine": machine(),
@@ -157,6 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{verdict['verdict']:>6}  {target}: {verdict['value']}")
     if args.plot is not None and plot(results, args.plot):
         print(f"plot written to {args.plot}")
+    if args.overload_plot is not None:
+        runs = {}
+        for before in args.before:
+            earlier = orjson.loads(before.read_bytes())
+            runs[f"before ({earlier['machine']['git_commit']})"] = earlier
+        runs[f"this run ({results['machine']['git_commit']})"] = results
+        if plot_overload(runs, args.overload_plot):
+            print(f"overload plot written to {args.overload_plot}")
     print(f"results written to {args.out} ({results['seconds']:.0f} s)")
     if failed:
         print(f"bench: scenario(s) failed: {', '.join(failed)}", file=sys.stderr)

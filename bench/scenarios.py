@@ -76,6 +76,31 @@ class Sizes:
     """Seconds of the window. Only requests sent in it are timed, and an answer's first token
     comes ``reasoning_tokens / rate`` s (6.7 s) after it was sent: 15 s leaves half the window's
     requests an answer token to time."""
+    capacity: int = 0
+    """Streams aistream carries (``--capacity``): the overload scenario's 1×; 0 = the capacity
+    scenario's of the same run, or searched."""
+    capacity_start: int = 100
+    """Streams of the capacity search's first probe (then doubled until one fails)."""
+    capacity_max: int = 20_000
+    capacity_precision: float = 0.1
+    """The search stops when the carried and the failed probe are within this fraction."""
+    capacity_ttft_p99_ms: float = 50.0
+    """A probe carries its streams with TTFT p99 at most this, and no error."""
+    capacity_tokens: int = 90
+    """Tokens per stream of the capacity and overload scenarios (3 s at 30/s)."""
+    capacity_warmup: float = 3.0
+    capacity_window: float = 4.0
+    overload_factors: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    """Offered load, in multiples of the capacity."""
+    overload_warmup: float = 4.0
+    overload_window: float = 8.0
+    overload_samples: int = 300
+    """Live streams cancelled or closed (alternately) during the window, one every
+    ``overload_spacing`` s."""
+    overload_spacing: float = 0.025
+    overload_max_generations: int = 0
+    """The generator's ``max_generations`` in the overload scenario (0: its default). The quick
+    run sets it to its capacity, so that its small offered loads are refused too."""
 
 
 SLOW_CLIENT_RCVBUF = 256 * 1024
@@ -106,6 +131,19 @@ QUICK = Sizes(
     reasoning_answer_tokens=10,
     reasoning_warmup=0.5,
     reasoning_window=1.5,
+    capacity_start=4,
+    capacity_max=16,
+    capacity_precision=0.5,
+    capacity_ttft_p99_ms=1000.0,
+    capacity_tokens=15,
+    capacity_warmup=0.3,
+    capacity_window=0.8,
+    overload_factors=(1.0, 2.0),
+    overload_warmup=0.3,
+    overload_window=1.2,
+    overload_samples=6,
+    overload_spacing=0.1,
+    overload_max_generations=16,
 )
 
 
@@ -128,13 +166,24 @@ def _merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         merged["timeline"].update(r.get("timeline", {}))
     for key in ("tokens", "reasoning", "messages", "completed", "live"):
         merged[key] = sum(r.get(key, 0) for r in results)
+    merged["cancels"], merged["closes"], merged["refused_ms"] = {}, {}, []
+    merged["outcomes"], merged["violations"], merged["admitted"] = {}, [], 0
+    merged["client_lags_ms"] = []
     for r in results:
         merged["ttft_ms"] += r["ttft_ms"]
         merged["reasoning_ms"] += r.get("reasoning_ms", [])
         merged["gaps_ms"] += r["gaps_ms"]
         merged["sent"].update(r.get("sent", {}))
+        merged["cancels"].update(r.get("cancels", {}))
+        merged["closes"].update(r.get("closes", {}))
+        merged["refused_ms"] += r.get("refused_ms", [])
+        merged["violations"] += r.get("violations", [])
+        merged["admitted"] += r.get("admitted", 0)
+        merged["client_lags_ms"] += r.get("client_lags_ms", [])
         for code, n in r["errors"].items():
             merged["errors"][code] = merged["errors"].get(code, 0) + n
+        for outcome, n in r.get("outcomes", {}).items():
+            merged["outcomes"][outcome] = merged["outcomes"].get(outcome, 0) + n
     return merged
 
 

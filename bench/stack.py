@@ -16,7 +16,7 @@ import psutil
 
 from bench.procs import Child
 
-__all__ = ["PATHS", "Stack"]
+__all__ = ["PATHS", "SHEDDING", "Stack"]
 
 PATHS = ("aistream", "direct", "bare_ws", "bare_grpc")
 
@@ -24,10 +24,18 @@ AISTREAM_ENV = {
     "AISTREAM_LOG_LEVEL": "WARNING",
     "AISTREAM_UPSTREAM_MAX_RETRIES": "0",
     "AISTREAM_MAX_TOKENS_CAP": "10000000",
+    "AISTREAM_SHED_LOOP_LAG_MS": "0",
     "OPENAI_API_KEY": "bench",
 }
 """The generator and bridge run with their defaults but these: quiet logs (one INFO line per
-generation would be measured too), no SDK retries, and no cap on ``max_tokens`` (long streams)."""
+generation would be measured too), no SDK retries, no cap on ``max_tokens`` (long streams), and
+no shedding: the scenarios at a fixed concurrency measure the data path at that load, whatever
+this machine's capacity is that day (1,000 streams is past it on a slow stretch); admission is
+what the capacity and overload scenarios measure, with the defaults (``SHEDDING``)."""
+
+SHEDDING: dict[str, str | None] = {"AISTREAM_SHED_LOOP_LAG_MS": None}
+"""The environment that restores the product's default shedding over ``AISTREAM_ENV`` (None:
+the variable is not set)."""
 
 
 def metrics_off() -> None:
@@ -43,7 +51,7 @@ class Stack:
         self,
         paths: Iterable[str],
         upstream: str = "bench",
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         quiet_patience: float = 0.0,
     ) -> None:
         """``upstream``: ``bench`` (``bench.upstream``) or ``fake`` (the product's fake);
@@ -64,11 +72,9 @@ class Stack:
             self.upstream_kind = upstream
             self.upstream_url = self.children["upstream"].ready[1]
             if "aistream" in wanted:
-                env_all = {
-                    **AISTREAM_ENV,
-                    **(env or {}),
-                    "OPENAI_BASE_URL": self.upstream_url + "/v1",
-                }
+                merged = {**AISTREAM_ENV, **(env or {})}
+                env_all = {k: v for k, v in merged.items() if v is not None}
+                env_all["OPENAI_BASE_URL"] = self.upstream_url + "/v1"
                 gen = self._start(
                     "generator",
                     "aistream",

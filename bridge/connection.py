@@ -277,7 +277,8 @@ class Connection:
         if not self._accepting:
             self._metrics.frame_refused("shutting_down")
             raise Refused(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
-        if self._headroom.saturated:  # shed: the streams already running keep their pace
+        if self._headroom.saturated or self._stream.full:
+            # shed (this process's limit, or the generator's): what runs keeps its pace
             self._metrics.frame_refused("shed")
             raise Refused(
                 pb.ERROR_CODE_TOO_MANY_REQUESTS,

@@ -58,23 +58,47 @@ class Receiver(Protocol):
 class _OpenCall:
     """One open ``StreamBatches`` call: its writer, its reader, the generations routed over it."""
 
-    __slots__ = ("call", "ended", "routes", "tasks", "writes")
+    __slots__ = ("call", "ended", "routes", "tasks", "unanswered", "writes")
 
     def __init__(self, call: _Call) -> None:
         self.call = call
         self.routes: dict[str, tuple[Receiver, str]] = {}  # wire id → (connection, its id)
+        self.unanswered: set[str] = set()
+        """Wire ids of the Generates sent that the generator has not answered yet (no start,
+        no refusal): not yet counted in the ``room`` it reports."""
         self.writes: asyncio.Queue[pb.ClientEvent] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self.ended = False
 
 
+ROOM_AGE = 0.25
+"""Seconds the generator's last ``room`` figure is trusted: under load, batches come far more
+often; an idle stream's figure (no batch since) may be out of date, so past this the next
+Generate goes to the generator, which decides."""
+
+
 class SharedStream:
-    """One of the link's streams: the current call (opened on demand) and what runs over it."""
+    """One of the link's streams: the current call (opened on demand) and what runs over it,
+    and the generator's ``room`` as last heard on it (less the Generates sent since)."""
 
     def __init__(self, link: GeneratorLink, index: int) -> None:
         self._link = link
         self._index = index
         self._current: _OpenCall | None = None
+        self._room = 0
+        self._room_at = -ROOM_AGE
+
+    @property
+    def full(self) -> bool:
+        """Whether the generator said, a moment ago, that it would start no more generations
+        than the ones on their way to it (it sheds): a new one is refused here, without a round
+        trip."""
+        current = self._current
+        on_the_way = len(current.unanswered) if current is not None else 0
+        return (
+            self._room <= on_the_way
+            and asyncio.get_running_loop().time() - self._room_at < ROOM_AGE
+        )
 
     def generate(self, receiver: Receiver, event: pb.ClientEvent) -> str:
         """Send a (validated) Generate for ``receiver``; the wire id it travels under."""
@@ -85,6 +109,7 @@ class SharedStream:
         renamed.CopyFrom(event)
         renamed.generate.request_id = wire_id
         current.writes.put_nowait(renamed)
+        current.unanswered.add(wire_id)
         return wire_id
 
     def cancel(self, wire_id: str, *, forget: bool = True) -> None:
@@ -134,8 +159,12 @@ class SharedStream:
         reason = "the generator closed the stream"
         routes = current.routes
         try:
+            loop = asyncio.get_running_loop()
             async for batch in current.call:
-                _route(batch, routes)
+                if batch.HasField("room"):
+                    self._room, self._room_at = batch.room, loop.time()
+                # (an ended generation leaves room the figure may not count yet)
+                self._room += _route(batch, routes, current.unanswered)
                 # Let the connections' senders write before the next batch.
                 await asyncio.sleep(0)
         except grpc.aio.AioRpcError as exc:
@@ -164,24 +193,39 @@ class SharedStream:
         await asyncio.gather(*current.tasks, return_exceptions=True)
 
 
-def _route(batch: pb.ServerEventBatch, routes: dict[str, tuple[Receiver, str]]) -> None:
-    """Deliver each event of ``batch`` to its connection, renamed to the connection's id. (Its
-    own function so that no connection stays referenced from the reader's loop once the batch
-    is delivered.)"""
+_CONTROL = frozenset({"start", "done", "error"})
+
+
+def _route(
+    batch: pb.ServerEventBatch, routes: dict[str, tuple[Receiver, str]], unanswered: set[str]
+) -> int:
+    """Deliver each event of ``batch`` to its connection, renamed to the connection's id, and
+    strike the Generates it answers off ``unanswered``; how many generations it ended. (Its own
+    function so that no connection stays referenced from the reader's loop once the batch is
+    delivered.)"""
+    ended = 0
     for event in batch.events:
         kind = event.WhichOneof("event")
         if kind is None:
             continue
         body = getattr(event, kind)
-        if kind in ("done", "error"):
-            route = routes.pop(body.request_id, None)
-        else:
+        if kind not in _CONTROL:  # a part: the hot path
             route = routes.get(body.request_id)
+        elif kind == "start":
+            unanswered.discard(body.request_id)
+            route = routes.get(body.request_id)
+        else:
+            if body.request_id in unanswered:  # a refusal
+                unanswered.discard(body.request_id)
+            else:
+                ended += 1
+            route = routes.pop(body.request_id, None)
         if route is None:
             continue  # cancelled by its connection: nobody waits for it
         receiver, request_id = route
         body.request_id = request_id
         receiver.deliver(request_id, event)
+    return ended
 
 
 class GeneratorLink:

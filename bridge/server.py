@@ -210,12 +210,9 @@ class BridgeServer:
             settings.bridge_host, settings.public_hosts, machine_names=(socket.gethostname(),)
         )
         """The hosts a browser's handshake may name (DNS rebinding: bridge/access.py)."""
-        self.shares = (
-            ClientShares(settings.max_generations_per_client)
-            if settings.max_generations_per_client
-            else None
-        )
-        """Generations each client holds over all its connections (None: no share)."""
+        self.shares = ClientShares(settings.max_generations_per_client)
+        """Generations each client holds over all its connections (limit 0: no share), and
+        all of them together: the load the headroom weighs."""
         self.headroom = Headroom.of(settings)
         """The bridge process's loop lag: a saturated loop sheds new generations."""
         self._on_closed = self._closed  # one bound method for every connection
@@ -226,12 +223,13 @@ class BridgeServer:
             lambda: sum(connection.in_flight for connection in self.connections),
         )
         """The process's metrics, served at ``/metrics``."""
+        self.metrics.watch(self.headroom)
         self.port = 0
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
         s = self.settings
-        self.headroom.start()
+        self.headroom.start(lambda: self.shares.total)
         self._server = await serve(
             self._handle,
             s.bridge_host,

@@ -15,13 +15,16 @@ __all__ = ["ClientShares", "client_key_of"]
 
 
 class ClientShares:
-    """How many generations each client holds, against one limit (0 = no limit)."""
+    """How many generations each client holds, against one limit (0 = no limit), and all of
+    them together (``total``: the load the bridge's headroom weighs)."""
 
-    __slots__ = ("_held", "limit")
+    __slots__ = ("_held", "limit", "total")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._held: dict[str, int] = {}
+        self.total = 0
+        """Generations held by every client."""
 
     def acquire(self, key: str) -> bool:
         """Take one generation for ``key``; False (nothing taken) when it holds its share."""
@@ -29,11 +32,14 @@ class ClientShares:
         if self.limit and held >= self.limit:
             return False
         self._held[key] = held + 1
+        self.total += 1
         return True
 
     def release(self, key: str) -> None:
         """Give one generation of ``key`` back."""
         held = self._held.get(key, 0) - 1
+        if held >= 0:
+            self.total -= 1
         if held > 0:
             self._held[key] = held
         else:

@@ -93,7 +93,7 @@ class GeneratorServer:
         # /metrics on a port of its own (metrics_port; none by default), on its own thread.
         self.metrics_port = self.service.metrics.serve(s.generator_host, s.metrics_port)
         await self._server.start()
-        self.service.headroom.start()
+        self.service.start_headroom()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(

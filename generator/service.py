@@ -37,6 +37,7 @@ from aistream.errors import InvalidRequest, Refused
 from aistream.generator.generation import Generation
 from aistream.generator.upstream import Upstream
 from aistream.headroom import UNWATCHED, Headroom
+from aistream.logs import Tally
 from aistream.metrics import GENERATOR_OFF, GeneratorMetrics
 from aistream.outbox import Outbox
 from aistream.settings import GRPC_BATCH_BYTES, Settings
@@ -57,12 +58,30 @@ class Capacity:
     """How many generations the whole process runs, against ``max_generations``, and its
     ``headroom`` (a saturated loop sheds new generations)."""
 
-    __slots__ = ("headroom", "limit", "running")
+    __slots__ = ("headroom", "limit", "refusals", "running", "short")
 
     def __init__(self, limit: int, headroom: Headroom = UNWATCHED) -> None:
         self.limit = limit
         self.running = 0
         self.headroom = headroom
+        self.refusals = Tally(log, "refused %d generates in %.0f s (the last: %s)")
+        """Generates refused (limits, no room): a log line now and then, not one each."""
+        self.short: set[Outbox] = set()
+        """The outboxes of calls last told there was no room: woken when a generation ends."""
+
+    @property
+    def room(self) -> int:
+        """Generations that would start now: the headroom's limit (or ``max_generations``)
+        minus what runs."""
+        return max(0, int(min(self.headroom.limit, self.limit)) - self.running)
+
+    def ended(self) -> None:
+        """A generation has ended: its room is told to the calls that were told of none."""
+        self.running -= 1
+        if self.short:
+            for outbox in self.short:
+                outbox.wake()
+            self.short.clear()
 
 
 class StreamSession:
@@ -184,9 +203,8 @@ class StreamSession:
             return
         refused = self._refusal(request_id)
         if refused is not None:
-            log.warning(
-                "refused request_id=%s peer=%s: %s", request_id, self._peer, refused.message
-            )
+            log.debug("refused request_id=%s peer=%s: %s", request_id, self._peer, refused)
+            self._capacity.refusals.add(refused.message)
             self._metrics.refusal(refused.code)
             self.outbox.put(refused.event())
             return
@@ -220,12 +238,16 @@ class StreamSession:
         if len(self._running) >= limit:
             message = f"at most {limit} generations per stream"
             return Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, message, request_id)
-        if self._capacity.running >= self._capacity.limit:
-            message = "the server is at its generation limit; try again shortly"
-            return Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, message, request_id)
         headroom = self._capacity.headroom
+        if self._capacity.running >= self._capacity.limit:  # full: shed, as without headroom
+            message = "the server is at its generation limit; try again shortly"
+            return Refused(
+                pb.ERROR_CODE_TOO_MANY_REQUESTS,
+                message,
+                request_id,
+                retry_after_ms=self._settings.shed_retry_after_ms,
+            )
         if headroom.saturated:
-            log.info("shedding: loop lag %.0f ms sustained", headroom.lag * 1000)
             return Refused(
                 pb.ERROR_CODE_TOO_MANY_REQUESTS,
                 "the server is at capacity; try again shortly",
@@ -236,7 +258,7 @@ class StreamSession:
 
     def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
         release(task)
-        self._capacity.running -= 1
+        self._capacity.ended()
         entry = self._running.get(request_id)
         if entry is not None and entry[1] is task:
             del self._running[request_id]
@@ -294,6 +316,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             settings, lambda: len(self._sessions), upstream.model_name(None)
         )
         """The process's metrics (served by the server on ``metrics_port``)."""
+        self.metrics.watch(self._capacity.headroom)
 
     @property
     def running(self) -> int:
@@ -306,13 +329,18 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         server)."""
         return self._capacity.headroom
 
+    def start_headroom(self) -> None:
+        """Start watching the loop, weighing it against the generations running."""
+        capacity = self._capacity
+        capacity.headroom.start(lambda: capacity.running)
+
     async def Stream(
         self,
         request_iterator: AsyncIterator[pb.ClientEvent],
         context: grpc.aio.ServicerContext[pb.ClientEvent, pb.ServerEvent],
     ) -> AsyncIterator[pb.ServerEvent]:
         """Serve one bidirectional stream, one ServerEvent per message."""
-        async for batch in self._serve(
+        async for batch, _ in self._serve(
             lambda session: session.read(request_iterator),
             context.peer(),
             batch_limit=1,
@@ -328,27 +356,28 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
     ) -> AsyncIterator[pb.ServerEventBatch]:
         """Deprecated (Stream or StreamBatches serve): one bidirectional stream, every waiting
         ServerEvent in one message."""
-        async for batch in self._serve(
+        async for batch, room in self._serve(
             lambda session: session.read(request_iterator),
             context.peer(),
             batch_limit=_BATCH,
             traceparent=tracing.from_metadata(context.invocation_metadata()),
         ):
-            yield pb.ServerEventBatch(events=batch)
+            yield pb.ServerEventBatch(events=batch, room=room)
 
     async def StreamBatches(
         self,
         request_iterator: AsyncIterator[pb.ClientEventBatch],
         context: grpc.aio.ServicerContext[pb.ClientEventBatch, pb.ServerEventBatch],
     ) -> AsyncIterator[pb.ServerEventBatch]:
-        """Serve one bidirectional stream, batched both ways."""
-        async for batch in self._serve(
+        """Serve one bidirectional stream, batched both ways; each batch says how many more
+        generations would start now (``room``), so that a bridge refuses the others itself."""
+        async for batch, room in self._serve(
             lambda session: session.read_batches(request_iterator),
             context.peer(),
             batch_limit=_BATCH,
             traceparent=tracing.from_metadata(context.invocation_metadata()),
         ):
-            yield pb.ServerEventBatch(events=batch)
+            yield pb.ServerEventBatch(events=batch, room=room)
 
     async def _serve(
         self,
@@ -356,9 +385,11 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         peer: str,
         batch_limit: int,
         traceparent: str = "",
-    ) -> AsyncIterator[list[pb.ServerEvent]]:
+    ) -> AsyncIterator[tuple[list[pb.ServerEvent], int]]:
         """Run one call's session (``read`` applies what the client sends to it) until the
-        client half-closes or the call ends; ``traceparent``: the call's trace context."""
+        client half-closes or the call ends; ``traceparent``: the call's trace context. Each
+        batch comes with the room there is for more generations as it is written; after one
+        that said none, a generation's end is told by an empty batch with the new room."""
         session = StreamSession(
             self._upstream,
             self._settings,
@@ -372,6 +403,8 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         loop = asyncio.get_running_loop()
         spacing = self._settings.stream_flush_interval if batch_limit > 1 else 0.0
         wrote_at = -math.inf
+        capacity = self._capacity
+        told = -1  # the room last told
         try:
             while not session.finished():
                 if spacing:
@@ -382,9 +415,13 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                     if pause > 0:
                         await asyncio.sleep(pause)
                 batch = await session.outbox.get_batch(batch_limit, _BATCH_SIZE)
-                if batch:
+                room = capacity.room
+                if batch or (told == 0 and room > 0):
                     wrote_at = loop.time()
-                    yield batch
+                    told = room
+                    if not room:  # woken by the next generation to end, to tell the room
+                        capacity.short.add(session.outbox)
+                    yield batch, room
             await reader  # surfaces a reader failure, if any
         finally:
             # Also reached on CancelledError when the client cancels or vanishes.

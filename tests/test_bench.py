@@ -6,6 +6,7 @@ docs/performance.md, measured by the full run on a quiet machine.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,15 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def reasoning(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One ``python -m bench --quick --scenarios reasoning`` run: exit code, output, JSON."""
     return _bench(tmp_path_factory.mktemp("bench-reasoning"), "--scenarios", "reasoning")
+
+
+@pytest.fixture(scope="module")
+def overload(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``python -m bench --quick --scenarios capacity,overload`` run with its plot."""
+    out = tmp_path_factory.mktemp("bench-overload")
+    plot = out / "overload.png"
+    args = ("--scenarios", "capacity,overload", "--overload-plot", str(plot))
+    return {**_bench(out, *args), "plot": plot}
 
 
 def _has(agg: dict[str, Any]) -> bool:
@@ -140,6 +150,74 @@ def test_reasoning_figures(reasoning: dict[str, Any]) -> None:
     assert with_reasoning["ttft_p50_ms"]["median"] >= schedule_ms - 1
     for name in ("bridge", "generator"):
         assert _has(result["processes"]["reasoning"][name]["cpu_pct"]), name
+
+
+def test_capacity_figures(overload: dict[str, Any]) -> None:
+    """The capacity search reports, for aistream and the bare websockets server, the streams
+    carried, every probe it made, and their ratio."""
+    done = overload["done"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "### Capacity" in done.stdout
+    result = overload["results"]["scenarios"]["capacity"]
+    for path in ("aistream", "bare_ws"):
+        assert result["paths"][path]["streams"]["median"] > 0, result["probes"]
+        probes = result["probes"][path][0]
+        assert probes and all("ttft_p99_ms" in p and "carried" in p for p in probes)
+    assert _has(result["ratio"])
+
+
+def test_overload_figures(overload: dict[str, Any]) -> None:
+    """Past capacity some generations are refused (and resent after the hint), the admitted
+    ones are timed, cancels and closes are matched to the upstream's records, nothing is left
+    open, no server dies, and the lifecycle checker passed every conversation."""
+    done = overload["done"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "### Overload" in done.stdout
+    result = overload["results"]["scenarios"]["overload"]
+    factors = result["factors"]
+    assert set(factors) == {"1.0", "2.0"}
+    for factor, figures in factors.items():
+        for metric in ("admitted", "ttft_p50_ms", "ttft_p99_ms", "gap_p99_ms", "cancel_p99_ms"):
+            assert _has(figures[metric]), (factor, metric)
+        assert figures["left_open"]["median"] == 0, factor
+        assert figures["errors"]["median"] == 0, result["error_codes"]
+    over = factors["2.0"]
+    assert over["refused"]["median"] > 0
+    assert _has(over["refusal_p99_ms"]) and _has(over["close_p99_ms"])
+    assert result["crashed"] == {"1.0": [[]], "2.0": [[]]}
+    assert result["lifecycle_violations"] == {"1.0": [], "2.0": []}
+    assert overload["plot"].stat().st_size > 0
+
+
+def test_capacity_search_finds_the_largest_carried_within_its_precision() -> None:
+    from bench.overload import search
+
+    probed: list[int] = []
+
+    def probe(n: int) -> bool:
+        probed.append(n)
+        return n <= 730
+
+    assert 730 / 1.1 <= search(probe, 100, 20_000, 0.1) <= 730
+    assert probed[:4] == [100, 200, 400, 800]  # doubling, then bisecting
+    assert search(lambda n: n <= 50_000, 100, 20_000, 0.1) == 20_000  # carried at the limit
+    assert search(lambda n: False, 100, 20_000, 0.1) == 0
+
+
+def test_overload_client_resends_a_shed_generation_after_its_hint() -> None:
+    """The tracker counts a refusal apart (not an error) and keeps its hint for the sender."""
+
+    async def scenario() -> Tracker:
+        tracker = Tracker(window=(0.0, float("inf")))
+        tracker.benign = frozenset({"too_many_requests"})
+        done = tracker.begin("r", 0.0)
+        tracker.end("r", "too_many_requests", 750)
+        assert await done == "too_many_requests"
+        return tracker
+
+    tracker = asyncio.run(scenario())
+    assert tracker.errors == {} and tracker.outcomes == {"too_many_requests": 1}
+    assert tracker.hints == {"r": 750} and len(tracker.refused_ms) == 1
 
 
 def test_upstream_streams_reasoning_before_the_answer() -> None:

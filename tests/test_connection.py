@@ -58,6 +58,9 @@ class _Stream:
     def cancel(self, wire_id: str, *, forget: bool = True) -> None:
         self.cancelled.append((wire_id, forget))
 
+    full = False
+    """(The generator has room.)"""
+
 
 class _Bridge:
     """One Connection being served, and ways to talk to it from both sides."""

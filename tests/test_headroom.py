@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -13,7 +14,7 @@ import grpc
 import pytest
 from conftest import UNIT, GrpcClient, StackFactory
 
-from aistream.headroom import TICKS_PER_WINDOW, Headroom, LagWindow
+from aistream.headroom import TICKS_PER_WINDOW, Headroom, LagWindow, Limit
 from aistream.settings import Settings
 from aistream.testing.fake_upstream import Script
 from aistream.v1 import events_pb2 as pb
@@ -21,19 +22,22 @@ from aistream.v1 import events_pb2 as pb
 # --- the window ----------------------------------------------------------------------------------
 
 
-def test_sustained_lag_is_the_smallest_over_a_covered_window() -> None:
+def test_sustained_lag_is_the_ninth_of_ten_over_a_covered_window() -> None:
     window = LagWindow(1.0)
     for i in range(10):  # ticks every 0.1 s, late by 0.06 … 0.15
         window.add(0.1 * (i + 1), 0.06 + 0.01 * i)
-    assert window.sustained(1.0) == pytest.approx(0.06)
+    assert window.sustained(1.0) == pytest.approx(0.14)
 
 
-def test_a_spike_is_not_saturation() -> None:
-    """One late tick (a collector pause) among punctual ones leaves the window's floor at 0."""
+def test_a_spike_is_not_saturation_but_late_turns_that_keep_coming_are() -> None:
+    """One late tick (a collector pause) among punctual ones leaves the measure at 0; two of ten
+    are a loop that is late again and again."""
     window = LagWindow(1.0)
     for i in range(10):
         window.add(0.1 * (i + 1), 0.5 if i == 4 else 0.0)
     assert window.sustained(1.0) == 0.0
+    window.add(1.05, 0.3)
+    assert window.sustained(1.05) == pytest.approx(0.3)
 
 
 def test_a_window_not_yet_covered_says_nothing() -> None:
@@ -56,6 +60,52 @@ def test_a_loop_blocked_for_the_whole_window_is_as_late_as_its_pending_tick() ->
     window = LagWindow(1.0)
     window.add(0.1, 0.0)
     assert window.sustained(2.5, overdue=2.3) == pytest.approx(2.3)
+
+
+# --- the limit -----------------------------------------------------------------------------------
+
+LATE, CALM = 0.02, 0.001  # lags over and well under the threshold below
+WINDOW = 1.0
+
+
+def test_no_limit_until_the_loop_is_late() -> None:
+    limit = Limit(threshold=0.01, window=WINDOW)
+    for i in range(50):
+        limit.update(0.1 * i, CALM, running=500)
+    assert limit.value == math.inf and limit.admits(10_000)
+
+
+def test_a_late_loop_cuts_the_limit_below_what_runs_once_per_window() -> None:
+    limit = Limit(threshold=0.01, window=WINDOW)
+    limit.update(1.0, LATE, running=500)
+    assert limit.value == pytest.approx(500 * Limit.BACKOFF)
+    assert not limit.admits(400) and limit.admits(399)
+    limit.update(1.5, LATE, running=400)  # the cut has not had time to show: no second one
+    assert limit.value == pytest.approx(400)
+    limit.update(2.0, LATE, running=400)
+    assert limit.value == pytest.approx(400 * Limit.BACKOFF)
+
+
+def test_no_cut_for_a_lag_so_few_generations_cannot_have_caused_and_never_below_the_floor() -> None:
+    limit = Limit(threshold=0.01, window=WINDOW)
+    limit.update(1.0, LATE, running=Limit.FLOOR - 1)  # (accepting connections, a pause)
+    assert limit.value == math.inf
+    limit.update(2.0, LATE, running=Limit.FLOOR)
+    assert limit.value == Limit.FLOOR
+
+
+def test_a_calm_loop_raises_a_limit_that_holds_generations_back_and_only_then() -> None:
+    limit = Limit(threshold=0.01, window=WINDOW)
+    limit.update(1.0, LATE, running=100)  # → 80
+    limit.update(1.1, CALM, running=80)  # binding: grows
+    assert limit.value == pytest.approx(81)
+    limit.update(1.2, 0.008, running=81)  # under the threshold, not calm: holds
+    assert limit.value == pytest.approx(81)
+    limit.update(1.3, CALM, running=10)  # calm, but nobody reaches the limit: holds
+    assert limit.value == pytest.approx(81)
+    for i in range(100):
+        limit.update(2.0 + 0.1 * i, CALM, running=int(limit.value))
+    assert limit.value > 81 * 1.01**99
 
 
 # --- the timer on a real loop --------------------------------------------------------------------
@@ -87,15 +137,19 @@ async def until(predicate: Callable[[], bool], timeout: float = 5 * UNIT) -> Non
 
 
 async def test_headroom_sees_a_saturated_loop_and_its_recovery() -> None:
+    """A loop kept late cuts the limit below the generations running: saturated; once it is
+    calm, the limit grows back past them."""
     headroom = Headroom(threshold=0.03, window=0.3)
-    headroom.start()
+    running = 20
+    headroom.start(lambda: running)
     try:
         await asyncio.sleep(0.4)
-        assert not headroom.saturated and headroom.lag < 0.03
+        assert not headroom.saturated and headroom.lag < 0.03 and headroom.limit == math.inf
         async with hogging(0.06):
             await until(lambda: headroom.saturated)
-            assert headroom.lag > 0.03
+            assert headroom.lag > 0.03 and headroom.limit < running
         await until(lambda: not headroom.saturated)
+        assert running < headroom.limit < math.inf
     finally:
         headroom.stop()
     assert not headroom.saturated  # stopped: never
@@ -103,7 +157,7 @@ async def test_headroom_sees_a_saturated_loop_and_its_recovery() -> None:
 
 async def test_no_threshold_never_sheds() -> None:
     headroom = Headroom(threshold=0.0, window=0.3)
-    headroom.start()
+    headroom.start(lambda: 100)
     async with hogging(0.06):
         await asyncio.sleep(0.5)
         assert not headroom.saturated
@@ -123,16 +177,19 @@ def test_settings_make_the_headroom() -> None:
 SHED = {"shed_loop_lag_ms": 30.0, "shed_window_ms": 300.0, "shed_retry_after_ms": 750}
 
 
-async def test_a_saturated_bridge_sheds_new_generations_and_keeps_the_running_one(
+async def test_a_saturated_bridge_sheds_new_generations_and_keeps_the_running_ones(
     make_stack: StackFactory,
 ) -> None:
-    """While the loop is saturated a new ai:generate gets too_many_requests (retryable, with
-    retryAfterMs) at once; the generation already running finishes; once the loop has room
-    again, generations are accepted."""
-    stack = await make_stack(Script(tokens=40, interval=0.02), **SHED)
+    """While the loop is kept late, the limit drops to what runs and a new ai:generate gets
+    too_many_requests (retryable, with retryAfterMs) at once; the generations already running
+    finish; once the loop has room again, generations are accepted."""
+    stack = await make_stack(Script(tokens=100, interval=0.02), **SHED)
     client = await stack.client()
-    await client.generate("running")
-    await client.until(lambda f: f["type"] == "ai:token")
+    running = [f"running-{i}" for i in range(Limit.FLOOR)]
+    for rid in running:
+        await client.generate(rid)
+    for rid in running:
+        await client.until(lambda f, rid=rid: f["type"] == "ai:token" and f["requestId"] == rid)
     headroom = stack.bridge.headroom
     async with hogging(0.06):
         await until(lambda: headroom.saturated)
@@ -144,29 +201,66 @@ async def test_a_saturated_bridge_sheds_new_generations_and_keeps_the_running_on
         True,
     )
     assert refusal["retryAfterMs"] == 750
-    assert (await client.finish("running", 10 * UNIT))["type"] == "ai:done"
+    ends = await client.finish_all(set(running), 20 * UNIT)
+    assert all(frames[-1]["type"] == "ai:done" for frames in ends.values())
     await until(lambda: not headroom.saturated)
     await client.generate("later")
     assert (await client.finish("later", 10 * UNIT))["type"] == "ai:done"
     # only the shed generate never reached the upstream
-    assert len(stack.fake.records) == 2
+    assert len(stack.fake.records) == Limit.FLOOR + 1
 
 
 async def test_a_saturated_generator_sheds_new_generations_on_the_grpc_hop(
     make_stack: StackFactory,
 ) -> None:
-    stack = await make_stack(Script(tokens=40, interval=0.02), **SHED)
+    stack = await make_stack(Script(tokens=100, interval=0.02), **SHED)
     headroom = stack.generator.service.headroom
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.generator.port}") as channel:
         client = GrpcClient(channel, "grpc")
-        await client.generate("running")
-        first = await client.recv()
-        assert first.WhichOneof("event") == "start"
+        running = [f"running-{i}" for i in range(Limit.FLOOR)]
+        for rid in running:
+            await client.generate(rid)
+        started: set[str] = set()
+        while started != set(running):
+            event = await client.recv()
+            assert event.WhichOneof("event") in ("start", "token")
+            if event.WhichOneof("event") == "start":
+                started.add(event.start.request_id)
         async with hogging(0.06):
             await until(lambda: headroom.saturated)
             await client.generate("shed")
             refusal = (await client.finish("shed", 10 * UNIT)).error
         assert refusal.code == pb.ERROR_CODE_TOO_MANY_REQUESTS and refusal.retryable
         assert refusal.HasField("retry_after_ms") and refusal.retry_after_ms == 750
-        end = await client.finish("running", 10 * UNIT)
-        assert end.WhichOneof("event") == "done"
+        ends: dict[str, str | None] = {}
+        async with asyncio.timeout(20 * UNIT):
+            while len(ends) < len(running):  # (in whatever order they end)
+                event = await client.recv()
+                kind = event.WhichOneof("event")
+                if kind in ("done", "error"):
+                    ends[getattr(event, kind).request_id] = kind
+        assert ends == dict.fromkeys(running, "done")
+
+
+async def test_the_bridge_refuses_what_the_generator_said_it_has_no_room_for(
+    make_stack: StackFactory,
+) -> None:
+    """The generator reports its room on every batch; while it has none, the bridge refuses a
+    new generation itself (a shed refusal, with the hint) instead of forwarding it — and
+    forwards again once a generation has ended."""
+    stack = await make_stack(
+        Script(tokens=60, interval=0.02), max_generations=2, shed_retry_after_ms=750
+    )
+    client = await stack.client()
+    for rid in ("a", "b"):
+        await client.generate(rid)
+        await client.until(lambda f, rid=rid: f["type"] == "ai:token" and f["requestId"] == rid)
+    await client.until(lambda f: f["type"] == "ai:token")  # a batch since both started
+    await client.generate("shed")
+    refusal = await client.finish("shed", 10 * UNIT)
+    assert (refusal["code"], refusal["retryAfterMs"]) == ("too_many_requests", 750)
+    # the bridge's words, not the generator's ("at its generation limit"): never forwarded
+    assert refusal["message"] == "the server is at capacity; try again shortly"
+    assert (await client.finish("a", 10 * UNIT))["type"] == "ai:done"
+    await client.generate("after")
+    assert (await client.finish("after", 10 * UNIT))["type"] == "ai:done"

@@ -198,3 +198,22 @@ async def test_the_command_logs_json_lines(fake: FakeUpstream, tmp_path: Path) -
     assert (end["request_id"], end["outcome"], end["output_tokens"]) == ("r1", "done", 5)
     assert end["trace_id"] == TRACE
     assert fake.records[0].headers["traceparent"] == CLIENT_TP
+
+
+def test_a_tally_logs_one_line_now_and_then_with_the_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("aistream.logs.time.monotonic", lambda: clock[0])
+    tally = logs.Tally(logging.getLogger("t"), "refused %d in %.0f s (last: %s)", every=10.0)
+    with caplog.at_level(logging.WARNING, logger="t"):
+        tally.add("a")  # the first: at once
+        for i in range(500):
+            clock[0] += 0.01
+            tally.add(f"b{i}")
+        clock[0] = 111.0
+        tally.add("c")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 1 in 0 s (last: a)",  # (since the line before)
+        "refused 501 in 11 s (last: c)",
+    ]

@@ -208,6 +208,9 @@ async def test_a_scripted_mix_is_counted_on_both_pages(make_stack: StackFactory)
     assert generator.value("aistream_upstream_streams_open") == 0
     assert generator.value("aistream_generator_generations_in_flight") == 0
     assert generator.value("aistream_generator_calls_open") == 1
+    # (test stacks do not shed: no lag measured, no limit learned)
+    assert generator.value("aistream_generator_loop_lag_seconds") == 0
+    assert generator.value("aistream_generator_generation_limit") == float("inf")
     assert generator.value("aistream_requests_refused_total") == 0
     assert generator.value("aistream_generator_process_resident_memory_bytes") > 0
     # bounded labels: never a request id
@@ -229,6 +232,7 @@ async def test_a_scripted_mix_is_counted_on_both_pages(make_stack: StackFactory)
     assert bridge.value("aistream_bridge_handshakes_refused_total", status="403") == 1
     assert bridge.value("aistream_bridge_connections_open") == 1
     assert bridge.value("aistream_bridge_generations_in_flight") == 0
+    assert bridge.value("aistream_bridge_generation_limit") == float("inf")
     assert "aistream_bridge_generator_scrape_up" not in bridge.text  # (no generator page here)
     assert not ids & {v for _, labels, _ in bridge.samples for v in labels.values()}
 

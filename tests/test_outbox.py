@@ -157,3 +157,70 @@ async def test_room_and_tokens_wait_together() -> None:
     await box.get()
     await asyncio.wait_for(asyncio.gather(token, room), 1)
     assert len(box) == 1
+
+
+# --- control before data ---------------------------------------------------------------------
+
+
+def _error(rid: str) -> pb.ServerEvent:
+    return pb.ServerEvent(error=pb.Error(request_id=rid, code=pb.ERROR_CODE_TOO_MANY_REQUESTS))
+
+
+async def _drain(box: Outbox) -> list[tuple[str, str]]:
+    out = []
+    while len(box):
+        event = await box.get()
+        assert event is not None
+        kind = event.WhichOneof("event")
+        assert kind is not None
+        out.append((kind, getattr(event, kind).request_id))
+    return out
+
+
+async def test_a_start_or_a_refusal_goes_ahead_of_other_requests_tokens() -> None:
+    """Control before data: a new generation's start and a refusal do not wait behind the
+    tokens other requests have waiting."""
+    box = Outbox(capacity=64)
+    for rid in ("a", "b", "c"):
+        await box.put_token(rid, "x", 0, 1)
+    box.put(_start("d"))
+    box.put(_error("e"))
+    await box.put_token("d", "y", 0, 1)
+    assert await _drain(box) == [
+        ("start", "d"),
+        ("error", "e"),
+        ("token", "a"),
+        ("token", "b"),
+        ("token", "c"),
+        ("token", "d"),
+    ]
+
+
+async def test_a_terminal_stays_behind_its_own_requests_parts() -> None:
+    """The end of a request with parts still waiting follows them; the end of one with nothing
+    waiting goes ahead of the others' parts — and a new lifecycle of an id follows its old end."""
+    box = Outbox(capacity=64)
+    await box.put_token("a", "x", 0, 1)
+    await box.put_token("b", "y", 0, 1)
+    box.put(pb.ServerEvent(done=pb.Done(request_id="a")))
+    box.put(_start("a"))  # (a new generation under the same id)
+    box.put(pb.ServerEvent(done=pb.Done(request_id="c")))
+    assert await _drain(box) == [
+        ("done", "c"),
+        ("token", "a"),
+        ("token", "b"),
+        ("done", "a"),
+        ("start", "a"),
+    ]
+    assert box.bytes == 0
+
+
+async def test_a_batch_takes_control_first_and_counts_it_in_the_bounds() -> None:
+    box = Outbox(capacity=3)
+    await box.put_token("a", "x", 0, 1)
+    await box.put_token("b", "y", 0, 1)
+    box.put(_start("c"))
+    assert box.full and len(box) == 3
+    batch = await box.get_batch(2)
+    assert [e.WhichOneof("event") for e in batch] == ["start", "token"]
+    assert not box.full and len(box) == 1

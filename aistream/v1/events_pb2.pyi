@@ -195,10 +195,12 @@ class ServerEvent(_message.Message):
     def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallStart, _Mapping]] = ..., tool_args: _Optional[_Union[ToolArgs, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
 class ServerEventBatch(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "room")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ROOM_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[ServerEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[ServerEvent, _Mapping]]] = ...) -> None: ...
+    room: int
+    def __init__(self, events: _Optional[_Iterable[_Union[ServerEvent, _Mapping]]] = ..., room: _Optional[int] = ...) -> None: ...
 
 class Start(_message.Message):
     __slots__ = ("request_id", "model")
