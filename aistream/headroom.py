@@ -88,26 +88,30 @@ class LagWindow:
 class Limit:
     """How many generations may run at once, learned from the loop's lag. Pure: times are given.
 
-    Infinite until the lag first passes ``threshold``; then, while it stays past it, cut to
-    ``BACKOFF`` of what runs — at most once per ``window`` (the streams a cut refuses take that
-    long to show in the lag), never below ``FLOOR``, and not for a lag that so few generations
-    cannot have caused (accepting connections, a collector pause). While the lag is under
-    ``CALM`` of the threshold and the limit is what holds the generations back (``BINDING``:
-    they are that close to it), raised by ``GROWTH`` of itself (at least one) per tick.
+    Infinite until the lag first passes ``threshold``: then it is set to what runs. While the
+    lag stays past the threshold it is cut to ``BACKOFF`` of what runs — at most once per
+    ``window`` (the streams a cut refuses take that long to show in the lag), never below
+    ``FLOOR``, and not for a lag that so few generations cannot have caused (accepting
+    connections, a collector pause). While the lag is under ``CALM`` of the threshold and the
+    limit is what holds generations back (``BINDING``: they are that close to it), it grows
+    each tick: by ``RECOVERY`` of itself while under the level of its last cut (a passing
+    burst cut it), by ``GROWTH`` past it (looking for more room, carefully), at least one.
     Otherwise it holds: a limit nobody reaches says nothing of what the loop would carry."""
 
     BACKOFF = 0.8
     GROWTH = 0.01
+    RECOVERY = 0.05
     CALM = 0.5
     BINDING = 0.9
     FLOOR = 8
 
-    __slots__ = ("_next_cut", "_threshold", "_window", "value")
+    __slots__ = ("_cut_from", "_next_cut", "_threshold", "_window", "value")
 
     def __init__(self, threshold: float, window: float) -> None:
         self._threshold = threshold
         self._window = window
         self._next_cut = -math.inf
+        self._cut_from = 0.0
         self.value = math.inf
         """Generations that may run at once (``inf``: no limit learned yet)."""
 
@@ -115,10 +119,18 @@ class Limit:
         """One tick: the loop's sustained ``lag`` with ``running`` generations at ``now``."""
         if lag > self._threshold:
             if now >= self._next_cut and running >= self.FLOOR:
-                self.value = max(self.FLOOR, min(self.value, running) * self.BACKOFF)
+                if self.value == math.inf:
+                    # the first overload: no more than this — and back up quickly, for it may
+                    # be a passing burst (a ramp of new connections), not the loop's measure
+                    self.value = float(running)
+                    self._cut_from = math.inf
+                else:
+                    self._cut_from = self.value
+                    self.value = max(self.FLOOR, min(self.value, running) * self.BACKOFF)
                 self._next_cut = now + self._window
         elif lag < self._threshold * self.CALM and running >= self.value * self.BINDING:
-            self.value += max(1.0, self.value * self.GROWTH)
+            rate = self.RECOVERY if self.value < self._cut_from else self.GROWTH
+            self.value += max(1.0, self.value * rate)
 
     def admits(self, running: int) -> bool:
         """Whether one more generation may start with ``running`` already."""

@@ -11,7 +11,8 @@ One process drives many connections over one transport and records what it saw:
 
 Modes: ``loop`` (each connection runs generations back to back, staggered; time to the first
 answer token and to the first reasoning part, gaps between part messages of either kind, and
-tokens delivered are recorded inside a measuring window),
+tokens delivered are recorded inside a measuring window; a generation refused with
+``too_many_requests`` counts as an error and is followed, after its hint, by the next),
 ``cancel`` (every connection holds one long stream; a sample of them is cancelled — or its socket
 closed — one at a time and replaced, and the send time of each cancel is reported for matching
 against the upstream's records), ``overload`` (``loop`` past capacity: a generation refused with
@@ -457,6 +458,8 @@ async def _loop_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -
     tracker.window = (start + warmup, start + warmup + duration)
     stop_at = tracker.window[1]
 
+    rng = random.Random(prefix)
+
     async def run(i: int, conn: Conn) -> None:
         await asyncio.sleep(stagger * i / max(1, len(conns)))
         k = 0
@@ -465,7 +468,8 @@ async def _loop_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -
             k += 1
             done = tracker.begin(rid, time.monotonic())
             conn.generate(rid, spec.prompt(rid))
-            await done
+            if await done == "too_many_requests":  # (shed: it counts as an error here)
+                await _back_off(tracker.hints.pop(rid, 1000), rng)
 
     runners = [asyncio.create_task(run(i, c)) for i, c in enumerate(conns)]
     # generations still running when the window ends are cut short by closing the connections
@@ -523,6 +527,13 @@ async def _cancel_mode(
     return {"sent": sent, "live": len(live)}
 
 
+async def _back_off(hint_ms: int, rng: random.Random) -> None:
+    """Wait before sending a refused generation again, as the web client does: the hint (1 s
+    when there is none: a limit, not shedding) plus up to a fifth more (at least 100 ms) at
+    random, so clients refused together do not all come back together."""
+    await asyncio.sleep((hint_ms + rng.random() * max(hint_ms * 0.2, 100)) / 1000)
+
+
 async def _overload_mode(
     job: dict[str, Any], tracker: Tracker, conns: list[Conn], factory: Callable[[], Conn]
 ) -> dict[str, Any]:
@@ -554,8 +565,7 @@ async def _overload_mode(
             outcome = await done
             current[i] = None
             if outcome == "too_many_requests":
-                hint = tracker.hints.pop(rid, 1000)  # no hint: a limit, not shedding
-                await asyncio.sleep((hint + rng.random() * max(hint * 0.2, 100)) / 1000)
+                await _back_off(tracker.hints.pop(rid, 1000), rng)
 
     cancels: dict[str, float] = {}
     closes: dict[str, float] = {}
