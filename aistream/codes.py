@@ -16,6 +16,7 @@ same thing on every hop::
     ERROR_CODE_SLOW_CONSUMER   slow_consumer        RESOURCE_EXHAUSTED   yes        1008 (policy)
     ERROR_CODE_UNAUTHENTICATED unauthenticated      UNAUTHENTICATED      no         1008 (policy)
     ERROR_CODE_INVALID_OUTPUT  invalid_output       UNKNOWN              yes        -
+    ERROR_CODE_NOT_FOUND       not_found            NOT_FOUND            no         -
 
 ``retryable`` is the default; a specific failure may say otherwise (an upstream 5xx is retryable,
 an upstream 400 is not, though both are ``upstream_error``): ``is_retryable`` is that rule, and
@@ -116,6 +117,7 @@ CODES: dict[Code, CodeInfo] = {
             CloseCode.POLICY_VIOLATION,
         ),
         _row(pb.ERROR_CODE_INVALID_OUTPUT, grpc.StatusCode.UNKNOWN, True),
+        _row(pb.ERROR_CODE_NOT_FOUND, grpc.StatusCode.NOT_FOUND, False),
     )
 }
 

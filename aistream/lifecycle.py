@@ -56,10 +56,13 @@ class RequestLifecycle:
         self.next_seq = 0
         self.cancelled = False
 
-    def observe(self, kind: Kind, seq: int = 0, count: int = 1) -> bool:
+    def observe(
+        self, kind: Kind, seq: int = 0, count: int = 1, *, positioned: bool = False
+    ) -> bool:
         """Apply one server event for this id: whether it ended the request, or raise
         LifecycleViolation saying what was wrong. (A lone ``error`` ends a request that never
-        started: it was rejected.)"""
+        started: it was rejected.) ``positioned``: a start that carries its position (a
+        resumable generation's: 0; its parts follow from 1)."""
         if kind == "token" or kind in PART_KINDS:  # the hot path: first, and no allocation
             if not self.started:
                 raise LifecycleViolation(
@@ -75,6 +78,12 @@ class RequestLifecycle:
             if self.started:
                 raise LifecycleViolation(f"second start for running request {self.request_id!r}")
             self.started = True
+            if positioned:
+                if seq != 0:
+                    raise LifecycleViolation(
+                        f"start seq {seq} for request {self.request_id!r}: a start is position 0"
+                    )
+                self.next_seq = 1
             return False
         if kind == "done":
             if not self.started:
@@ -104,6 +113,25 @@ class Lifecycle:
         if self._strict and (running is None or running.cancelled):
             self._expected[request_id] += 1
 
+    def resume(self, request_id: str, after_seq: int) -> None:
+        """Record that a Resume for ``request_id`` from position ``after_seq`` was sent: from
+        −1 it is answered like a Generate (a start, or a lone error); from a position, by the
+        events after it (the request counts as started there) or a lone error."""
+        if request_id in self._running:
+            return  # (a duplicate: ignored by the server)
+        if after_seq < 0:
+            if self._strict:
+                self._expected[request_id] += 1
+            return
+        state = self._running[request_id] = RequestLifecycle(request_id)
+        state.started = True
+        state.next_seq = after_seq + 1
+
+    def forget(self, request_id: str) -> None:
+        """Record that the client stopped following ``request_id`` without ending it (a
+        Detach): nothing more of it comes here."""
+        self._running.pop(request_id, None)
+
     def cancel(self, request_id: str) -> None:
         """Record that the client cancelled ``request_id`` (a no-op unless it is running)."""
         running = self._running.get(request_id)
@@ -119,8 +147,17 @@ class Lifecycle:
         """Ids that have started and not ended, oldest first."""
         return list(self._running)
 
-    def observe(self, kind: Kind, request_id: str, seq: int = 0, count: int = 1) -> None:
-        """Apply one server event, or raise LifecycleViolation saying what was wrong."""
+    def observe(
+        self,
+        kind: Kind,
+        request_id: str,
+        seq: int = 0,
+        count: int = 1,
+        *,
+        positioned: bool = False,
+    ) -> None:
+        """Apply one server event, or raise LifecycleViolation saying what was wrong
+        (``positioned``: see ``RequestLifecycle.observe``)."""
         state = self._running.get(request_id)
         if state is None:
             if kind == "error":
@@ -131,7 +168,7 @@ class Lifecycle:
                 raise LifecycleViolation(f"{kind} for request {request_id!r}, which is not running")
             self._consume_expected(request_id, "start")
             state = self._running[request_id] = RequestLifecycle(request_id)
-        if state.observe(kind, seq, count):
+        if state.observe(kind, seq, count, positioned=positioned):
             del self._running[request_id]
 
     def _consume_expected(self, request_id: str, what: str) -> None:

@@ -274,6 +274,15 @@ class Outbox:
             self._has_room.clear()
             await self._has_room.wait()
 
+    def put_part_nowait(
+        self, kind: str, request_id: str, text: str, seq: int, count: int, index: int = 0
+    ) -> None:
+        """``put_part`` without waiting for room: for a replay, which must go in at once (it is
+        bounded by the log it comes from)."""
+        kind = _KIND_NAMES[kind]
+        if not self._merge(request_id, text, seq, count, kind, index):
+            self._add_tokens(request_id, text, seq, count, kind, index)
+
     async def put_waiting(self, event: pb.ServerEvent) -> None:
         """Queue a part that merges with nothing (a ToolCallStart), waiting for room like
         ``put_part``; later parts of its request do not merge into earlier ones."""

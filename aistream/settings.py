@@ -151,6 +151,15 @@ class Settings:
     shed_retry_after_ms: int = 1000
     """The ``retryAfterMs`` hint of a refusal that sheds load (no headroom, or the generator at
     ``max_generations``)."""
+    resume_grace: float = 30.0
+    """Seconds a resumable generation runs on with nobody following it (its connection gone,
+    no resume yet); then it is cancelled, its upstream closed."""
+    resume_retention: float = 900.0
+    """Seconds an ended resumable generation can still be resumed (replayed whole)."""
+    resume_max_bytes: int = 256 * 1024 * 1024
+    """What the generator keeps of resumable generations' logs at most: past it, ended logs
+    are dropped oldest first, and a running one that does not fit stops being resumable
+    (a resume of either is not_found, never a partial replay)."""
     max_generations_per_stream: int = 2000
     """Generations running at once on one gRPC stream; more → ``too_many_requests``. The bridge
     sends all its generations over ``generator_streams`` shared streams (one by default), so

@@ -72,10 +72,18 @@ def check_request_id(request_id: str, settings: Settings) -> None:
         raise InvalidRequest(f"requestId is longer than {settings.max_request_id_chars} characters")
 
 
+MAX_RESUME_TOKEN_CHARS = 128
+"""What a resume token may be at most (aistream's are 65 characters)."""
+
+
 def check_generate(generate: pb.Generate, settings: Settings) -> None:
     """Reject a Generate that breaks a limit; raises InvalidRequest carrying its request id."""
     check_request_id(generate.request_id, settings)
     rid = generate.request_id
+    if len(generate.client_request_id) > settings.max_request_id_chars:
+        raise InvalidRequest(
+            f"clientRequestId is longer than {settings.max_request_id_chars} characters", rid
+        )
     if len(generate.prompt) > settings.max_prompt_chars:
         raise InvalidRequest(f"prompt is longer than {settings.max_prompt_chars} characters", rid)
     if len(generate.messages) > settings.max_messages:
@@ -247,3 +255,27 @@ def _check_response_format(fmt: pb.ResponseFormat, settings: Settings, rid: str)
 def check_cancel(cancel: pb.Cancel, settings: Settings) -> None:
     """Reject a Cancel without a usable request id."""
     check_request_id(cancel.request_id, settings)
+
+
+def check_resume(resume: pb.Resume, settings: Settings) -> None:
+    """Reject a Resume without a usable request id, token or position (a token that opens
+    nothing is not_found, later: only its size is checked here)."""
+    check_request_id(resume.request_id, settings)
+    rid = resume.request_id
+    if not resume.resume_token or len(resume.resume_token) > MAX_RESUME_TOKEN_CHARS:
+        raise InvalidRequest(
+            f"resumeToken must be a non-empty string of at most {MAX_RESUME_TOKEN_CHARS} "
+            "characters",
+            rid,
+        )
+    if len(resume.client_request_id) > settings.max_request_id_chars:
+        raise InvalidRequest(
+            f"clientRequestId is longer than {settings.max_request_id_chars} characters", rid
+        )
+    if resume.HasField("after_seq") and resume.after_seq < -1:
+        raise InvalidRequest("afterSeq must be -1 or a position (0 or more)", rid)
+
+
+def check_detach(detach: pb.Detach, settings: Settings) -> None:
+    """Reject a Detach without a usable request id."""
+    check_request_id(detach.request_id, settings)

@@ -54,7 +54,7 @@ from aistream.metrics import BRIDGE_OFF, BridgeMetrics
 from aistream.outbox import Outbox
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
-from aistream.validation import check_cancel, check_generate
+from aistream.validation import check_cancel, check_generate, check_resume
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -74,13 +74,21 @@ class _Request(RequestLifecycle):
     """One generation in flight: the browser's id, the wire id it was sent under, and where it is
     in its lifecycle (started, the next token ``seq``)."""
 
-    __slots__ = ("again", "spans", "wire_id")
+    __slots__ = ("again", "resumable", "spans", "wire_id")
 
     def __init__(
-        self, request_id: str, wire_id: str, spans: tuple[Span, Span] | None = None
+        self,
+        request_id: str,
+        wire_id: str,
+        spans: tuple[Span, Span] | None = None,
+        *,
+        resumable: bool = False,
     ) -> None:
         super().__init__(request_id)
         self.wire_id = wire_id
+        self.resumable = resumable
+        """A resumable generation: when the socket goes, the generator is told to keep it
+        running (a Detach), not to stop it."""
         self.again: pb.ClientEvent | None = None
         """A Generate for the same id that came after the cancel: started when this one ends."""
         self.spans = spans
@@ -219,8 +227,11 @@ class Connection:
             return
         if request_id is None:
             return  # nothing to do: a duplicate generate, or a cancel for an id not in flight
-        if event.WhichOneof("event") == "generate":
+        kind = event.WhichOneof("event")
+        if kind == "generate":
             self._send_generate(request_id, event)
+        elif kind == "resume":
+            self._send_resume(request_id, event)
         else:
             # The generator answers with Error(cancelled), routed here like any event.
             request = self._requests[request_id]
@@ -239,21 +250,45 @@ class Connection:
             spans = tracing.request_spans(generate, self.id)
         elif generate.traceparent and not tracing.valid(generate.traceparent):
             generate.traceparent = ""
+        if generate.resumable:
+            generate.client_request_id = request_id  # (what a resume must name)
         wire_id = self._stream.generate(self, event)
         if self._requests is _NO_REQUESTS:
             self._requests = {}
-        self._requests[request_id] = _Request(request_id, wire_id, spans)
+        self._requests[request_id] = _Request(
+            request_id, wire_id, spans, resumable=generate.resumable
+        )
         log.debug("generate conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
+
+    def _send_resume(self, request_id: str, event: pb.ClientEvent) -> None:
+        """Send an admitted Resume over the shared stream and keep its record: the request is
+        where the client says it is (after ``afterSeq``), and goes on from there."""
+        resume = event.resume
+        resume.client_request_id = resume.client_request_id or request_id
+        wire_id = self._stream.resume(self, event)
+        if self._requests is _NO_REQUESTS:
+            self._requests = {}
+        request = self._requests[request_id] = _Request(request_id, wire_id, resumable=True)
+        after_seq = resume.after_seq if resume.HasField("after_seq") else -1
+        if after_seq >= 0:
+            request.started = True
+            request.next_seq = after_seq + 1
+        log.debug("resume conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
 
     def _admit(self, event: pb.ClientEvent) -> str | None:
         """Check one decoded frame against the limits; the id to forward, or None to drop it."""
-        if event.WhichOneof("event") == "cancel":
+        kind = event.WhichOneof("event")
+        if kind == "cancel":
             check_cancel(event.cancel, self._settings)
             request_id = event.cancel.request_id
             if request_id not in self._requests:
                 return None  # unknown or finished: a harmless no-op
             self.rate.take(asyncio.get_running_loop().time())  # cancels are never refused
             return request_id
+        if kind == "resume":
+            return self._admit_resume(event.resume)
+        if kind != "generate":
+            raise InvalidRequest(f"ai:{kind} is not a frame a client sends")
         generate = event.generate
         check_generate(generate, self._settings)
         request_id = generate.request_id
@@ -271,13 +306,28 @@ class Connection:
         self._check_room(request_id)
         return request_id
 
-    def _check_room(self, request_id: str) -> None:
+    def _admit_resume(self, resume: pb.Resume) -> str | None:
+        """A Resume: within the frame rate, the connection's concurrency and the client's
+        share, like a Generate (it is one more request to follow here) — but no headroom is
+        asked: it starts nothing upstream."""
+        check_resume(resume, self._settings)
+        request_id = resume.request_id
+        if not self.rate.take(asyncio.get_running_loop().time()):
+            self._metrics.frame_refused("rate")
+            raise Refused(pb.ERROR_CODE_TOO_MANY_REQUESTS, "too many frames: slow down", request_id)
+        if request_id in self._requests:
+            log.info("resume of an id in flight ignored request_id=%s conn=%s", request_id, self.id)
+            return None
+        self._check_room(request_id, starts=False)
+        return request_id
+
+    def _check_room(self, request_id: str, *, starts: bool = True) -> None:
         """Refused unless a new generation may start now: accepting, within the connection's
         concurrency and the client's share (taken here; given back in ``_end``)."""
         if not self._accepting:
             self._metrics.frame_refused("shutting_down")
             raise Refused(pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down", request_id)
-        if self._headroom.saturated or self._stream.full:
+        if starts and (self._headroom.saturated or self._stream.full):
             # shed (this process's limit, or the generator's): what runs keeps its pace
             self._metrics.frame_refused("shed")
             raise Refused(
@@ -333,6 +383,9 @@ class Connection:
             elif kind in PART_KINDS:
                 part = getattr(event, kind)
                 ended = request.observe(kind, part.seq, getattr(part, "count", 1))
+            elif kind == "start":  # (a resumable generation's start has a position)
+                start = event.start
+                ended = request.observe(kind, start.seq, positioned=start.HasField("seq"))
             else:
                 ended = request.observe(kind)
         except LifecycleViolation as exc:
@@ -394,7 +447,10 @@ class Connection:
         again when it is gone, a no-op then). No terminal event will come for them: their
         spans end here."""
         for request in self._requests.values():
-            self._stream.cancel(request.wire_id)
+            if request.resumable:
+                self._stream.detach(request.wire_id)  # it runs on, for a resume
+            else:
+                self._stream.cancel(request.wire_id)
             if request.spans is not None:
                 tracing.end_request(request.spans, _CLIENT_GONE)
                 request.spans = None

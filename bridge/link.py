@@ -112,6 +112,28 @@ class SharedStream:
         current.unanswered.add(wire_id)
         return wire_id
 
+    def resume(self, receiver: Receiver, event: pb.ClientEvent) -> str:
+        """Send a (validated) Resume for ``receiver``; the wire id its events come back under.
+        (It starts nothing: it takes none of the generator's room.)"""
+        current = self._open()
+        wire_id = self._link.next_wire_id()
+        current.routes[wire_id] = (receiver, event.resume.request_id)
+        renamed = pb.ClientEvent()
+        renamed.CopyFrom(event)
+        renamed.resume.request_id = wire_id
+        current.writes.put_nowait(renamed)
+        return wire_id
+
+    def detach(self, wire_id: str) -> None:
+        """Stop following the resumable generation sent as ``wire_id`` without stopping it
+        (its connection went: it runs on at the generator for a resume); no-op when it has
+        ended."""
+        current = self._current
+        if current is None or wire_id not in current.routes:
+            return
+        del current.routes[wire_id]
+        current.writes.put_nowait(pb.ClientEvent(detach=pb.Detach(request_id=wire_id)))
+
     def cancel(self, wire_id: str, *, forget: bool = True) -> None:
         """Cancel the generation sent as ``wire_id`` (no-op when it has ended or its call has
         failed). ``forget``: stop routing its events too (its connection is going away);

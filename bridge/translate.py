@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 TYPE_PREFIX = "ai:"
+_INT32_LIMIT = 2**31
 _UINT32_MAX = (1 << 32) - 1
 
 FrameError = InvalidFrame
@@ -108,6 +109,20 @@ def _scalar_decoder(field: FieldDescriptor) -> Callable[[Any, str], Any]:
             return value
 
         return decode_uint32
+    if kind in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32):
+
+        def decode_int32(value: Any, key: str) -> Any:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not -_INT32_LIMIT <= value < _INT32_LIMIT
+            ):
+                raise InvalidFrame(
+                    f"{key} must be a whole number from {-_INT32_LIMIT} to {_INT32_LIMIT - 1}"
+                )
+            return value
+
+        return decode_int32
     if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
 
         def decode_number(value: Any, key: str) -> Any:
@@ -257,7 +272,9 @@ _SERVER = {
 }
 
 CLIENT_TYPES: tuple[str, ...] = tuple(_CLIENT)
-"""Frame types a client may send (``ai:generate``, ``ai:cancel``)."""
+"""Frame types of the client's envelope (``ai:generate``, ``ai:cancel``, ``ai:resume``, and
+``ai:detach``, which the bridge refuses from a browser: it is what the bridge tells the
+generator)."""
 SERVER_TYPES: tuple[str, ...] = tuple(frame_type for _, frame_type in _SERVER.values())
 """Frame types the bridge sends (``ai:start``, ``ai:token``, ``ai:done``, ``ai:error``)."""
 

@@ -48,6 +48,9 @@ from aistream.generator.upstream import (
 )
 from aistream.metrics import GENERATOR_OFF, GeneratorMetrics
 from aistream.outbox import REASONING, REFUSAL, TOKEN, TOOL_ARGS, Outbox
+
+if TYPE_CHECKING:
+    from aistream.generator.followers import Relay
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.validation import tool_choice_of
@@ -166,6 +169,7 @@ class Generation:
         "reasoning_tokens",
         "request",
         "request_id",
+        "resume_token",
         "seq",
         "started_at",
         "tokens",
@@ -176,12 +180,16 @@ class Generation:
         generate: pb.Generate,
         upstream: Upstream,
         settings: Settings,
-        outbox: Outbox,
+        outbox: Outbox | Relay,
         traceparent: str = "",
         metrics: GeneratorMetrics = GENERATOR_OFF,
+        resume_token: str = "",
     ) -> None:
-        """``traceparent``: the trace context of a Generate that carries none (its call's);
-        ``metrics``: what the generation records into (its start, first token and end)."""
+        """``outbox``: where its events go (a resumable generation's: its ``Relay``, which
+        logs them and sends them to every follower); ``traceparent``: the trace context of a
+        Generate that carries none (its call's); ``metrics``: what the generation records into
+        (its start, first token and end); ``resume_token``: a resumable generation's token, given
+        with its Start (then every event has a position: the start 0, the parts from 1)."""
         self.request_id = generate.request_id
         # The trace: the Generate's context (an invalid one is ignored), else its call's; with
         # tracing on, this generation's span joins it and the upstream request is its child.
@@ -211,8 +219,10 @@ class Generation:
             settings.stall_timeout,
             self.started_at + limit,
         )
-        self.seq = 0
-        """The next part's seq (parts of every kind share it)."""
+        self.resume_token = resume_token
+        self.seq = 1 if resume_token else 0
+        """The next part's seq (parts of every kind share it; a resumable generation's start
+        takes position 0)."""
         self.tokens = 0
         """Upstream tokens streamed, of every kind (an estimate of the completion's)."""
         self.reasoning_tokens = 0
@@ -238,7 +248,11 @@ class Generation:
     def start(self) -> None:
         """Queue the Start event (before the task runs, so it precedes everything else)."""
         model = self._upstream.model_name(self.request.model)
-        self._outbox.put(pb.ServerEvent(start=pb.Start(request_id=self.request_id, model=model)))
+        start = pb.Start(request_id=self.request_id, model=model)
+        if self.resume_token:
+            start.seq = 0
+            start.resume_token = self.resume_token
+        self._outbox.put(pb.ServerEvent(start=start))
 
     def end(self, code: codes.Code, message: str, *, retryable: bool | None = None) -> bool:
         """End the generation from outside with an Error; False if it had already ended."""
@@ -446,6 +460,8 @@ class Generation:
         )
         if self._reasoning_at is not None:
             done.reasoning_ms = self._elapsed_ms(self._reasoning_at)
+        if self.resume_token:
+            done.seq = self.seq
         event = pb.ServerEvent(done=done)
         self._outbox.put(event)
         self._report(event.done, finish)
@@ -465,6 +481,8 @@ class Generation:
                 duration_ms=self._elapsed_ms(now),
             )
         )
+        if self.resume_token:
+            event.error.seq = self.seq
         self._outbox.put(event)
         self._report(event.error, None)
 

@@ -34,16 +34,18 @@ import grpc
 from aistream import codes, tracing
 from aistream.collector import release
 from aistream.errors import InvalidRequest, Refused
+from aistream.generator.followers import Follower, Relay, Resumables, replay
 from aistream.generator.generation import Generation
 from aistream.generator.upstream import Upstream
 from aistream.headroom import UNWATCHED, Headroom
 from aistream.logs import Tally
 from aistream.metrics import GENERATOR_OFF, GeneratorMetrics
 from aistream.outbox import Outbox
+from aistream.resume import InsideAnEvent
 from aistream.settings import GRPC_BATCH_BYTES, Settings
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
-from aistream.validation import check_cancel, check_generate
+from aistream.validation import check_cancel, check_detach, check_generate, check_resume
 
 __all__ = ["GeneratorService", "StreamSession"]
 
@@ -96,9 +98,11 @@ class StreamSession:
         *,
         traceparent: str = "",
         metrics: GeneratorMetrics = GENERATOR_OFF,
+        resumables: Resumables | None = None,
     ) -> None:
         """``traceparent``: the call's trace context (metadata), for Generates that carry
-        none of their own; ``metrics``: the process's."""
+        none of their own; ``metrics``: the process's; ``resumables``: the process's resumable
+        generations (None: a session of its own, for tests)."""
         self._traceparent = traceparent
         self._metrics = metrics
         self.outbox = Outbox(settings.stream_buffer, max_bytes=settings.stream_buffer_bytes)
@@ -107,14 +111,34 @@ class StreamSession:
         self._settings = settings
         self._peer = peer
         self._running: dict[str, tuple[Generation, asyncio.Task[None]]] = {}
+        self._resumables = resumables if resumables is not None else Resumables(settings)
+        self._keys: dict[str, str] = {}
+        """Request id on this call → the log key of a resumable generation it follows (one it
+        asked for, or one it resumed)."""
         self._accepting = True
         self._reading_done = False
         self._idle = asyncio.Event()  # no generation running
         self._idle.set()
 
     def finished(self) -> bool:
-        """The client is done sending, every generation has ended and the outbox is drained."""
-        return self._reading_done and not self._running and not len(self.outbox)
+        """The client is done sending, every generation it follows has ended and the outbox is
+        drained."""
+        return (
+            self._reading_done
+            and not self._running
+            and not self._following()
+            and not len(self.outbox)
+        )
+
+    def _following(self) -> bool:
+        """Whether a resumable generation this call follows (and does not own) still runs."""
+        keys = self._keys
+        if not keys:
+            return False
+        for request_id, key in list(keys.items()):
+            if self._resumables.running(key) is None:
+                del keys[request_id]
+        return bool(keys)
 
     async def read(self, requests: AsyncIterator[pb.ClientEvent]) -> None:
         """Apply every ClientEvent of the call until the client half-closes, none while the
@@ -145,8 +169,11 @@ class StreamSession:
                 self.apply(event)
 
     def _stops_a_running(self, event: pb.ClientEvent) -> bool:
-        """Whether ``event`` cancels a generation running on this call."""
-        return event.WhichOneof("event") == "cancel" and event.cancel.request_id in self._running
+        """Whether ``event`` cancels a generation running on this call (or followed on it)."""
+        if event.WhichOneof("event") != "cancel":
+            return False
+        request_id = event.cancel.request_id
+        return request_id in self._running or request_id in self._keys
 
     def _cancel_ahead(
         self, events: Sequence[pb.ClientEvent], start: int, ahead: set[int] | None
@@ -189,9 +216,15 @@ class StreamSession:
             elif kind == "cancel":
                 check_cancel(event.cancel, self._settings)
                 self.cancel(event.cancel.request_id)
+            elif kind == "resume":
+                check_resume(event.resume, self._settings)
+                self._resume(event.resume)
+            elif kind == "detach":
+                check_detach(event.detach, self._settings)
+                self.detach(event.detach.request_id)
             else:
-                raise InvalidRequest("the event must be generate or cancel")
-        except InvalidRequest as exc:
+                raise InvalidRequest("the event must be generate, cancel, resume or detach")
+        except (InvalidRequest, Refused) as exc:  # (a resume of nothing: not_found)
             log.info("rejected request_id=%s peer=%s: %s", exc.request_id, self._peer, exc)
             self._metrics.refusal(exc.code)
             self.outbox.put(exc.event())
@@ -208,13 +241,20 @@ class StreamSession:
             self._metrics.refusal(refused.code)
             self.outbox.put(refused.event())
             return
+        sink: Outbox | Relay = self.outbox
+        token = key = ""
+        if generate.resumable:  # its events go to a relay: its log, then each follower
+            client_id = generate.client_request_id or request_id
+            minted, sink = self._resumables.open(client_id, Follower(self.outbox, request_id))
+            token, key = minted.token, minted.key
         generation = Generation(
             generate,
             self._upstream,
             self._settings,
-            self.outbox,
+            sink,
             self._traceparent,
             metrics=self._metrics,
+            resume_token=token,
         )
         generation.start()
         task = asyncio.create_task(generation.run(), name=f"generation {request_id}")
@@ -222,6 +262,9 @@ class StreamSession:
         self._capacity.running += 1
         self._idle.clear()
         task.add_done_callback(lambda _: self._forget(request_id, task))
+        if isinstance(sink, Relay):
+            self._resumables.add(key, generation, sink, task)
+            self._keys[request_id] = key
         log.info(
             "start request_id=%s model=%s peer=%s",
             request_id,
@@ -267,8 +310,54 @@ class StreamSession:
             self.outbox.wake()
 
     def cancel(self, request_id: str) -> None:
-        """Stop one generation: Error(cancelled) now, its upstream closed as its task unwinds."""
+        """Stop one generation: Error(cancelled) now, its upstream closed as its task unwinds
+        (one this call resumed too: it ends for every follower)."""
+        if request_id not in self._running and request_id in self._keys:
+            key = self._keys[request_id]
+            self._resumables.cancel(key, pb.ERROR_CODE_CANCELLED, "cancelled by the client")
+            return
         self._end(request_id, pb.ERROR_CODE_CANCELLED, "cancelled by the client")
+
+    def _resume(self, resume: pb.Resume) -> None:
+        """Replay a resumable generation after a position and follow it, or not_found."""
+        request_id = resume.request_id
+        if request_id in self._running or request_id in self._keys:
+            log.info("duplicate resume ignored request_id=%s", request_id)
+            return
+        client_id = resume.client_request_id or request_id
+        found = self._resumables.find(resume.resume_token, client_id)
+        if found is None:
+            raise Refused(pb.ERROR_CODE_NOT_FOUND, "no such generation to resume", request_id)
+        after_seq = resume.after_seq if resume.HasField("after_seq") else -1
+        if after_seq >= found.next_seq:
+            raise InvalidRequest(
+                f"afterSeq {after_seq} is past the generation's last position", request_id
+            )
+        try:
+            if self._resumables.follow(found.key, self.outbox, request_id, after_seq):
+                self._keys[request_id] = found.key
+            else:
+                replay(found, self.outbox, request_id, after_seq)
+        except InsideAnEvent:
+            raise InvalidRequest(
+                f"afterSeq {after_seq} is inside an event: give the last position of the last "
+                "event applied",
+                request_id,
+            ) from None
+        log.info("resume request_id=%s key=%s after_seq=%d", request_id, found.key, after_seq)
+
+    def detach(self, request_id: str) -> None:
+        """Stop following a resumable generation on this call, leaving it running (for the
+        grace; a plain one is cancelled: nobody could follow it again)."""
+        key = self._keys.pop(request_id, None)
+        if key is None:
+            self.cancel(request_id)
+            return
+        self._running.pop(request_id, None)  # (the process's resumables hold it now)
+        if not self._running:
+            self._idle.set()
+        self._resumables.unfollow(key, self.outbox, request_id)
+        self.outbox.wake()
 
     def _end(self, request_id: str, code: codes.Code, message: str) -> None:
         entry = self._running.pop(request_id, None)
@@ -294,6 +383,8 @@ class StreamSession:
         """Cancel every task of the session and wait until each has closed its upstream. A
         generation still running then has lost its client (the call ended): it ends as
         ``cancelled`` (logged and counted; the event itself can reach no one)."""
+        for request_id in list(self._keys):
+            self.detach(request_id)  # resumable: they run on, for the grace
         running = list(self._running.values())
         tasks = [task for _, task in running]
         self._running.clear()
@@ -312,6 +403,8 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self._settings = settings
         self._sessions: set[StreamSession] = set()
         self._capacity = Capacity(settings.max_generations, Headroom.of(settings))
+        self._resumables = Resumables(settings)
+        """Every resumable generation and log of the process (they outlive their calls)."""
         self.metrics = GeneratorMetrics(
             settings, lambda: len(self._sessions), upstream.model_name(None)
         )
@@ -397,6 +490,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             self._capacity,
             traceparent=traceparent,
             metrics=self.metrics,
+            resumables=self._resumables,
         )
         self._sessions.add(session)
         reader = asyncio.create_task(session.reading(read), name="stream reader")
@@ -430,5 +524,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             self._sessions.discard(session)
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new generations on every call; end what is still running after ``timeout``."""
+        """Refuse new generations on every call; end what is still running after ``timeout``
+        (resumable generations no call follows too: nobody could resume them here after)."""
         await asyncio.gather(*(session.drain(timeout) for session in list(self._sessions)))
+        await self._resumables.close()

@@ -103,11 +103,21 @@ def check_conversation(conversation: Conversation) -> None:
                 continue
             if kind == "ai:cancel":
                 lifecycle.cancel(request_id)
+            elif kind == "ai:resume":
+                lifecycle.resume(request_id, frame.get("afterSeq", -1))
+            elif kind == "ai:detach":
+                lifecycle.forget(request_id)
             else:
                 lifecycle.expect(request_id)
             continue
         assert kind.startswith("ai:"), f"{conversation.name}: frame without ai: type {frame}"
-        lifecycle.observe(kind[3:], request_id, frame.get("seq", 0), frame.get("count", 1))
+        lifecycle.observe(
+            kind[3:],
+            request_id,
+            frame.get("seq", 0),
+            frame.get("count", 1),
+            positioned=kind == "ai:start" and "seq" in frame,
+        )
     if not conversation.abandoned:
         assert not lifecycle.running, (
             f"{conversation.name}: no terminal event for {lifecycle.running}"
@@ -211,6 +221,8 @@ def recorded_frame(event: pb.ServerEvent) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": f"ai:{kind}", "requestId": body.request_id}
     if kind in PART_KINDS:  # (a tool_call covers one seq number)
         frame |= {"seq": body.seq, "count": getattr(body, "count", 1)}
+    elif body.HasField("seq"):  # (a resumable generation's start and terminal)
+        frame["seq"] = body.seq
     return frame
 
 
@@ -227,9 +239,10 @@ class GrpcClient:
         kind = event.WhichOneof("event")
         if kind is not None:
             body = getattr(event, kind)
-            self.conversation.events.append(
-                ("sent", {"type": f"ai:{kind}", "requestId": body.request_id})
-            )
+            frame: dict[str, Any] = {"type": f"ai:{kind}", "requestId": body.request_id}
+            if kind == "resume":
+                frame["afterSeq"] = body.after_seq if body.HasField("after_seq") else -1
+            self.conversation.events.append(("sent", frame))
         await self.call.write(event)
 
     async def generate(self, request_id: str, prompt: str = "hello", **extra: Any) -> None:

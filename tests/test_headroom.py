@@ -90,9 +90,7 @@ def test_the_first_overload_sets_the_limit_at_what_runs_then_cuts_come_once_per_
     assert limit.value == pytest.approx(400 * Limit.BACKOFF)
 
 
-def test_no_cut_for_a_lag_so_few_generations_cannot_have_caused_and_never_below_the_floor() -> (
-    None
-):
+def test_no_cut_for_a_lag_so_few_generations_cannot_have_caused_and_never_below_the_floor() -> None:
     limit = Limit(threshold=0.01, window=WINDOW)
     limit.update(1.0, LATE, running=Limit.FLOOR - 1)  # (accepting connections, a pause)
     assert limit.value == math.inf

@@ -23,7 +23,7 @@ from aistream.v1 import events_pb2 as pb
 
 def test_frame_types_follow_the_schema_oneofs() -> None:
     """Frame types are "ai:" + each envelope's oneof field names."""
-    assert CLIENT_TYPES == ("ai:generate", "ai:cancel")
+    assert CLIENT_TYPES == ("ai:generate", "ai:cancel", "ai:resume", "ai:detach")
     assert SERVER_TYPES == (
         "ai:start",
         "ai:token",

@@ -67,6 +67,7 @@ GROUPS: list[tuple[str, list[str]]] = [
             "shed_retry_after_ms",
         ],
     ),
+    ("Resume (durable streams)", ["resume_grace", "resume_retention", "resume_max_bytes"]),
     (
         "Bridge",
         [

@@ -49,6 +49,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_SLOW_CONSUMER: _ClassVar[ErrorCode]
     ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
     ERROR_CODE_INVALID_OUTPUT: _ClassVar[ErrorCode]
+    ERROR_CODE_NOT_FOUND: _ClassVar[ErrorCode]
 RESPONSE_FORMAT_TYPE_UNSPECIFIED: ResponseFormatType
 RESPONSE_FORMAT_TYPE_JSON_OBJECT: ResponseFormatType
 RESPONSE_FORMAT_TYPE_JSON_SCHEMA: ResponseFormatType
@@ -77,14 +78,19 @@ ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_SLOW_CONSUMER: ErrorCode
 ERROR_CODE_UNAUTHENTICATED: ErrorCode
 ERROR_CODE_INVALID_OUTPUT: ErrorCode
+ERROR_CODE_NOT_FOUND: ErrorCode
 
 class ClientEvent(_message.Message):
-    __slots__ = ("generate", "cancel")
+    __slots__ = ("generate", "cancel", "resume", "detach")
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
     generate: Generate
     cancel: Cancel
-    def __init__(self, generate: _Optional[_Union[Generate, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    resume: Resume
+    detach: Detach
+    def __init__(self, generate: _Optional[_Union[Generate, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., detach: _Optional[_Union[Detach, _Mapping]] = ...) -> None: ...
 
 class ClientEventBatch(_message.Message):
     __slots__ = ("events",)
@@ -93,7 +99,7 @@ class ClientEventBatch(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[ClientEvent, _Mapping]]] = ...) -> None: ...
 
 class Generate(_message.Message):
-    __slots__ = ("request_id", "prompt", "messages", "model", "max_tokens", "temperature", "timeout_ms", "traceparent", "tools", "tool_choice", "response_format")
+    __slots__ = ("request_id", "prompt", "messages", "model", "max_tokens", "temperature", "timeout_ms", "traceparent", "tools", "tool_choice", "response_format", "resumable", "client_request_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +111,8 @@ class Generate(_message.Message):
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    RESUMABLE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -116,7 +124,9 @@ class Generate(_message.Message):
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
     tool_choice: Json
     response_format: ResponseFormat
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., model: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., timeout_ms: _Optional[int] = ..., traceparent: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[Json, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
+    resumable: bool
+    client_request_id: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., model: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., timeout_ms: _Optional[int] = ..., traceparent: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[Json, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., resumable: _Optional[bool] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class Json(_message.Message):
     __slots__ = ("text",)
@@ -174,6 +184,24 @@ class Cancel(_message.Message):
     request_id: str
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
+class Resume(_message.Message):
+    __slots__ = ("request_id", "resume_token", "after_seq", "client_request_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    resume_token: str
+    after_seq: int
+    client_request_id: str
+    def __init__(self, request_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., after_seq: _Optional[int] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+
+class Detach(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
 class ServerEvent(_message.Message):
     __slots__ = ("start", "token", "done", "error", "reasoning", "tool_call", "tool_args", "refusal")
     START_FIELD_NUMBER: _ClassVar[int]
@@ -203,12 +231,16 @@ class ServerEventBatch(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[ServerEvent, _Mapping]]] = ..., room: _Optional[int] = ...) -> None: ...
 
 class Start(_message.Message):
-    __slots__ = ("request_id", "model")
+    __slots__ = ("request_id", "model", "seq", "resume_token")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    seq: int
+    resume_token: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., seq: _Optional[int] = ..., resume_token: _Optional[str] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("request_id", "chunk", "seq", "count")
@@ -275,7 +307,7 @@ class ToolArgs(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., chunk: _Optional[str] = ..., seq: _Optional[int] = ..., count: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
-    __slots__ = ("request_id", "finish_reason", "usage", "ttft_ms", "duration_ms", "tool_calls", "output", "reasoning_ms")
+    __slots__ = ("request_id", "finish_reason", "usage", "ttft_ms", "duration_ms", "tool_calls", "output", "reasoning_ms", "seq")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +316,7 @@ class Done(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     REASONING_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     finish_reason: FinishReason
     usage: Usage
@@ -292,7 +325,8 @@ class Done(_message.Message):
     tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
     output: Json
     reasoning_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[int] = ..., duration_ms: _Optional[int] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., output: _Optional[_Union[Json, _Mapping]] = ..., reasoning_ms: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, request_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[int] = ..., duration_ms: _Optional[int] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., output: _Optional[_Union[Json, _Mapping]] = ..., reasoning_ms: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "source", "reasoning_tokens", "cached_tokens")
@@ -309,7 +343,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., source: _Optional[_Union[UsageSource, str]] = ..., reasoning_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("request_id", "code", "message", "retryable", "usage", "duration_ms", "retry_after_ms")
+    __slots__ = ("request_id", "code", "message", "retryable", "usage", "duration_ms", "retry_after_ms", "seq")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +351,7 @@ class Error(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     code: ErrorCode
     message: str
@@ -324,4 +359,5 @@ class Error(_message.Message):
     usage: Usage
     duration_ms: int
     retry_after_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., duration_ms: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., duration_ms: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...

@@ -8,6 +8,7 @@ __all__ = (
     "ChatMessage",
     "ClientEvent",
     "ClientEventBatch",
+    "Detach",
     "Done",
     "Error",
     "ErrorCode",
@@ -20,6 +21,7 @@ __all__ = (
     "Refusal",
     "ResponseFormat",
     "ResponseFormatType",
+    "Resume",
     "Role",
     "ServerEvent",
     "ServerEventBatch",
@@ -120,6 +122,12 @@ class ErrorCode(betterproto2.Enum):
     parse. The text already streamed stays the client's; trying again may succeed.
     """
 
+    NOT_FOUND = 12
+    """
+    No generation to resume ("not_found"): unknown, expired, or the token or the
+    request id is not its own. Nothing of any stream is sent with it.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -135,6 +143,7 @@ class ErrorCode(betterproto2.Enum):
             9: "ERROR_CODE_SLOW_CONSUMER",
             10: "ERROR_CODE_UNAUTHENTICATED",
             11: "ERROR_CODE_INVALID_OUTPUT",
+            12: "ERROR_CODE_NOT_FOUND",
         }
 
     @classmethod
@@ -152,6 +161,7 @@ class ErrorCode(betterproto2.Enum):
             "ERROR_CODE_SLOW_CONSUMER": 9,
             "ERROR_CODE_UNAUTHENTICATED": 10,
             "ERROR_CODE_INVALID_OUTPUT": 11,
+            "ERROR_CODE_NOT_FOUND": 12,
         }
 
 
@@ -401,6 +411,21 @@ class ClientEvent(betterproto2.Message):
     Stop a generation ("ai:cancel").
     """
 
+    resume: "Resume | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True, group="event"
+    )
+    """
+    Follow a resumable generation again, from a position ("ai:resume").
+    """
+
+    detach: "Detach | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True, group="event"
+    )
+    """
+    Stop following a resumable generation without stopping it (a proxy whose
+    own client went away); it runs on for resume_grace with no reader.
+    """
+
 
 default_message_pool.register_message("aistream.v1", "ClientEvent", ClientEvent)
 
@@ -418,6 +443,22 @@ class ClientEventBatch(betterproto2.Message):
 
 
 default_message_pool.register_message("aistream.v1", "ClientEventBatch", ClientEventBatch)
+
+
+@dataclass(eq=False, repr=False)
+class Detach(betterproto2.Message):
+    """
+    Detach stops following a resumable generation on this stream without
+    stopping it. (For a generation that is not resumable it is a Cancel.)
+    """
+
+    request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The id the generation is followed under on this stream.
+    """
+
+
+default_message_pool.register_message("aistream.v1", "Detach", Detach)
 
 
 @dataclass(eq=False, repr=False)
@@ -474,6 +515,11 @@ class Done(betterproto2.Message):
     model streamed no reasoning. (ttft_ms is the first answer part: text, tool call or refusal.)
     """
 
+    seq: "int | None" = betterproto2.field(9, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Resumable generations only: its position, after every part.
+    """
+
 
 default_message_pool.register_message("aistream.v1", "Done", Done)
 
@@ -522,6 +568,11 @@ class Error(betterproto2.Message):
     """
     With too_many_requests: milliseconds after which sending the Generate again may succeed
     (the server is shedding load to keep the streams it carries on pace). Absent: no hint.
+    """
+
+    seq: "int | None" = betterproto2.field(8, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Resumable generations only: its position, after every part.
     """
 
 
@@ -604,6 +655,20 @@ class Generate(betterproto2.Message):
     Ask for structured output: the answer text streams as usual, and Done carries it parsed
     (Done.output), validated against the schema; text that is not valid JSON, or breaks the
     schema, ends the generation with Error(INVALID_OUTPUT) instead.
+    """
+
+    resumable: "bool" = betterproto2.field(12, betterproto2.TYPE_BOOL)
+    """
+    Keep the generation's events so that a client can follow it again after a
+    dropped connection, on any connection ("resumable"): its Start then carries
+    a resume_token, and every event a seq. It is not cancelled when its stream
+    ends or a Detach comes: it runs on for resume_grace with no reader.
+    """
+
+    client_request_id: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+    """
+    The id the end client knows this request by, when a proxy sends it under
+    another (the bridge's wire ids); a resume must name it. Empty: request_id.
     """
 
 
@@ -721,6 +786,42 @@ default_message_pool.register_message("aistream.v1", "ResponseFormat", ResponseF
 
 
 @dataclass(eq=False, repr=False)
+class Resume(betterproto2.Message):
+    """
+    Resume follows a resumable generation again: every event after after_seq is
+    sent (under request_id), then the live ones, with no gap and no duplicate,
+    ending with its one terminal event — at once if it has ended. An unknown or
+    expired generation, a wrong token or another request's id all get the same
+    Error(NOT_FOUND) and nothing else.
+    """
+
+    request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The id the events come back under on this stream (a proxy's own id for it).
+    """
+
+    resume_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The Start's resume_token: the only key that opens the generation again.
+    """
+
+    after_seq: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT32, optional=True)
+    """
+    The last position the client holds (seq + count - 1 of the last event it
+    applied); absent or -1: from the start.
+    """
+
+    client_request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The id the end client knows the request by (the Generate's
+    client_request_id, or its request_id). Empty: request_id.
+    """
+
+
+default_message_pool.register_message("aistream.v1", "Resume", Resume)
+
+
+@dataclass(eq=False, repr=False)
 class ServerEvent(betterproto2.Message):
     """
     ServerEvent is one message from the generator to a client.
@@ -829,6 +930,17 @@ class Start(betterproto2.Message):
     """
     The model serving this generation. The embedded model is always labelled
     with "simulated" in its name.
+    """
+
+    seq: "int | None" = betterproto2.field(3, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Resumable generations only: the start's position (0; the parts follow from
+    1, the terminal event takes the next position).
+    """
+
+    resume_token: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
+    """
+    Resumable generations only: the key a Resume must give.
     """
 
 

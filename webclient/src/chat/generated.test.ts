@@ -45,7 +45,7 @@ describe("generated/frames.ts", () => {
   });
 
   it("names the frames and enum values as the bridge sends them", () => {
-    expect(CLIENT_FRAME_TYPES).toEqual(["ai:generate", "ai:cancel"]);
+    expect(CLIENT_FRAME_TYPES).toEqual(["ai:generate", "ai:cancel", "ai:resume", "ai:detach"]);
     expect(SERVER_FRAME_TYPES).toEqual([
       "ai:start",
       "ai:token",

@@ -180,6 +180,7 @@ export const DEFAULT_MESSAGES: Readonly<Record<RequestErrorCode, string>> = {
   slow_consumer: "The answer came faster than this page could take it.",
   unauthenticated: "The server refused the credentials.",
   invalid_output: "The model's output was not what was asked for.",
+  not_found: "That answer can no longer be picked up.",
   interrupted: "The connection was lost before the answer finished.",
 };
 

@@ -97,6 +97,7 @@ export const USAGE_SOURCE_VALUES = [
  * ERROR_CODE_SLOW_CONSUMER → "slow_consumer"
  * ERROR_CODE_UNAUTHENTICATED → "unauthenticated"
  * ERROR_CODE_INVALID_OUTPUT → "invalid_output"
+ * ERROR_CODE_NOT_FOUND → "not_found"
  */
 export type ErrorCode =
   | "cancelled"
@@ -109,7 +110,8 @@ export type ErrorCode =
   | "internal"
   | "slow_consumer"
   | "unauthenticated"
-  | "invalid_output";
+  | "invalid_output"
+  | "not_found";
 /** Every ErrorCode the JSON frames may carry. */
 export const ERROR_CODE_VALUES = [
   "cancelled",
@@ -123,6 +125,7 @@ export const ERROR_CODE_VALUES = [
   "slow_consumer",
   "unauthenticated",
   "invalid_output",
+  "not_found",
 ] as const satisfies readonly ErrorCode[];
 
 // --- nested messages ---------------------------------------------------------------------
@@ -271,6 +274,18 @@ export interface GenerateFrame {
    * schema, ends the generation with Error(INVALID_OUTPUT) instead.
    */
   responseFormat?: ResponseFormat;
+  /**
+   * Keep the generation's events so that a client can follow it again after a
+   * dropped connection, on any connection ("resumable"): its Start then carries
+   * a resume_token, and every event a seq. It is not cancelled when its stream
+   * ends or a Detach comes: it runs on for resume_grace with no reader.
+   */
+  resumable?: boolean;
+  /**
+   * The id the end client knows this request by, when a proxy sends it under
+   * another (the bridge's wire ids); a resume must name it. Empty: request_id.
+   */
+  clientRequestId?: string;
 }
 
 /**
@@ -286,14 +301,55 @@ export interface CancelFrame {
   requestId: string;
 }
 
+/**
+ * Resume follows a resumable generation again: every event after after_seq is
+ * sent (under request_id), then the live ones, with no gap and no duplicate,
+ * ending with its one terminal event — at once if it has ended. An unknown or
+ * expired generation, a wrong token or another request's id all get the same
+ * Error(NOT_FOUND) and nothing else.
+ *
+ * (client → server)
+ */
+export interface ResumeFrame {
+  type: "ai:resume";
+  /** The id the events come back under on this stream (a proxy's own id for it). */
+  requestId: string;
+  /** The Start's resume_token: the only key that opens the generation again. */
+  resumeToken?: string;
+  /**
+   * The last position the client holds (seq + count - 1 of the last event it
+   * applied); absent or -1: from the start.
+   */
+  afterSeq?: number;
+  /**
+   * The id the end client knows the request by (the Generate's
+   * client_request_id, or its request_id). Empty: request_id.
+   */
+  clientRequestId?: string;
+}
+
+/**
+ * Detach stops following a resumable generation on this stream without
+ * stopping it. (For a generation that is not resumable it is a Cancel.)
+ *
+ * (client → server)
+ */
+export interface DetachFrame {
+  type: "ai:detach";
+  /** The id the generation is followed under on this stream. */
+  requestId: string;
+}
+
 /** Every client → server frame, discriminated on `type`. */
-export type ClientFrame = GenerateFrame | CancelFrame;
+export type ClientFrame = GenerateFrame | CancelFrame | ResumeFrame | DetachFrame;
 /** The `type` of a ClientFrame. */
 export type ClientFrameType = ClientFrame["type"];
 /** Every valid ClientFrame `type`, for parsing. */
 export const CLIENT_FRAME_TYPES = [
   "ai:generate",
   "ai:cancel",
+  "ai:resume",
+  "ai:detach",
 ] as const satisfies readonly ClientFrameType[];
 
 // --- server → client frames --------------------------------------------------------------
@@ -313,6 +369,13 @@ export interface StartFrame {
    * with "simulated" in its name.
    */
   model: string;
+  /**
+   * Resumable generations only: the start's position (0; the parts follow from
+   * 1, the terminal event takes the next position).
+   */
+  seq?: number;
+  /** Resumable generations only: the key a Resume must give. */
+  resumeToken?: string;
 }
 
 /**
@@ -375,6 +438,8 @@ export interface DoneFrame {
    * model streamed no reasoning. (ttft_ms is the first answer part: text, tool call or refusal.)
    */
   reasoningMs?: number;
+  /** Resumable generations only: its position, after every part. */
+  seq?: number;
 }
 
 /**
@@ -403,6 +468,8 @@ export interface ErrorFrame {
    * (the server is shedding load to keep the streams it carries on pace). Absent: no hint.
    */
   retryAfterMs?: number;
+  /** Resumable generations only: its position, after every part. */
+  seq?: number;
 }
 
 /**
