@@ -101,12 +101,16 @@ class Tracker:
     violations: list[str] = field(default_factory=list)
     """What the lifecycle checker found wrong (``overload``)."""
     hints: dict[str, int] = field(default_factory=dict)
+    first_seq: int = 0
+    """The first part's ``seq``: 1 for resumable generations (their start is position 0)."""
+    tokens_of: dict[str, str] = field(default_factory=dict)
+    """Request id → its ``resumeToken`` (``resume`` mode)."""
     """Request id → the ``retryAfterMs`` of the error that ended it (taken by the caller)."""
 
     def begin(self, request_id: str, now: float) -> asyncio.Future[str]:
         """A generation was just requested; the future resolves with how it ended."""
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.requests[request_id] = _Request(now, done)
+        self.requests[request_id] = _Request(now, done, next_seq=self.first_seq)
         return done
 
     def token(self, request_id: str, count: int, now: float, seq: int | None = None) -> None:
@@ -242,6 +246,8 @@ class WsConn(Conn):
         self._rcvbuf = rcvbuf
         self.ws: WsClient | None = None
         self._lifecycle: Lifecycle | None = Lifecycle(strict=True) if check else None
+        self.resumable = False
+        """Ask for resumable generations."""
 
     async def open(self) -> None:
         host, port, path = self._address
@@ -260,6 +266,8 @@ class WsConn(Conn):
             self._tracker.reasoning_part(frame["requestId"], count, now, frame.get("seq"))
         elif kind == "ai:start":
             self._tracker.start(frame["requestId"])
+            if "resumeToken" in frame:
+                self._tracker.tokens_of[frame["requestId"]] = frame["resumeToken"]
         elif kind == "ai:done":
             self._tracker.end(frame["requestId"], "done")
         elif kind == "ai:error":
@@ -290,7 +298,25 @@ class WsConn(Conn):
         if self._lifecycle is not None:
             self._lifecycle.expect(request_id)
         frame = {"type": "ai:generate", "requestId": request_id, "prompt": prompt}
+        if self.resumable:
+            frame["resumable"] = True
         self.ws.send_text(orjson.dumps(frame))
+
+    def resume(self, request_id: str, token: str, after_seq: int) -> None:
+        """Follow a resumable generation again from ``after_seq``."""
+        assert self.ws is not None
+        frame = {
+            "type": "ai:resume",
+            "requestId": request_id,
+            "resumeToken": token,
+            "afterSeq": after_seq,
+        }
+        self.ws.send_text(orjson.dumps(frame))
+
+    def abort(self) -> None:
+        """Drop the connection with no close frame (a phone changing networks)."""
+        if self.ws is not None:
+            self.ws.abort()
 
     def cancel(self, request_id: str) -> None:
         assert self.ws is not None
@@ -405,7 +431,15 @@ def _conn_factory(job: dict[str, Any], tracker: Tracker) -> Callable[[], Conn]:
     if kind == "ws":
         host, port, path = job["host"], job["port"], job.get("path", "/ws")
         rcvbuf, check = int(job.get("rcvbuf", 0)), bool(job.get("check", False))
-        return lambda: WsConn(tracker, host, port, path, rcvbuf, check)
+        resumable = bool(job.get("resumable", False))
+        tracker.first_seq = 1 if resumable else 0
+
+        def make() -> WsConn:
+            conn = WsConn(tracker, host, port, path, rcvbuf, check)
+            conn.resumable = resumable
+            return conn
+
+        return make
     if kind == "grpc":
         import grpc
 
@@ -622,6 +656,63 @@ async def _overload_mode(
     }
 
 
+async def _resume_mode(
+    job: dict[str, Any], tracker: Tracker, conns: list[Conn], factory: Callable[[], Conn]
+) -> dict[str, Any]:
+    """Every connection holds one long resumable stream; on ``go`` every one of them drops at
+    once (no close frame), opens a new connection and resumes from the last position it holds:
+    the time from each resume sent to its first event, and whether that event is the next
+    position (a gap or a repeat counts under ``seq_gap``). Then every stream is cancelled."""
+    spec = StreamSpec(**job["spec"])
+    prefix = job["prefix"]
+    tracker.benign = frozenset({"cancelled"})  # (how every stream ends here)
+    rids = []
+    ramp = job.get("ramp", 0.0) / max(1, len(conns))
+    began = time.monotonic()
+    for i, conn in enumerate(conns):
+        rid = f"{prefix}{i}"
+        tracker.begin(rid, time.monotonic())
+        conn.generate(rid, spec.prompt(rid))
+        rids.append(rid)
+        delay = began + (i + 1) * ramp - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    deadline = time.monotonic() + job.get("live_timeout", 120.0)
+    while time.monotonic() < deadline and not all(tracker.first_token(r) for r in rids):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    _say({"event": "live", "live": sum(tracker.first_token(r) for r in rids)})
+    await _wait_line("go")
+    fresh = [factory() for _ in conns]
+    await _open_all(fresh)  # (connected before the drop: what is timed is the resume)
+    sent: dict[str, float] = {}
+    for i, (old, new) in enumerate(zip(conns, fresh, strict=True)):
+        rid = rids[i]
+        req = tracker.requests.get(rid)
+        token = tracker.tokens_of.get(rid)
+        if req is None or token is None:
+            continue
+        old.abort()
+        req.last_at = None  # the next event times the resume
+        sent[rid] = time.monotonic()
+        assert isinstance(new, WsConn)
+        new.resume(rid, token, req.next_seq - 1)
+    conns[:] = fresh
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline and any(  # noqa: ASYNC110
+        tracker.requests.get(r) is not None and tracker.requests[r].last_at is None for r in sent
+    ):
+        await asyncio.sleep(0.02)
+    resumed_ms = []
+    for rid, at in sent.items():
+        req = tracker.requests.get(rid)
+        if req is not None and req.last_at is not None:
+            resumed_ms.append(round((req.last_at - at) * 1000, 3))
+    for conn, rid in zip(conns, rids, strict=True):
+        conn.cancel(rid)
+    await asyncio.sleep(0.5)
+    return {"resumed_ms": resumed_ms, "resumes": len(sent)}
+
+
 async def _hold_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -> dict[str, Any]:
     """``idle``: just connections; ``slow``: one stream each, reading stopped after a while."""
     paused = 0
@@ -656,6 +747,9 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
     elif job["mode"] == "overload":
         await _wait_line("go")
         extra = await _overload_mode(job, tracker, conns, factory)
+    elif job["mode"] == "resume":
+        tracker.window = (0.0, float("inf"))
+        extra = await _resume_mode(job, tracker, conns, factory)
     elif job["mode"] in ("idle", "slow"):
         extra = await _hold_mode(job, tracker, conns)
     else:

@@ -366,6 +366,38 @@ def _overload_table(result: dict[str, Any]) -> str:
     return f"{title}\n\n{_table(header, rows)}\n\n{_cpu_table(result['processes'])}"
 
 
+def _resume_table(result: dict[str, Any]) -> str:
+    cost, burst = result["cost"], result["burst"]
+    rows = [
+        [
+            label,
+            _cell(cost["plain"][m], d),
+            _cell(cost["resumable"][m], d),
+            _ratio(cost["resumable"][m], cost["plain"][m]),
+        ]
+        for m, label, d in (
+            ("ttft_p50_ms", "TTFT p50 ms", 2),
+            ("ttft_p99_ms", "TTFT p99 ms", 2),
+            ("tokens_per_s", "tokens/s", 0),
+            ("generator_cpu_us_per_token", "generator CPU µs per token", 1),
+            ("bridge_cpu_us_per_token", "bridge CPU µs per token", 1),
+            ("errors", "errors", 0),
+        )
+    ]
+    per = result["bytes_per_retained_generation"]
+    title = f"### Resume: {result['params']['streams']:,} streams, plain and resumable"
+    extra = (
+        f"Memory per retained generation (generator RSS, resumable − plain, over the generations "
+        f"retained): {', '.join(f'{b:,} B' for b in per) or '—'}.\n\n"
+        f"Burst: {_cell(burst['resumed'], 0)} of {_cell(burst['resumes'], 0)} streams dropped "
+        f"at once and resumed; first event after ai:resume p50 "
+        f"{_cell(burst['first_event_p50_ms'], 1)} ms, p99 {_cell(burst['first_event_p99_ms'], 1)}"
+        f" ms; errors {_cell(burst['errors'], 0)}."
+    )
+    header = ["", "plain", "resumable", "resumable ÷ plain"]
+    return f"{title}\n\n{_table(header, rows)}\n\n{extra}"
+
+
 def tables(results: dict[str, Any]) -> str:
     """Every scenario's table, as Markdown."""
     parts: list[str] = []
@@ -386,6 +418,8 @@ def tables(results: dict[str, Any]) -> str:
         parts.append(_capacity_table(scenarios["capacity"]))
     if "overload" in scenarios:
         parts.append(_overload_table(scenarios["overload"]))
+    if "resume" in scenarios:
+        parts.append(_resume_table(scenarios["resume"]))
     return "\n\n".join(parts)
 
 

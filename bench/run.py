@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import psutil
 
-from bench import overload, scenarios
+from bench import overload, resume, scenarios
 from bench.procs import ROOT, raise_fd_limit
 from bench.report import plot, plot_overload, tables, targets
 from bench.scenarios import FULL, QUICK
@@ -32,7 +32,7 @@ from bench.stack import metrics_off
 
 __all__ = ["SCENARIOS", "main"]
 
-SCENARIOS = {**scenarios.SCENARIOS, **overload.SCENARIOS}
+SCENARIOS = {**scenarios.SCENARIOS, **overload.SCENARIOS, **resume.SCENARIOS}
 """Every scenario by name, in the order ``--scenarios`` runs them by default."""
 
 

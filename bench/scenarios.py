@@ -98,6 +98,8 @@ class Sizes:
     """Live streams cancelled or closed (alternately) during the window, one every
     ``overload_spacing`` s."""
     overload_spacing: float = 0.025
+    resume_streams: int = 1000
+    """Streams of the resume scenario (its cost, its memory, its burst of resumes)."""
     overload_max_generations: int = 0
     """The generator's ``max_generations`` in the overload scenario (0: its default). The quick
     run sets it to its capacity, so that its small offered loads are refused too."""
@@ -144,6 +146,7 @@ QUICK = Sizes(
     overload_samples=6,
     overload_spacing=0.1,
     overload_max_generations=16,
+    resume_streams=20,
 )
 
 
@@ -168,7 +171,7 @@ def _merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         merged[key] = sum(r.get(key, 0) for r in results)
     merged["cancels"], merged["closes"], merged["refused_ms"] = {}, {}, []
     merged["outcomes"], merged["violations"], merged["admitted"] = {}, [], 0
-    merged["client_lags_ms"] = []
+    merged["client_lags_ms"], merged["resumed_ms"], merged["resumes"] = [], [], 0
     for r in results:
         merged["ttft_ms"] += r["ttft_ms"]
         merged["reasoning_ms"] += r.get("reasoning_ms", [])
@@ -180,6 +183,8 @@ def _merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         merged["violations"] += r.get("violations", [])
         merged["admitted"] += r.get("admitted", 0)
         merged["client_lags_ms"] += r.get("client_lags_ms", [])
+        merged["resumed_ms"] += r.get("resumed_ms", [])
+        merged["resumes"] += r.get("resumes", 0)
         for code, n in r["errors"].items():
             merged["errors"][code] = merged["errors"].get(code, 0) + n
         for outcome, n in r.get("outcomes", {}).items():

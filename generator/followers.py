@@ -120,7 +120,10 @@ class Relay:
     @property
     def full(self) -> bool:
         """Whether a follower's outbox has no room (the generation then waits, as for one)."""
-        return any(f.outbox.full for f in self._followers)
+        followers = self._followers
+        if len(followers) == 1:  # (the hot path: one reader)
+            return followers[0].outbox.full
+        return any(f.outbox.full for f in followers)
 
     def _record(self, item: Logged, first: int, count: int, size: int) -> None:
         if self.logging:
@@ -155,8 +158,15 @@ class Relay:
     ) -> None:
         """A part (``request_id``, the generation's own, is not used: each follower has its
         own)."""
-        self._record(Part(kind, text, seq, count, index), seq, count, EVENT_OVERHEAD + len(text))
-        for follower in list(self._followers):
+        if self.logging:
+            part = Part(kind, text, seq, count, index)
+            self._record(part, seq, count, EVENT_OVERHEAD + len(text))
+        followers = self._followers
+        if len(followers) == 1:  # (the hot path: one reader)
+            outbox, follower_id = followers[0]
+            await outbox.put_part(kind, follower_id, text, seq, count, index)
+            return
+        for follower in list(followers):  # (a copy: one may go while another waits for room)
             await follower.outbox.put_part(kind, follower.request_id, text, seq, count, index)
 
     def follow(self, outbox: Outbox, request_id: str, after_seq: int) -> None:

@@ -189,6 +189,31 @@ def test_overload_figures(overload: dict[str, Any]) -> None:
     assert overload["plot"].stat().st_size > 0
 
 
+@pytest.fixture(scope="module")
+def resume(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``python -m bench --quick --scenarios resume`` run."""
+    return _bench(tmp_path_factory.mktemp("bench-resume"), "--scenarios", "resume")
+
+
+def test_resume_figures(resume: dict[str, Any]) -> None:
+    """The resume scenario reports the log's cost (plain and resumable, no error: a seq gap
+    would count), memory per retained generation, and a burst of drops and resumes in which
+    every stream resumed at the next position."""
+    done = resume["done"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = resume["results"]["scenarios"]["resume"]
+    for variant in ("plain", "resumable"):
+        figures = result["cost"][variant]
+        assert figures["errors"]["median"] == 0, variant
+        for metric in ("ttft_p99_ms", "generator_cpu_us_per_token", "bridge_cpu_us_per_token"):
+            assert _has(figures[metric]), (variant, metric)
+    assert result["bytes_per_retained_generation"]
+    burst = result["burst"]
+    assert burst["resumed"]["median"] == burst["resumes"]["median"] > 0
+    assert burst["errors"]["median"] == 0, result["burst_error_codes"]
+    assert _has(burst["first_event_p99_ms"])
+
+
 def test_capacity_search_finds_the_largest_carried_within_its_precision() -> None:
     from bench.overload import search
 
