@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { createServer, connect } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -272,6 +273,54 @@ export async function startFakeUpstream({ script } = {}) {
   };
 }
 
+/**
+ * A TCP proxy on a free port to 127.0.0.1:`port` (a stack), through which a page can be opened.
+ * `cut()` resets every connection through it at once: the browser and the bridge see the socket
+ * die with no close frame, as on a network change; with `refuseMs`, new connections are reset
+ * too for that long (the page stays disconnected).
+ */
+export async function startCutProxy(port) {
+  const pairs = new Set();
+  let refuseUntil = 0;
+  const server = createServer((client) => {
+    if (Date.now() < refuseUntil) {
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = connect(port, "127.0.0.1");
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const drop = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of pair) {
+      socket.on("error", drop);
+      socket.on("close", drop);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const proxyPort = server.address().port;
+  return {
+    url: `http://127.0.0.1:${proxyPort}/`,
+    /** Reset every connection through the proxy; returns how many there were. */
+    cut({ refuseMs = 0 } = {}) {
+      refuseUntil = Date.now() + refuseMs;
+      const cut = [...pairs];
+      pairs.clear();
+      for (const pair of cut) for (const socket of pair) socket.resetAndDestroy();
+      return cut.length;
+    },
+    close() {
+      for (const pair of pairs) for (const socket of pair) socket.destroy();
+      return new Promise((resolve) => server.close(() => resolve(undefined)));
+    },
+  };
+}
+
 // --- the browser -------------------------------------------------------------------------------
 
 /**
@@ -432,10 +481,11 @@ export class Chat {
 const PART_TYPES = ["ai:token", "ai:reasoning", "ai:tool_call", "ai:tool_args", "ai:refusal"];
 
 /**
- * The frames the page received for `id` make one well-formed generation: one ai:start, parts
- * numbered from 0 with no gap across every kind (an ai:tool_call covers one number), one
- * terminal frame of type `terminal`. Returns the frames, the terminal frame, the parts' types in
- * order and the answer tokens counted.
+ * The frames the page received for `id` (on every socket) make one well-formed generation: one
+ * ai:start, parts numbered with no gap and no repeat across every kind (an ai:tool_call covers
+ * one number) — from 0, or, in a resumable generation, from 1 after the start's 0 and with the
+ * terminal at the next position — and one terminal frame of type `terminal`. Returns the frames,
+ * the terminal frame, the parts' types in order and the answer tokens counted.
  */
 export function assertGeneration(chat, id, terminal) {
   const frames = chat.received(id);
@@ -443,7 +493,9 @@ export function assertGeneration(chat, id, terminal) {
   assert.equal(types[0], "ai:start", `first frame for ${id}`);
   assert.equal(types.at(-1), terminal, `last frame for ${id}: ${JSON.stringify(frames.at(-1))}`);
   const parts = frames.slice(1, -1);
-  let next = 0;
+  const resumable = frames[0].seq !== undefined;
+  if (resumable) assert.equal(typeof frames[0].resumeToken, "string", "a resumable start's token");
+  let next = resumable ? frames[0].seq + 1 : 0;
   let tokens = 0;
   for (const part of parts) {
     assert.ok(PART_TYPES.includes(part.type), `a part: ${JSON.stringify(part)}`);
@@ -451,6 +503,7 @@ export function assertGeneration(chat, id, terminal) {
     next += part.type === "ai:tool_call" ? 1 : part.count;
     if (part.type === "ai:token") tokens += part.count;
   }
+  if (resumable) assert.equal(frames.at(-1).seq, next, "the terminal's position");
   return { frames, end: frames.at(-1), kinds: parts.map((f) => f.type), tokens };
 }
 
@@ -503,6 +556,11 @@ export async function scenario(body) {
       cleanups.push([2, () => fake.stop(), () => false]);
       reports.push(() => `=== fake upstream\n${fake.log()}`);
       return fake;
+    },
+    async proxy(port) {
+      const proxy = await startCutProxy(port);
+      cleanups.push([0.5, () => proxy.close(), () => false]);
+      return proxy;
     },
     async chat(url, options) {
       const chat = await openChat(await browser(), url, options);

@@ -1,6 +1,7 @@
-// The bridge dies mid-answer (SIGKILL of `aistream up`): the page says reconnecting, the answer
-// that was streaming ends as interrupted with Retry, and when a new `aistream up` listens on the
-// same port the page reconnects by itself and Retry gets a whole answer.
+// The bridge dies mid-answer (SIGKILL of `aistream up`, its generator with it): the page says
+// reconnecting, in the status and in the answer, which keeps its text; when a new `aistream up`
+// listens on the same port the page reconnects by itself and asks to resume the answer, which
+// the new generator never ran: it ends `not_found`, with Retry, and Retry gets a whole answer.
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -19,7 +20,7 @@ before(() => ensureBuilt());
 after(() => closeBrowser());
 
 test(
-  "a killed bridge: reconnecting, the answer interrupted, then reconnect and Retry",
+  "a killed bridge: reconnecting, then reconnect, nothing to resume (not_found), and Retry",
   { timeout: TEST_TIMEOUT_MS },
   async (t) => {
     await scenario(async (s) => {
@@ -36,17 +37,13 @@ test(
       const status = await first.kill();
       assert.equal(status.signal, "SIGKILL");
 
-      // The page: reconnecting, and the streaming answer is now interrupted, text kept, Retry.
+      // The page: reconnecting, and the streaming answer waits to be resumed, text kept.
       await chat.waitForConnection("reconnecting");
-      await chat.waitForStatus(id, "error");
       const answer = chat.answer(id);
-      assert.equal(
-        await answer.locator(".error-message").textContent(),
-        "The connection was lost before the answer finished. (interrupted)",
-      );
+      await chat.page.locator(`article[data-request-id="${id}"][data-reconnecting]`).waitFor();
+      assert.equal(await answer.getAttribute("data-status"), "streaming");
+      assert.equal(await answer.locator(".status-note").textContent(), "reconnecting…");
       assert.match(await chat.text(id), /^Simulated answer to: /); // the text so far stays
-      await answer.getByRole("button", { name: "Retry" }).waitFor();
-      assert.equal(await answer.getByRole("button", { name: "Stop" }).count(), 0);
       assert.ok(
         !chat.received(id).some((f) => f.type === "ai:done" || f.type === "ai:error"),
         "no terminal frame: the socket just died",
@@ -67,6 +64,17 @@ test(
       const down = Date.now();
       await chat.waitForConnection("connected", 20_000);
       t.diagnostic(`reconnected ${Date.now() - down} ms after the new stack was up`);
+
+      // The new generator never ran it: the resume finds nothing, and the answer ends, with Retry.
+      await chat.waitForStatus(id, "error");
+      assert.equal(
+        chat.frames.filter((f) => f.dir === "out" && f.type === "ai:resume").length,
+        1,
+        "one resume, on the new connection",
+      );
+      assert.match(await answer.locator(".error-message").textContent(), / \(not_found\)$/);
+      assert.match(await chat.text(id), /^Simulated answer to: /);
+      assert.equal(await answer.getByRole("button", { name: "Stop" }).count(), 0);
 
       // Retry takes the interrupted answer's place and runs to the end.
       await answer.getByRole("button", { name: "Retry" }).click();

@@ -86,6 +86,11 @@ test(
       assert.equal(chat.sockets.length, 1);
       const cancel = cancels[0];
       assert.ok(cancel.at >= clickBegan);
+      // (The bridge's end may reach the page just after the upstream saw its close.)
+      await poll(() => chat.received(id).some((f) => f.type === "ai:error"), {
+        timeoutMs: 5_000,
+        what: "the bridge's cancelled end",
+      });
       const frames = chat.received(id);
       const end = frames.at(-1);
       assert.equal(end.type, "ai:error");

@@ -18,6 +18,7 @@ const request = (over: Partial<RequestState>): RequestState => ({
   status: "done",
   queued: false,
   started: true,
+  reconnecting: false,
   text: "",
   tokens: 10,
   reasoning: "",

@@ -45,6 +45,33 @@ describe("parseServerFrame", () => {
     expect(ok(JSON.stringify(error)).frame).toEqual(error);
   });
 
+  it("reads a resumable generation's positions and resume token", () => {
+    const start = { type: "ai:start", requestId: "r1", model: "m", seq: 0, resumeToken: "t.k" };
+    expect(ok(JSON.stringify(start))).toEqual({
+      ok: true,
+      frame: start,
+      missing: [],
+      warnings: [],
+    });
+    const done = { type: "ai:done", requestId: "r1", ttftMs: 1, durationMs: 2, toolCalls: [] };
+    expect(ok(JSON.stringify({ ...done, seq: 9 })).frame).toEqual({ ...done, seq: 9 });
+    const error = {
+      type: "ai:error",
+      requestId: "r1",
+      code: "not_found",
+      message: "gone",
+      retryable: false,
+      durationMs: 0,
+    };
+    expect(ok(JSON.stringify({ ...error, seq: 4 })).frame).toEqual({ ...error, seq: 4 });
+    const bad = ok('{"type":"ai:start","requestId":"r1","model":"m","seq":-1,"resumeToken":7}');
+    expect(bad.frame).toEqual({ type: "ai:start", requestId: "r1", model: "m" });
+    expect(bad.warnings).toEqual([
+      '"seq" is not a non-negative integer',
+      '"resumeToken" is not a string',
+    ]);
+  });
+
   it("reads the parts: reasoning, tool call, tool arguments, refusal", () => {
     const parts = [
       { type: "ai:reasoning", requestId: "r1", chunk: "Let me think", seq: 0, count: 2 },

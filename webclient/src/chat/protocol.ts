@@ -155,6 +155,15 @@ class Fields {
     return undefined;
   }
 
+  /** An optional string: undefined when absent or empty (or not a string, with a warning). */
+  optionalString(key: string): string | undefined {
+    const value = this.obj[key];
+    if (value === undefined || value === null || value === "") return undefined;
+    if (typeof value === "string") return value;
+    this.warnings.push(`"${key}" is not a string`);
+    return undefined;
+  }
+
   /**
    * The tool calls of `ai:done`: absent means none (a repeated field). A call that is not an
    * object of three strings is left out, with a warning.
@@ -204,9 +213,15 @@ export function parseServerFrame(data: unknown): ParseResult {
   const fields = new Fields(value);
   let frame: ServerFrame;
   switch (type) {
-    case "ai:start":
+    case "ai:start": {
       frame = { type, requestId, model: fields.string("model") };
+      // A resumable generation's: its position (0) and the key a resume must give.
+      const seq = fields.optionalCount("seq");
+      if (seq !== undefined) frame.seq = seq;
+      const resumeToken = fields.optionalString("resumeToken");
+      if (resumeToken !== undefined) frame.resumeToken = resumeToken;
       break;
+    }
     case "ai:token":
     case "ai:reasoning":
     case "ai:refusal": {
@@ -254,6 +269,8 @@ export function parseServerFrame(data: unknown): ParseResult {
       if (Object.hasOwn(value, "output")) frame.output = value["output"] as JsonValue;
       const reasoningMs = fields.optionalCount("reasoningMs");
       if (reasoningMs !== undefined) frame.reasoningMs = reasoningMs;
+      const seq = fields.optionalCount("seq");
+      if (seq !== undefined) frame.seq = seq;
       break;
     }
     case "ai:error": {
@@ -271,6 +288,8 @@ export function parseServerFrame(data: unknown): ParseResult {
       // A busy server's hint: when sending the same generate again may succeed.
       const retryAfterMs = fields.optionalCount("retryAfterMs");
       if (retryAfterMs !== undefined) frame.retryAfterMs = retryAfterMs;
+      const seq = fields.optionalCount("seq");
+      if (seq !== undefined) frame.seq = seq;
       break;
     }
   }

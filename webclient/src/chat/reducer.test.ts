@@ -91,6 +91,7 @@ describe("a generation", () => {
       status: "done",
       queued: false,
       started: true,
+      reconnecting: false,
       text: "Hello",
       tokens: 2,
       reasoning: "",
@@ -637,5 +638,76 @@ describe("seq across parts", () => {
   it("reports any part before ai:start", () => {
     const { problems } = fold(sentRequest(), [reasoning("early", 0)]);
     expect(problems).toEqual(['ai:reasoning for "r1": reasoning before ai:start']);
+  });
+});
+
+describe("a resumable generation", () => {
+  const resumableStart: ServerFrame = {
+    type: "ai:start",
+    requestId: "r1",
+    model: "m",
+    seq: 0,
+    resumeToken: "tok",
+  };
+
+  it("keeps the resume token and numbers parts from 1, the terminal after them", () => {
+    const { request, state, problems } = fold(sentRequest(), [
+      resumableStart,
+      token("Hel", 1),
+      token("lo wor", 2, 2),
+      token("ld", 4),
+      done({ seq: 5 }),
+    ]);
+    expect(problems).toEqual([]);
+    expect(request).toMatchObject({ resumeToken: "tok", nextSeq: 5, awaiting: false });
+    expect(state).toMatchObject({ status: "done", text: "Hello world", tokens: 4 });
+  });
+
+  it("drops, and reports, any event that ends at or below the last position held", () => {
+    const { request, state, problems } = fold(sentRequest(), [
+      resumableStart,
+      token("a", 1),
+      token("bc", 2, 2),
+      token("b", 2), // held already
+      token("bc", 2, 2), // held already
+      resumableStart, // position 0
+      token("d", 4),
+      error({ seq: 4, code: "cancelled" }), // held: not an end
+    ]);
+    expect(state).toMatchObject({ status: "streaming", text: "abcd", tokens: 4 });
+    expect(request).toMatchObject({ nextSeq: 5, awaiting: true });
+    expect(problems).toEqual([
+      'ai:token for "r1": seq 2, expected 4 (duplicate, dropped)',
+      'ai:token for "r1": seq 2, expected 4 (duplicate, dropped)',
+      'ai:start for "r1": a second ai:start',
+      'ai:error for "r1": seq 4, expected 5 (duplicate, dropped)',
+    ]);
+  });
+
+  it("reports an event only partly held, and goes on after it", () => {
+    const { request, problems } = fold(sentRequest(), [
+      resumableStart,
+      token("a", 1),
+      token("ab", 1, 2),
+    ]);
+    expect(problems).toEqual(['ai:token for "r1": seq 1, expected 2 (overlap)']);
+    expect(request?.nextSeq).toBe(3);
+  });
+
+  it("shows not_found (nothing left to resume) as an ended answer that Retry may ask again", () => {
+    const { state } = fold(sentRequest(), [
+      resumableStart,
+      token("a", 1),
+      error({ code: "not_found", message: "", retryable: false }),
+    ]);
+    expect(state).toMatchObject({
+      status: "error",
+      text: "a",
+      error: {
+        code: "not_found",
+        message: "That answer can no longer be picked up.",
+        retryable: true,
+      },
+    });
   });
 });

@@ -3,7 +3,10 @@
 //
 // The parts of a request (ai:token, ai:reasoning, ai:refusal, ai:tool_call, ai:tool_args) share
 // one seq numbering, from 0 with no gap: a part covers seq .. seq + count - 1 (an ai:tool_call
-// covers one number), so the next part of any kind carries seq + count.
+// covers one number), so the next part of any kind carries seq + count. In a resumable
+// generation ai:start is position 0 (with the resume token), the parts follow from 1 and the
+// terminal event takes the next position (positions.ts); an event the page holds already — one
+// that ends at or below the last position applied — is dropped, never applied twice.
 //
 // Anything unexpected (an unknown id, a frame before the request was sent or after it ended, a
 // second ai:start, a part before ai:start, a seq gap or duplicate, tool arguments for a call that
@@ -12,6 +15,7 @@
 // gets here (see protocol.ts).
 
 import type { DoneFrame, ServerFrame, ToolCall } from "../generated/frames.ts";
+import { lastPosition, placement } from "./positions.ts";
 import type { ParsedFrame } from "./protocol.ts";
 import {
   DEFAULT_MESSAGES,
@@ -75,6 +79,8 @@ export function applyFrame(
       const next = draft(request);
       next.state.started = true;
       if (frame.model !== "") next.state.model = frame.model;
+      if (frame.seq !== undefined) next.nextSeq = frame.seq + 1;
+      if (frame.resumeToken !== undefined) next.resumeToken = frame.resumeToken;
       return { request: next, problems };
     }
     case "ai:token":
@@ -90,14 +96,16 @@ export function applyFrame(
       }
       const count = frame.type === "ai:tool_call" || frame.count === 0 ? 1 : frame.count;
       if (!parsed.missing.includes("seq")) {
-        if (frame.seq < next.nextSeq) {
+        const last = lastPosition(frame.seq, count);
+        const where = placement(next.nextSeq, frame.seq, last);
+        if (where === "held") {
           problems.push(`${name}: seq ${frame.seq}, expected ${next.nextSeq} (duplicate, dropped)`);
           return { request: next, problems };
         }
-        if (frame.seq > next.nextSeq) {
-          problems.push(`${name}: seq ${frame.seq}, expected ${next.nextSeq} (gap)`);
+        if (where !== "next") {
+          problems.push(`${name}: seq ${frame.seq}, expected ${next.nextSeq} (${where})`);
         }
-        next.nextSeq = frame.seq + count;
+        next.nextSeq = last + 1;
       } else {
         next.nextSeq += count;
       }
@@ -105,6 +113,11 @@ export function applyFrame(
       return { request: next, problems };
     }
     case "ai:done": {
+      if (frame.seq !== undefined && placement(request.nextSeq, frame.seq, frame.seq) === "held") {
+        return unchanged(
+          `${name}: seq ${frame.seq}, expected ${request.nextSeq} (duplicate, dropped)`,
+        );
+      }
       const next = draft(request);
       const { state } = next;
       end(next, now);
@@ -125,6 +138,11 @@ export function applyFrame(
       return { request: next, problems };
     }
     case "ai:error": {
+      if (frame.seq !== undefined && placement(request.nextSeq, frame.seq, frame.seq) === "held") {
+        return unchanged(
+          `${name}: seq ${frame.seq}, expected ${request.nextSeq} (duplicate, dropped)`,
+        );
+      }
       const next = draft(request);
       const { state } = next;
       end(next, now);
@@ -139,7 +157,8 @@ export function applyFrame(
       state.error = {
         code,
         message: frame.message !== "" ? frame.message : DEFAULT_MESSAGES[code],
-        retryable: frame.retryable,
+        // A resume that found nothing cannot be resumed again, but the question can be asked again.
+        retryable: frame.retryable || code === "not_found",
       };
       if (frame.retryAfterMs !== undefined) state.error.retryAfterMs = frame.retryAfterMs;
       // The text that streamed stays; it is marked as not the JSON that was asked for.

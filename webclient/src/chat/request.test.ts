@@ -10,6 +10,7 @@ import {
   historyTurn,
   interrupted,
   newRequest,
+  resumed,
   sent,
   stopped,
   waiting,
@@ -49,6 +50,7 @@ describe("newRequest and sent", () => {
         status: "streaming",
         queued: true,
         started: false,
+        reconnecting: false,
         text: "",
         tokens: 0,
         reasoning: "",
@@ -63,6 +65,7 @@ describe("newRequest and sent", () => {
       awaiting: false,
       stopRequested: false,
       autoRetries: 0,
+      detached: false,
     });
     expect(newRequest("r1", "first", []).state).not.toHaveProperty("retryOf");
   });
@@ -218,5 +221,50 @@ describe("tool calls and refusals in the history", () => {
       answer: "No.",
       complete: true,
     });
+  });
+});
+
+describe("a resumable request when the connection drops", () => {
+  /** A sent request whose ai:start carried a resume token, with the token "half" (seq 1). */
+  function resumable() {
+    let request = sent(newRequest("r1", "hi", []), 10);
+    request = applyFrame(
+      request,
+      frame('{"type":"ai:start","requestId":"r1","model":"m","seq":0,"resumeToken":"tok"}'),
+      11,
+    ).request!;
+    return applyFrame(
+      request,
+      frame('{"type":"ai:token","requestId":"r1","chunk":"half","seq":1,"count":1}'),
+      12,
+    ).request!;
+  }
+
+  it("is detached, still streaming and reconnecting, with its text and position", () => {
+    const request = interrupted(resumable(), 70);
+    expect(request).toMatchObject({ detached: true, awaiting: false, nextSeq: 2 });
+    expect(request.state).toMatchObject({ status: "streaming", reconnecting: true, text: "half" });
+    expect(request.state).not.toHaveProperty("error");
+    expect(request.state.timings.endedAt).toBeUndefined();
+  });
+
+  it("awaits frames again once resumed, no longer reconnecting", () => {
+    const request = resumed(interrupted(resumable(), 70));
+    expect(request).toMatchObject({ detached: false, awaiting: true });
+    expect(request.state.reconnecting).toBe(false);
+    const plain = resumable();
+    expect(resumed(plain)).toBe(plain); // not detached: nothing to resume
+  });
+
+  it("shows stopped at once on Stop while detached, the cancel still to go out", () => {
+    const request = stopped(interrupted(resumable(), 70), 80);
+    expect(request).toMatchObject({ detached: true, stopRequested: true });
+    expect(request.state).toMatchObject({ status: "cancelled", reconnecting: false, text: "half" });
+  });
+
+  it("stays stopped, to be cancelled on reconnect, when the drop came after Stop", () => {
+    const request = interrupted(stopped(resumable(), 50), 70);
+    expect(request).toMatchObject({ detached: true, stopRequested: true });
+    expect(request.state).toMatchObject({ status: "cancelled", reconnecting: false });
   });
 });

@@ -4,6 +4,11 @@
 //                     ├──▶ error                      (ai:error, or the socket dropped: "interrupted")
 //                     └──▶ cancelled                  (Stop, or ai:error "cancelled"; text kept)
 //
+// A resumable request (its ai:start carried a resume token) is not interrupted by a dropped
+// socket: it is `detached` and stays streaming, `reconnecting`, until the next connection resumes
+// it from the last position it holds (see positions.ts); a page reload restores it the same way
+// (resume.ts). Stop while detached shows it stopped at once; the cancel goes out on reconnect.
+//
 // A request is `queued` (streaming, not sent yet) while it waits for the connection, or, with
 // `retryInS`, for the hint of a busy server that refused the request it retries (see shed.ts).
 //
@@ -12,7 +17,8 @@
 // lists them complete); with a responseFormat, ai:done's parsed output (or an invalid_output
 // error) says whether the answer text is the JSON that was asked for.
 //
-// The steps the page takes are here (`newRequest`, `sent`, `waiting`, `stopped`, `interrupted`);
+// The steps the page takes are here (`newRequest`, `sent`, `waiting`, `stopped`, `interrupted`,
+// `resumed`);
 // the server's frames are folded in by `applyFrame` (reducer.ts). Every step returns a new object,
 // never changing the one it was given; a step that changes nothing returns it as is.
 
@@ -111,6 +117,11 @@ export interface RequestState {
   readonly retryInS?: number;
   /** `ai:start` arrived: the server accepted the request. */
   readonly started: boolean;
+  /**
+   * Its connection dropped while it streamed; it is picked up again (`ai:resume`) once the page
+   * reconnects. The UI says "reconnecting…".
+   */
+  readonly reconnecting: boolean;
   /** The answer received so far. */
   readonly text: string;
   /** Answer tokens received: text, refusal and tool-call parts (a chunk may hold several). */
@@ -153,6 +164,10 @@ export interface RequestRecord {
   readonly stopRequested: boolean;
   /** How many automatic resends of the user's request this is (0: the user's own Send or Retry). */
   readonly autoRetries: number;
+  /** From its `ai:start`: the key to resume it with. Absent: not resumable (it is interrupted). */
+  readonly resumeToken?: string;
+  /** Its socket dropped (or the page reloaded): the next connection sends `ai:resume` for it. */
+  readonly detached: boolean;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
@@ -210,6 +225,7 @@ export function newRequest(
     status: "streaming",
     queued: true,
     started: false,
+    reconnecting: false,
     text: "",
     tokens: 0,
     reasoning: "",
@@ -227,6 +243,7 @@ export function newRequest(
     awaiting: false,
     stopRequested: false,
     autoRetries: origin.autoRetry ?? 0,
+    detached: false,
   };
 }
 
@@ -254,19 +271,21 @@ export function waiting(request: RequestRecord, inS: number | undefined): Reques
 
 /**
  * The user pressed Stop: cancelled at once, keeping the text received so far. If it had been
- * sent, tokens still in flight are dropped from now on (the caller sends `ai:cancel`); if it was
- * still queued it is no longer. Only a streaming request can be stopped.
+ * sent, tokens still in flight are dropped from now on (the caller sends `ai:cancel`, at once or,
+ * for a detached request, once it has resumed it); if it was still queued it is no longer. Only
+ * a streaming request can be stopped.
  */
 export function stopped(request: RequestRecord, now: number): RequestRecord {
   if (request.state.status !== "streaming") return request;
   const next = draft(request);
   next.state.status = "cancelled";
   next.state.thinking = false;
+  next.state.reconnecting = false;
   next.state.timings.endedAt = now;
   if (next.state.queued) {
     next.state.queued = false;
     delete next.state.retryInS;
-  } else if (next.awaiting) {
+  } else if (next.awaiting || next.detached) {
     next.stopRequested = true;
   }
   return next;
@@ -275,17 +294,27 @@ export function stopped(request: RequestRecord, now: number): RequestRecord {
 /** The request has had its last frame from the server (or will get none). Changes `next`. */
 export function end(next: Draft, now: number): void {
   next.awaiting = false;
+  next.detached = false;
+  next.state.reconnecting = false;
   next.state.thinking = false;
   next.state.timings.endedAt ??= now;
 }
 
 /**
- * The socket it was sent on closed before its last frame: an `interrupted` error, which Retry
- * may mend. A request that was not awaiting a frame is returned as is.
+ * The socket it was sent on closed before its last frame. A resumable request is detached: it
+ * waits, `reconnecting`, for the next connection to resume it. Any other ends with an
+ * `interrupted` error, which Retry may mend. A request that was not awaiting a frame is returned
+ * as is.
  */
 export function interrupted(request: RequestRecord, now: number): RequestRecord {
   if (!request.awaiting) return request;
   const next = draft(request);
+  if (next.resumeToken !== undefined) {
+    next.awaiting = false;
+    next.detached = true;
+    next.state.reconnecting = next.state.status === "streaming";
+    return next;
+  }
   end(next, now);
   if (next.stopRequested) return next; // already shown as stopped
   next.state.status = "error";
@@ -294,6 +323,19 @@ export function interrupted(request: RequestRecord, now: number): RequestRecord 
     message: DEFAULT_MESSAGES.interrupted,
     retryable: true,
   };
+  return next;
+}
+
+/**
+ * A detached request was resumed on the open socket (the caller sends `ai:resume`, and `ai:cancel`
+ * if it was stopped meanwhile): frames for it are expected again.
+ */
+export function resumed(request: RequestRecord): RequestRecord {
+  if (!request.detached) return request;
+  const next = draft(request);
+  next.detached = false;
+  next.awaiting = true;
+  next.state.reconnecting = false;
   return next;
 }
 

@@ -52,7 +52,9 @@ describe("a generation", () => {
     const t = connected();
     const id = t.store.send("  hello  ");
     expect(id).toBe("r1");
-    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r1", prompt: "hello" }]);
+    expect(t.socket.frames).toEqual([
+      { type: "ai:generate", requestId: "r1", prompt: "hello", resumable: true },
+    ]);
     expect(t.request("r1")).toMatchObject({
       status: "streaming",
       queued: false,
@@ -252,6 +254,7 @@ describe("history", () => {
         { role: "user", content: "What is 2+2?" },
         { role: "assistant", content: "4" },
       ],
+      resumable: true,
     });
     expect(t.request("r2").messages).toHaveLength(2);
   });
@@ -500,7 +503,9 @@ describe("reconnect", () => {
     t.store.send("early");
     expect(t.request("r1")).toMatchObject({ status: "streaming", queued: true });
     t.socket.open();
-    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r1", prompt: "early" }]);
+    expect(t.socket.frames).toEqual([
+      { type: "ai:generate", requestId: "r1", prompt: "early", resumable: true },
+    ]);
     expect(t.request("r1").queued).toBe(false);
   });
 
@@ -512,7 +517,7 @@ describe("reconnect", () => {
     expect(t.sockets).toHaveLength(2);
     t.socket.open();
     expect(t.socket.frames).toEqual([
-      { type: "ai:generate", requestId: "r1", prompt: "now please" },
+      { type: "ai:generate", requestId: "r1", prompt: "now please", resumable: true },
     ]);
   });
 
@@ -522,7 +527,9 @@ describe("reconnect", () => {
     t.socket.drop();
     const retried = t.store.retry("r1");
     t.socket.open();
-    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: retried, prompt: "hi" }]);
+    expect(t.socket.frames).toEqual([
+      { type: "ai:generate", requestId: retried, prompt: "hi", resumable: true },
+    ]);
   });
 
   it("ignores whatever an old socket says after it was replaced", () => {
@@ -597,6 +604,7 @@ describe("parts", () => {
       requestId: "r1",
       prompt: "a card",
       responseFormat,
+      resumable: true,
     });
     t.socket.receive({
       type: "ai:error",
@@ -658,6 +666,7 @@ describe("parts", () => {
       ],
       tools: [weather],
       toolChoice: "auto",
+      resumable: true,
     });
     expect(t.state.order).toEqual(["r1", "r3", "r2"]); // right after the request it continues
     expect(t.request("r1").toolResults).toEqual([{ toolCallId: "c1", content: '{"temp":3}' }]);
@@ -839,7 +848,9 @@ describe("a busy server (load shedding)", () => {
     expect(t.request("r2")).not.toHaveProperty("retryInS");
     vi.advanceTimersByTime(60_000);
     t.flush();
-    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r1", prompt: "hi" }]);
+    expect(t.socket.frames).toEqual([
+      { type: "ai:generate", requestId: "r1", prompt: "hi", resumable: true },
+    ]);
     expect(t.request("r2").status).toBe("cancelled");
     expect(vi.getTimerCount()).toBe(0);
   });
@@ -892,7 +903,9 @@ describe("a busy server (load shedding)", () => {
     expect(t.request("r2")).not.toHaveProperty("retryInS");
     expect(t.sockets).toHaveLength(2);
     t.socket.open();
-    expect(t.socket.frames).toEqual([{ type: "ai:generate", requestId: "r2", prompt: "hi" }]);
+    expect(t.socket.frames).toEqual([
+      { type: "ai:generate", requestId: "r2", prompt: "hi", resumable: true },
+    ]);
   });
 
   it("resends a step of an agent loop in its place, still continuing the same request", () => {
@@ -933,5 +946,259 @@ describe("a busy server (load shedding)", () => {
     t.socket.receive(shed("r1"));
     t.store.dispose();
     expect(vi.getTimerCount()).toBe(0);
+  });
+});
+
+describe("resume after a dropped connection", () => {
+  /** A connected store streaming a resumable "Hello wor" for r1 (positions 0–3 held). */
+  function streaming(options: Parameters<typeof makeStore>[0] = {}) {
+    const t = connected(options);
+    t.store.send("hi");
+    t.socket.receive({
+      type: "ai:start",
+      requestId: "r1",
+      model: "m",
+      seq: 0,
+      resumeToken: "tok",
+    });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "Hello", seq: 1, count: 1 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: " wor", seq: 2, count: 2 });
+    return t;
+  }
+
+  const done = (seq: number): ServerFrame => ({
+    type: "ai:done",
+    toolCalls: [],
+    requestId: "r1",
+    finishReason: "stop",
+    ttftMs: 1,
+    durationMs: 2,
+    seq,
+  });
+
+  /** Let the backoff run out and open the new socket. */
+  function reconnect(t: ReturnType<typeof makeStore>) {
+    const count = t.sockets.length;
+    vi.advanceTimersByTime(500);
+    expect(t.sockets).toHaveLength(count + 1);
+    t.socket.open();
+  }
+
+  it("asks for resumable generations", () => {
+    const t = connected();
+    t.store.send("hi");
+    expect(t.socket.frames[0]).toMatchObject({ type: "ai:generate", resumable: true });
+    const plain = connected({ resumable: false });
+    plain.store.send("hi");
+    expect(plain.socket.frames[0]).not.toHaveProperty("resumable");
+  });
+
+  it("shows reconnecting, resumes from the last position held and ends with every word once", () => {
+    const t = streaming();
+    t.socket.drop(); // 1006: no close frame
+    expect(t.state.connection).toBe("reconnecting");
+    expect(t.request("r1")).toMatchObject({
+      status: "streaming",
+      reconnecting: true,
+      text: "Hello wor",
+    });
+    expect(t.request("r1")).not.toHaveProperty("error");
+
+    reconnect(t);
+    expect(t.socket.frames).toEqual([
+      { type: "ai:resume", requestId: "r1", resumeToken: "tok", afterSeq: 3 },
+    ]);
+    expect(t.request("r1").reconnecting).toBe(false);
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+    t.socket.receive(done(5));
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "done", text: "Hello world", tokens: 4 });
+    expect(t.state.protocolErrors).toEqual([]);
+  });
+
+  it("resumes again after a second drop, from the new position", () => {
+    const t = streaming();
+    t.socket.drop();
+    reconnect(t);
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+    t.socket.drop();
+    vi.advanceTimersByTime(500); // the first connection was short: the backoff grew
+    reconnect(t);
+    expect(t.socket.frames).toEqual([
+      { type: "ai:resume", requestId: "r1", resumeToken: "tok", afterSeq: 4 },
+    ]);
+  });
+
+  it("never appends an event twice: one the page holds is dropped (and reported)", () => {
+    const t = streaming();
+    t.socket.drop();
+    reconnect(t);
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: " wor", seq: 2, count: 2 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+    t.socket.receive(done(5));
+    t.flush();
+    expect(t.request("r1").text).toBe("Hello world");
+    expect(t.state.protocolErrors.map((e) => e.message)).toEqual([
+      'ai:token for "r1": seq 2, expected 4 (duplicate, dropped)',
+      'ai:token for "r1": seq 4, expected 5 (duplicate, dropped)',
+    ]);
+  });
+
+  it("still interrupts a generation that had no resume token yet", () => {
+    const t = connected();
+    t.store.send("hi"); // no ai:start before the drop
+    t.socket.drop();
+    expect(t.request("r1")).toMatchObject({ status: "error", error: { code: "interrupted" } });
+    reconnect(t);
+    expect(t.socket.frames).toEqual([]);
+  });
+
+  it("stops at once on Stop while reconnecting, and cancels on the next connection", () => {
+    const t = streaming();
+    t.socket.drop();
+    const count = t.sockets.length;
+    t.store.stop("r1");
+    expect(t.request("r1")).toMatchObject({
+      status: "cancelled",
+      reconnecting: false,
+      text: "Hello wor",
+    });
+    expect(t.sockets).toHaveLength(count + 1); // tried at once, not after the backoff
+    t.socket.open();
+    expect(t.socket.frames).toEqual([
+      { type: "ai:resume", requestId: "r1", resumeToken: "tok", afterSeq: 3 },
+      { type: "ai:cancel", requestId: "r1" },
+    ]);
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "cancelled",
+      message: "cancelled",
+      retryable: false,
+      durationMs: 9,
+      seq: 5,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "cancelled", text: "Hello wor" });
+    expect(t.state.protocolErrors).toEqual([]);
+  });
+
+  it("ends with not_found's message and Retry when there is nothing left to resume", () => {
+    const t = streaming();
+    t.socket.drop();
+    reconnect(t);
+    t.socket.receive({
+      type: "ai:error",
+      requestId: "r1",
+      code: "not_found",
+      message: "nothing to resume",
+      retryable: false,
+      durationMs: 0,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({
+      status: "error",
+      text: "Hello wor",
+      reconnecting: false,
+      error: { code: "not_found", message: "nothing to resume", retryable: true },
+    });
+    const retried = t.store.retry("r1");
+    expect(t.socket.frames.at(-1)).toEqual({
+      type: "ai:generate",
+      requestId: retried,
+      prompt: "hi",
+      resumable: true,
+    });
+  });
+});
+
+describe("resume after a page reload", () => {
+  /** sessionStorage's part, in memory. */
+  function memoryStorage() {
+    const items = new Map<string, string>();
+    return {
+      items,
+      getItem: (key: string) => items.get(key) ?? null,
+      setItem: (key: string, value: string) => void items.set(key, value),
+      removeItem: (key: string) => void items.delete(key),
+    };
+  }
+
+  const saved = (storage: ReturnType<typeof memoryStorage>) =>
+    JSON.parse(storage.items.get("aistream.resume.v1") ?? "[]") as Record<string, unknown>[];
+
+  /** A page that streamed "Hello wor" (positions 0–3) for r1, then went (pagehide → dispose). */
+  function firstPage(storage: ReturnType<typeof memoryStorage>) {
+    const t = connected({ storage });
+    t.store.send("hi");
+    t.socket.receive({ type: "ai:start", requestId: "r1", model: "m", seq: 0, resumeToken: "tok" });
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "Hello", seq: 1, count: 1 });
+    t.flush();
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: " wor", seq: 2, count: 2 });
+    return t;
+  }
+
+  it("keeps the answers in flight as they are published, and the latest when the page goes", () => {
+    const storage = memoryStorage();
+    const t = firstPage(storage);
+    expect(saved(storage)).toMatchObject([
+      { requestId: "r1", resumeToken: "tok", afterSeq: 1, text: "Hello", prompt: "hi" },
+    ]);
+    t.store.dispose();
+    expect(saved(storage)).toMatchObject([{ afterSeq: 3, text: "Hello wor" }]);
+  });
+
+  it("shows the saved answers on load and resumes them once connected", () => {
+    const storage = memoryStorage();
+    firstPage(storage).store.dispose();
+    const t = makeStore({ storage, newRequestId: () => "fresh" });
+    expect(t.state.order).toEqual(["r1"]);
+    expect(t.request("r1")).toMatchObject({
+      status: "streaming",
+      reconnecting: true,
+      text: "Hello wor",
+      prompt: "hi",
+    });
+    t.store.connect();
+    t.socket.open();
+    expect(t.socket.frames).toEqual([
+      { type: "ai:resume", requestId: "r1", resumeToken: "tok", afterSeq: 3 },
+    ]);
+    t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+    t.socket.receive({
+      type: "ai:done",
+      toolCalls: [],
+      requestId: "r1",
+      finishReason: "stop",
+      ttftMs: 1,
+      durationMs: 2,
+      seq: 5,
+    });
+    t.flush();
+    expect(t.request("r1")).toMatchObject({ status: "done", text: "Hello world" });
+    expect(storage.items.size).toBe(0); // nothing in flight any more
+  });
+
+  it("cancels a restored answer stopped before the page connected", () => {
+    const storage = memoryStorage();
+    firstPage(storage).store.dispose();
+    const t = makeStore({ storage, newRequestId: () => "fresh" });
+    t.store.stop("r1");
+    expect(t.request("r1").status).toBe("cancelled");
+    expect(storage.items.size).toBe(0);
+    t.socket.open(); // Stop opened the socket
+    expect(t.socket.frames).toEqual([
+      { type: "ai:resume", requestId: "r1", resumeToken: "tok", afterSeq: 3 },
+      { type: "ai:cancel", requestId: "r1" },
+    ]);
+  });
+
+  it("starts empty when the storage holds nothing it can read", () => {
+    const storage = memoryStorage();
+    storage.items.set("aistream.resume.v1", "{broken");
+    const t = makeStore({ storage });
+    expect(t.state.order).toEqual([]);
   });
 });

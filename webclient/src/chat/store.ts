@@ -16,6 +16,13 @@
 // at once, waits out the hint (its `retryInS` counting down once a second, published like
 // frames) and then goes out. Stop takes it back before it is sent. Each request id still gets
 // one generate and one answer on the wire.
+//
+// Generations are resumable (`resumable: true`; docs/protocol.md "Resume: durable streams").
+// When the socket drops, each one in flight that got its resume token waits, "reconnecting", for
+// the connection (which reconnects with backoff, connection.ts) and is then resumed from the last
+// position it holds (positions.ts): no word twice, none missing. Stop meanwhile shows it stopped
+// at once and cancels it once connected. The answers in flight are kept in `storage`
+// (sessionStorage, resume.ts) as they change, so a reloaded page shows and resumes them too.
 
 import type { ChatMessage } from "../generated/frames.ts";
 import type { BackoffOptions } from "./backoff.ts";
@@ -34,6 +41,7 @@ import {
   historyTurn,
   interrupted,
   newRequest,
+  resumed,
   sent,
   stopped,
   waiting,
@@ -42,6 +50,15 @@ import {
   type RequestRecord,
   type RequestState,
 } from "./request.ts";
+import {
+  fromSaved,
+  readSaved,
+  resumeFrame,
+  toSaved,
+  writeSaved,
+  type ResumeStorage,
+  type SavedRequest,
+} from "./resume.ts";
 import { animationFrame, type FrameScheduler } from "./schedule.ts";
 import { DEFAULT_SHED_RETRY, secondsLeft, shedRetryDelay, type ShedRetryOptions } from "./shed.ts";
 import type { SocketFactory } from "./socket.ts";
@@ -49,6 +66,7 @@ import type { SocketFactory } from "./socket.ts";
 export type { ConnectionStatus } from "./connection.ts";
 export type { ToolResult } from "./history.ts";
 export type { ShedRetryOptions } from "./shed.ts";
+export type { ResumeStorage } from "./resume.ts";
 export type {
   GenerateOptions,
   RequestError,
@@ -98,6 +116,13 @@ export interface ChatStoreOptions {
   /** How a generate refused by a busy server is sent again by itself (see shed.ts). */
   shedRetry?: ShedRetryOptions;
   history?: HistoryLimits;
+  /** Ask for resumable generations, resumed after a dropped socket (default true). */
+  resumable?: boolean;
+  /**
+   * Where the answers in flight are kept across a page reload (the page: sessionStorage), and
+   * read back from at start. Default: nowhere.
+   */
+  storage?: ResumeStorage | undefined;
   /** How many protocol errors to keep. */
   maxProtocolErrors?: number;
   /** Where protocol errors and connection trouble are logged (default `console.warn`). */
@@ -113,6 +138,10 @@ export class ChatStore {
   private readonly random: () => number;
   private readonly shedRetry: ShedRetryOptions;
   private readonly historyLimits: HistoryLimits;
+  private readonly resumable: boolean;
+  private readonly storage: ResumeStorage | undefined;
+  /** What was last written to `storage`, to write only changes. */
+  private lastSaved = "[]";
   private readonly maxProtocolErrors: number;
   private readonly log: (message: string) => void;
 
@@ -142,6 +171,8 @@ export class ChatStore {
     this.random = options.random ?? Math.random;
     this.shedRetry = options.shedRetry ?? DEFAULT_SHED_RETRY;
     this.historyLimits = options.history ?? DEFAULT_HISTORY_LIMITS;
+    this.resumable = options.resumable ?? true;
+    this.storage = options.storage;
     this.maxProtocolErrors = options.maxProtocolErrors ?? 50;
     this.log = options.log ?? ((message) => console.warn(message));
     const { url, socketFactory, backoff, stableAfterMs } = options;
@@ -167,6 +198,7 @@ export class ChatStore {
       requests: {},
       protocolErrors: this.protocolErrors,
     };
+    this.restore(readSaved(this.storage));
   }
 
   // --- reading ---------------------------------------------------------------------------------
@@ -232,6 +264,8 @@ export class ChatStore {
       this.outbox = this.outbox.filter((id) => id !== requestId);
       clearTimeout(this.retryTimers.get(requestId));
       this.retryTimers.delete(requestId);
+    } else if (next.detached) {
+      this.connection.connect(); // the cancel goes out with its resume: don't wait for the backoff
     } else if (next.stopRequested) {
       this.connection.send({ type: "ai:cancel", requestId });
     }
@@ -255,6 +289,7 @@ export class ChatStore {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.save(); // the page is going (a reload, perhaps): keep the latest of what it holds
     this.cancelScheduled?.();
     for (const timer of this.retryTimers.values()) clearTimeout(timer);
     this.retryTimers.clear();
@@ -375,7 +410,32 @@ export class ChatStore {
       ...(tools !== undefined ? { tools: [...tools] } : {}),
       ...(toolChoice !== undefined ? { toolChoice } : {}),
       ...(responseFormat !== undefined ? { responseFormat } : {}),
+      ...(this.resumable ? { resumable: true } : {}),
     });
+  }
+
+  /** Show the answers a previous page had in flight, to be resumed once connected. */
+  private restore(saved: readonly SavedRequest[]): void {
+    for (const item of saved) {
+      if (this.requests.has(item.requestId)) continue;
+      this.requests.set(item.requestId, fromSaved(item));
+      this.order = [...this.order, item.requestId];
+      this.dirty.add(item.requestId);
+      this.changed = true;
+    }
+    this.publish();
+  }
+
+  /** Keep the answers in flight in `storage`, if they changed since last time. */
+  private save(): void {
+    if (this.storage === undefined) return;
+    const saved = this.order
+      .map((id) => this.requests.get(id))
+      .map((request) => (request === undefined ? undefined : toSaved(request)))
+      .filter((item): item is SavedRequest => item !== undefined);
+    const text = JSON.stringify(saved);
+    if (text === this.lastSaved) return;
+    if (writeSaved(this.storage, saved)) this.lastSaved = text;
   }
 
   /** Keep the new version of a request, for the next snapshot. */
@@ -387,6 +447,9 @@ export class ChatStore {
   // --- connection events -----------------------------------------------------------------------
 
   private onOpened(): void {
+    for (const request of this.requests.values()) {
+      if (request.detached) this.resume(request);
+    }
     const queued = this.outbox;
     this.outbox = [];
     for (const id of queued) {
@@ -394,6 +457,16 @@ export class ChatStore {
       if (request !== undefined && request.state.status === "streaming") this.sendGenerate(request);
     }
     this.publish();
+  }
+
+  /** Follow a detached request again on the open socket, and cancel it if it was stopped. */
+  private resume(request: RequestRecord): void {
+    const frame = resumeFrame(request);
+    if (frame === undefined) return;
+    this.update(resumed(request));
+    this.connection.send(frame);
+    if (request.stopRequested)
+      this.connection.send({ type: "ai:cancel", requestId: frame.requestId });
   }
 
   private onClosed(): void {
@@ -456,6 +529,7 @@ export class ChatStore {
       this.dirty.clear();
     }
     this.changed = false;
+    this.save();
     this.snapshot = {
       connection,
       order: this.order,

@@ -48,6 +48,7 @@ export const Answer = memo(function Answer({
       className={`turn status-${status}`}
       data-request-id={requestId}
       data-status={status}
+      data-reconnecting={request.reconnecting ? "" : undefined}
       aria-label={`Answer ${index + 1}`}
     >
       {request.continues !== undefined ? (
@@ -130,8 +131,9 @@ function StatusNote({ request }: { request: RequestState }) {
   let note: string;
   switch (request.status) {
     case "streaming":
-      note =
-        request.retryInS !== undefined
+      note = request.reconnecting
+        ? "reconnecting…"
+        : request.retryInS !== undefined
           ? `Server busy — retrying in ${request.retryInS} s…`
           : request.queued
             ? "waiting for the connection…"

@@ -34,7 +34,7 @@ describe("asking", () => {
     await t.user.type(box, "Hello there");
     await t.user.click(screen.getByRole("button", { name: "Send" }));
     expect(t.socket.frames).toEqual([
-      { type: "ai:generate", requestId: "r1", prompt: "Hello there" },
+      { type: "ai:generate", requestId: "r1", prompt: "Hello there", resumable: true },
     ]);
     expect(box).toHaveValue("");
     const article = screen.getByRole("article");
@@ -51,7 +51,7 @@ describe("asking", () => {
     expect(t.socket.sent).toEqual([]);
     await t.user.keyboard("{Enter}");
     expect(t.socket.frames).toEqual([
-      { type: "ai:generate", requestId: "r1", prompt: "line one\nline two" },
+      { type: "ai:generate", requestId: "r1", prompt: "line one\nline two", resumable: true },
     ]);
     expect(box).toHaveValue("");
   });
@@ -215,7 +215,12 @@ describe("errors", () => {
     expect(article).toHaveAttribute("data-status", "error");
     expect(within(article).getByText(/Slow down a little\./)).toBeInTheDocument();
     await t.user.click(within(article).getByRole("button", { name: "Retry" }));
-    expect(t.socket.frames.at(-1)).toEqual({ type: "ai:generate", requestId: "r2", prompt: "hi" });
+    expect(t.socket.frames.at(-1)).toEqual({
+      type: "ai:generate",
+      requestId: "r2",
+      prompt: "hi",
+      resumable: true,
+    });
     expect(screen.getAllByRole("article")).toHaveLength(1);
     expect(t.answer("r2")).toHaveAttribute("data-status", "streaming");
   });
@@ -246,6 +251,33 @@ describe("errors", () => {
     expect(t.answer("r1")).toHaveAttribute("data-status", "error");
     expect(within(t.answer("r1")).getByText(/connection was lost/)).toBeInTheDocument();
     expect(within(t.answer("r1")).getByRole("button", { name: "Retry" })).toBeInTheDocument();
+  });
+
+  it("shows reconnecting… in a resumable answer, which then streams on; Stop stops it at once", async () => {
+    const t = setup();
+    await t.user.type(screen.getByRole("textbox", { name: "Prompt" }), "hi{Enter}");
+    t.server(
+      { type: "ai:start", requestId: "r1", model: "m", seq: 0, resumeToken: "tok" },
+      { type: "ai:token", requestId: "r1", chunk: "Hello", seq: 1, count: 1 },
+    );
+    act(() => t.socket.drop());
+    const answer = t.answer("r1");
+    expect(answer).toHaveAttribute("data-status", "streaming");
+    expect(answer).toHaveAttribute("data-reconnecting");
+    expect(within(answer).getByText("reconnecting…")).toBeInTheDocument();
+    expect(within(answer).getByText("Hello")).toBeInTheDocument();
+    act(() => {
+      t.store.connect(); // at once, not after the backoff
+      t.sockets.at(-1)!.open();
+    });
+    expect(answer).not.toHaveAttribute("data-reconnecting");
+    t.server({ type: "ai:token", requestId: "r1", chunk: " there", seq: 2, count: 1 });
+    expect(within(answer).getByText("Hello there")).toBeInTheDocument();
+
+    act(() => t.socket.drop());
+    await t.user.click(within(answer).getByRole("button", { name: "Stop" }));
+    expect(answer).toHaveAttribute("data-status", "cancelled");
+    expect(within(answer).queryByText("reconnecting…")).toBeNull();
   });
 });
 
@@ -295,7 +327,12 @@ describe("a busy server", () => {
     t.wait(1000);
     expect(within(article).getByText("Server busy — retrying in 1 s…")).toBeInTheDocument();
     t.wait(1000);
-    expect(t.socket.frames.at(-1)).toEqual({ type: "ai:generate", requestId: "r2", prompt: "hi" });
+    expect(t.socket.frames.at(-1)).toEqual({
+      type: "ai:generate",
+      requestId: "r2",
+      prompt: "hi",
+      resumable: true,
+    });
     expect(within(article).getByText("thinking…")).toBeInTheDocument();
 
     t.server(shed("r2"));
@@ -322,7 +359,12 @@ describe("a busy server", () => {
     expect(within(article).getByText(/the server is at capacity/)).toBeInTheDocument();
     expect(within(article).queryByText(/Server busy/)).toBeNull();
     t.click("r4", "Retry");
-    expect(t.socket.frames.at(-1)).toEqual({ type: "ai:generate", requestId: "r5", prompt: "hi" });
+    expect(t.socket.frames.at(-1)).toEqual({
+      type: "ai:generate",
+      requestId: "r5",
+      prompt: "hi",
+      resumable: true,
+    });
   });
 });
 

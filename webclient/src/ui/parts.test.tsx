@@ -313,7 +313,12 @@ describe("the composer's modes", () => {
     await t.user.click(screen.getByRole("radio", { name: "JSON" }));
     await t.user.type(box, "json{Enter}");
     const [plain, tools, again, json] = t.socket.frames;
-    expect(plain).toEqual({ type: "ai:generate", requestId: "r1", prompt: "plain" });
+    expect(plain).toEqual({
+      type: "ai:generate",
+      requestId: "r1",
+      prompt: "plain",
+      resumable: true,
+    });
     expect(tools).toMatchObject({
       prompt: "tools",
       toolChoice: "auto",
