@@ -59,10 +59,12 @@ no request id (each follower's is set as it is sent)."""
 
 
 class Follower(NamedTuple):
-    """A reader of the generation: an outbox and the request id it knows it by."""
+    """A reader of the generation: an outbox, the request id it knows it by, and the map its
+    call keeps of what it follows (the entry goes when the generation ends)."""
 
     outbox: Outbox
     request_id: str
+    following: dict[str, str] | None = None
 
 
 def _named(event: pb.ServerEvent, request_id: str) -> pb.ServerEvent:
@@ -163,26 +165,32 @@ class Relay:
             self._record(part, seq, count, EVENT_OVERHEAD + len(text))
         followers = self._followers
         if len(followers) == 1:  # (the hot path: one reader)
-            outbox, follower_id = followers[0]
+            outbox, follower_id, _ = followers[0]
             await outbox.put_part(kind, follower_id, text, seq, count, index)
             return
         for follower in list(followers):  # (a copy: one may go while another waits for room)
             await follower.outbox.put_part(kind, follower.request_id, text, seq, count, index)
 
-    def follow(self, outbox: Outbox, request_id: str, after_seq: int) -> None:
+    def follow(
+        self,
+        outbox: Outbox,
+        request_id: str,
+        after_seq: int,
+        following: dict[str, str] | None = None,
+    ) -> None:
         """Replay every event after ``after_seq`` into ``outbox`` under ``request_id``, then
         follow the live ones — in this one step (raises InsideAnEvent, ValueError for a
         position that is not an event's end)."""
         replay(self._log, outbox, request_id, after_seq)
         if not self._log.ended:
-            self._followers.append(Follower(outbox, request_id))
+            self._followers.append(Follower(outbox, request_id, following))
 
     def unfollow(self, outbox: Outbox, request_id: str) -> bool:
         """Stop sending to that follower; whether it was one."""
-        follower = Follower(outbox, request_id)
-        if follower in self._followers:
-            self._followers.remove(follower)
-            return True
+        for i, follower in enumerate(self._followers):
+            if follower.outbox is outbox and follower.request_id == request_id:
+                del self._followers[i]
+                return True
         return False
 
     def followed_by(self, outbox: Outbox) -> list[str]:
@@ -235,6 +243,8 @@ class Resumables:
             timer.cancel()
         if entry is not None:
             for follower in entry.relay.followers_list():
+                if follower.following is not None:
+                    follower.following.pop(follower.request_id, None)
                 follower.outbox.wake()  # (its call may be waiting only for this one to end)
 
     def running(self, key: str) -> _Running | None:
@@ -246,12 +256,21 @@ class Resumables:
         self.store.sweep(now)
         return self.store.find(token, request_id, now)
 
-    def follow(self, key: str, outbox: Outbox, request_id: str, after_seq: int) -> bool:
-        """Replay and follow the running generation ``key``; False if it is not running."""
+    def follow(
+        self,
+        key: str,
+        outbox: Outbox,
+        request_id: str,
+        after_seq: int,
+        following: dict[str, str] | None = None,
+    ) -> bool:
+        """Replay and follow the running generation ``key`` (``following``: the call's map of
+        what it follows, from which the entry goes when the generation ends); False if it is
+        not running."""
         entry = self._running.get(key)
         if entry is None:
             return False
-        entry.relay.follow(outbox, request_id, after_seq)
+        entry.relay.follow(outbox, request_id, after_seq, following)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()

@@ -131,14 +131,9 @@ class StreamSession:
         )
 
     def _following(self) -> bool:
-        """Whether a resumable generation this call follows (and does not own) still runs."""
-        keys = self._keys
-        if not keys:
-            return False
-        for request_id, key in list(keys.items()):
-            if self._resumables.running(key) is None:
-                del keys[request_id]
-        return bool(keys)
+        """Whether a resumable generation this call follows still runs (its entry in
+        ``_keys`` goes when it ends)."""
+        return bool(self._keys)
 
     async def read(self, requests: AsyncIterator[pb.ClientEvent]) -> None:
         """Apply every ClientEvent of the call until the client half-closes, none while the
@@ -245,7 +240,8 @@ class StreamSession:
         token = key = ""
         if generate.resumable:  # its events go to a relay: its log, then each follower
             client_id = generate.client_request_id or request_id
-            minted, sink = self._resumables.open(client_id, Follower(self.outbox, request_id))
+            follower = Follower(self.outbox, request_id, self._keys)
+            minted, sink = self._resumables.open(client_id, follower)
             token, key = minted.token, minted.key
         generation = Generation(
             generate,
@@ -334,7 +330,7 @@ class StreamSession:
                 f"afterSeq {after_seq} is past the generation's last position", request_id
             )
         try:
-            if self._resumables.follow(found.key, self.outbox, request_id, after_seq):
+            if self._resumables.follow(found.key, self.outbox, request_id, after_seq, self._keys):
                 self._keys[request_id] = found.key
             else:
                 replay(found, self.outbox, request_id, after_seq)

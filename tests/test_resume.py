@@ -245,3 +245,22 @@ async def test_a_position_that_ends_no_event_is_an_invalid_request(
         await _resume(client, "x", events[0].start.resume_token, after_seq, client_request_id="r")
         answer = await client.recv()
     assert _kind(answer) == "error" and answer.error.code == pb.ERROR_CODE_INVALID_REQUEST
+
+
+async def test_a_call_forgets_the_generations_it_followed_once_they_end(
+    make_stack: StackFactory,
+) -> None:
+    """A bridge's call lives for as long as the bridge: what it follows must not pile up."""
+    stack = await make_stack(Script(tokens=4, interval=0.01))
+    async with _channel(stack) as channel:
+        client = GrpcClient(channel, "a")
+        for i in range(5):
+            await client.generate(f"r{i}", resumable=True)
+            events = await _until_end(client, f"r{i}")
+            await _resume(
+                client, f"again{i}", events[0].start.resume_token, 0, client_request_id=f"r{i}"
+            )
+            await _until_end(client, f"again{i}")
+        (session,) = stack.generator.service._sessions
+        assert session._keys == {}
+        assert len(stack.generator.service._resumables) == 0
