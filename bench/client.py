@@ -514,27 +514,38 @@ async def _loop_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -
     return {"window_s": duration}
 
 
-async def _cancel_mode(
-    job: dict[str, Any], tracker: Tracker, conns: list[Conn], factory: Callable[[], Conn]
-) -> dict[str, Any]:
+async def _one_stream_each(
+    job: dict[str, Any], tracker: Tracker, conns: list[Conn], suffix: str = ""
+) -> list[str]:
+    """Start one stream of ``job["spec"]`` on each connection, spread over ``job["ramp"]`` s,
+    and wait until every one is live (a first token seen), or as many as are after
+    ``live_timeout``; their request ids."""
     spec = StreamSpec(**job["spec"])
-    prefix, how = job["prefix"], job["how"]  # how: "cancel" | "close"
+    prefix = job["prefix"]
     current: list[str] = []
     ramp = job.get("ramp", 0.0) / max(1, len(conns))
     began = time.monotonic()
     for i, conn in enumerate(conns):
-        rid = f"{prefix}{i}-0"
+        rid = f"{prefix}{i}{suffix}"
         tracker.begin(rid, time.monotonic())
         conn.generate(rid, spec.prompt(rid))
         current.append(rid)
         delay = began + (i + 1) * ramp - time.monotonic()  # absolute schedule: a busy loop
         if delay > 0:  # catches up instead of adding its lag to every step
             await asyncio.sleep(delay)
-    # every stream live (a first token seen), or as many as are after live_timeout
     deadline = time.monotonic() + job.get("live_timeout", 120.0)
     # polling a counter the protocol callbacks update: cheaper than an event per token
     while time.monotonic() < deadline and not all(tracker.first_token(r) for r in current):  # noqa: ASYNC110
         await asyncio.sleep(0.05)
+    return current
+
+
+async def _cancel_mode(
+    job: dict[str, Any], tracker: Tracker, conns: list[Conn], factory: Callable[[], Conn]
+) -> dict[str, Any]:
+    spec = StreamSpec(**job["spec"])
+    prefix, how = job["prefix"], job["how"]  # how: "cancel" | "close"
+    current = await _one_stream_each(job, tracker, conns, "-0")
     live = [i for i, rid in enumerate(current) if tracker.first_token(rid)]
     _say({"event": "live", "live": len(live)})
     await _wait_line("go")
@@ -663,23 +674,8 @@ async def _resume_mode(
     once (no close frame), opens a new connection and resumes from the last position it holds:
     the time from each resume sent to its first event, and whether that event is the next
     position (a gap or a repeat counts under ``seq_gap``). Then every stream is cancelled."""
-    spec = StreamSpec(**job["spec"])
-    prefix = job["prefix"]
     tracker.benign = frozenset({"cancelled"})  # (how every stream ends here)
-    rids = []
-    ramp = job.get("ramp", 0.0) / max(1, len(conns))
-    began = time.monotonic()
-    for i, conn in enumerate(conns):
-        rid = f"{prefix}{i}"
-        tracker.begin(rid, time.monotonic())
-        conn.generate(rid, spec.prompt(rid))
-        rids.append(rid)
-        delay = began + (i + 1) * ramp - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    deadline = time.monotonic() + job.get("live_timeout", 120.0)
-    while time.monotonic() < deadline and not all(tracker.first_token(r) for r in rids):  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    rids = await _one_stream_each(job, tracker, conns)
     _say({"event": "live", "live": sum(tracker.first_token(r) for r in rids)})
     await _wait_line("go")
     fresh = [factory() for _ in conns]

@@ -102,27 +102,30 @@ class SharedStream:
 
     def generate(self, receiver: Receiver, event: pb.ClientEvent) -> str:
         """Send a (validated) Generate for ``receiver``; the wire id it travels under."""
-        current = self._open()
-        wire_id = self._link.next_wire_id()
-        current.routes[wire_id] = (receiver, event.generate.request_id)
-        renamed = pb.ClientEvent()
-        renamed.CopyFrom(event)
-        renamed.generate.request_id = wire_id
-        current.writes.put_nowait(renamed)
+        current, wire_id = self._send_renamed(receiver, event, event.generate.request_id)
         current.unanswered.add(wire_id)
         return wire_id
 
     def resume(self, receiver: Receiver, event: pb.ClientEvent) -> str:
         """Send a (validated) Resume for ``receiver``; the wire id its events come back under.
         (It starts nothing: it takes none of the generator's room.)"""
+        return self._send_renamed(receiver, event, event.resume.request_id)[1]
+
+    def _send_renamed(
+        self, receiver: Receiver, event: pb.ClientEvent, request_id: str
+    ) -> tuple[_OpenCall, str]:
+        """Send ``event`` under a fresh wire id, its events routed back to ``receiver`` as
+        ``request_id``; the call and the wire id."""
         current = self._open()
         wire_id = self._link.next_wire_id()
-        current.routes[wire_id] = (receiver, event.resume.request_id)
+        current.routes[wire_id] = (receiver, request_id)
         renamed = pb.ClientEvent()
         renamed.CopyFrom(event)
-        renamed.resume.request_id = wire_id
+        kind = event.WhichOneof("event")
+        assert kind is not None
+        getattr(renamed, kind).request_id = wire_id
         current.writes.put_nowait(renamed)
-        return wire_id
+        return current, wire_id
 
     def detach(self, wire_id: str) -> None:
         """Stop following the resumable generation sent as ``wire_id`` without stopping it

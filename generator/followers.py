@@ -107,10 +107,6 @@ class Relay:
         to its followers, but can no longer be resumed."""
 
     @property
-    def log(self) -> EventLog[Logged]:
-        return self._log
-
-    @property
     def followers(self) -> int:
         """How many read the generation now."""
         return len(self._followers)
@@ -193,10 +189,6 @@ class Relay:
                 return True
         return False
 
-    def followed_by(self, outbox: Outbox) -> list[str]:
-        """The ids ``outbox`` follows the generation under."""
-        return [f.request_id for f in self._followers if f.outbox is outbox]
-
 
 class _Running(NamedTuple):
     generation: Generation
@@ -246,9 +238,6 @@ class Resumables:
                 if follower.following is not None:
                     follower.following.pop(follower.request_id, None)
                 follower.outbox.wake()  # (its call may be waiting only for this one to end)
-
-    def running(self, key: str) -> _Running | None:
-        return self._running.get(key)
 
     def find(self, token: str, request_id: str) -> EventLog[Logged] | None:
         """The log ``token`` opens for ``request_id``, or None (``not_found``)."""
