@@ -172,6 +172,14 @@ class EventLog(Generic[E]):
         self.append(event, first, 1, size)
         self.ended_at = now
 
+    def since(self, index: int) -> list[E]:
+        """The events from the ``index``-th on (a copy elsewhere has the ones before)."""
+        return self._events[index:]
+
+    def index_after(self, position: int) -> int:
+        """How many events end at or before ``position`` (the index of the first one past it)."""
+        return bisect_right(self._ends, position)
+
     def after(self, after_seq: int) -> list[E]:
         """Every event whose last position is greater than ``after_seq``, in order (−1: all;
         at or past the last position: none). ``InsideAnEvent`` if ``after_seq`` is inside an
@@ -221,6 +229,14 @@ class LogStore(Generic[E]):
     def bytes(self) -> int:
         """The sizes of every event of every log held."""
         return self._tally.bytes
+
+    def holds(self, log: EventLog[E]) -> bool:
+        """Whether ``log`` is still held (not expired, evicted or dropped)."""
+        return self._logs.get(log.key) is log
+
+    def held(self) -> list[EventLog[E]]:
+        """Every log held, running and ended."""
+        return list(self._logs.values())
 
     def open(self, request_id: str, minted: Minted, now: float) -> EventLog[E]:
         """A new, empty, running log under ``minted.key`` for the generation ``request_id``."""

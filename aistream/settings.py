@@ -160,6 +160,12 @@ class Settings:
     """What the generator keeps of resumable generations' logs at most: past it, ended logs
     are dropped oldest first, and a running one that does not fit stops being resumable
     (a resume of either is not_found, never a partial replay)."""
+    redis_url: str | None = None
+    """Redis for durable streams across nodes (``redis://HOST:PORT/DB``, ``rediss://`` for TLS,
+    ``unix:///PATH``), the same for every bridge and generator: the generator copies each
+    resumable generation's log there, and a bridge resumes from there any generation, whichever
+    generator runs it. Unset: logs stay in the generator's memory (one node; a resume must
+    reach the generator that runs the generation)."""
     max_generations_per_stream: int = 2000
     """Generations running at once on one gRPC stream; more → ``too_many_requests``. The bridge
     sends all its generations over ``generator_streams`` shared streams (one by default), so
@@ -172,7 +178,10 @@ class Settings:
     bridge_port: int = 8080
     """Port of the bridge: WebSocket at /ws, web client at / (0: any free port)."""
     generator_target: str = "127.0.0.1:50051"
-    """Where the bridge finds the generator (``host:port``)."""
+    """Where the bridge finds its generators: ``host:port``, or any gRPC target naming several —
+    ``ipv4:10.0.0.1:50051,10.0.0.2:50051``, ``dns:///generators.internal:50051`` (every
+    address the name resolves to) — over which gRPC's ``round_robin`` spreads the calls (keep
+    ``generator_streams`` at least the number of generators: a call stays where it opened)."""
     generator_streams: int = 1
     """gRPC streams to the generator shared by all connections (each connection uses one); each
     side batches what waits for a stream into one message, so fewer streams mean fewer, larger
@@ -368,10 +377,16 @@ class Settings:
             port = getattr(self, name)
             if port is not None and not 0 <= port <= 65535:
                 raise SettingsError(f"{name} must be a port number 0-65535, got {port}")
-        host, sep, port_text = self.generator_target.rpartition(":")
-        if not sep or not host or not port_text.isdigit():
+        if not _is_target(self.generator_target):
             raise SettingsError(
-                f"generator_target must be HOST:PORT, got {self.generator_target!r}"
+                "generator_target must be HOST:PORT, ipv4:HOST:PORT,HOST:PORT… or "
+                f"dns:///NAME:PORT, got {self.generator_target!r}"
+            )
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingsError(
+                f"redis_url must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("tls_cert and tls_key must be set together")
@@ -423,6 +438,23 @@ class Settings:
         values |= {k: v for k, v in _otel(env).items() if k not in values}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _is_target(target: str) -> bool:
+    """Whether ``target`` names generators: ``host:port``, or a gRPC ``ipv4:``, ``ipv6:`` or
+    ``dns:`` target (grpc/doc/naming.md) — whose addresses each end in a port."""
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in ("ipv4", "ipv6", "dns"):
+        if scheme == "dns":
+            rest = rest.removeprefix("//").partition("/")[2] if rest.startswith("//") else rest
+        addresses = rest.split(",") if scheme != "dns" else [rest]
+        return all(_has_port(address) for address in addresses)
+    return _has_port(target)
+
+
+def _has_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit())
 
 
 def _otel(env: Mapping[str, str]) -> dict[str, Any]:

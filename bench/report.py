@@ -373,7 +373,9 @@ def _resume_table(result: dict[str, Any]) -> str:
             label,
             _cell(cost["plain"][m], d),
             _cell(cost["resumable"][m], d),
+            _cell(cost["redis"][m], d),
             _ratio(cost["resumable"][m], cost["plain"][m]),
+            _ratio(cost["redis"][m], cost["plain"][m]),
         ]
         for m, label, d in (
             ("ttft_p50_ms", "TTFT p50 ms", 2),
@@ -381,20 +383,29 @@ def _resume_table(result: dict[str, Any]) -> str:
             ("tokens_per_s", "tokens/s", 0),
             ("generator_cpu_us_per_token", "generator CPU µs per token", 1),
             ("bridge_cpu_us_per_token", "bridge CPU µs per token", 1),
+            ("redis_cpu_us_per_token", "redis-server CPU µs per token", 1),
             ("errors", "errors", 0),
         )
     ]
     per = result["bytes_per_retained_generation"]
-    title = f"### Resume: {result['params']['streams']:,} streams, plain and resumable"
-    extra = (
-        f"Memory per retained generation (generator RSS, resumable − plain, over the generations "
-        f"retained): {', '.join(f'{b:,} B' for b in per) or '—'}.\n\n"
-        f"Burst: {_cell(burst['resumed'], 0)} of {_cell(burst['resumes'], 0)} streams dropped "
-        f"at once and resumed; first event after ai:resume p50 "
-        f"{_cell(burst['first_event_p50_ms'], 1)} ms, p99 {_cell(burst['first_event_p99_ms'], 1)}"
-        f" ms; errors {_cell(burst['errors'], 0)}."
+    in_redis = result.get("redis_bytes_per_retained_generation", [])
+    title = (
+        f"### Resume: {result['params']['streams']:,} streams — plain, resumable (log in memory), "
+        "resumable with Redis"
     )
-    header = ["", "plain", "resumable", "resumable ÷ plain"]
+    bursts = "; ".join(
+        f"{variant}: {_cell(figures['resumed'], 0)} of {_cell(figures['resumes'], 0)} resumed, "
+        f"first event after ai:resume p50 {_cell(figures['first_event_p50_ms'], 1)} ms, p99 "
+        f"{_cell(figures['first_event_p99_ms'], 1)} ms, errors {_cell(figures['errors'], 0)}"
+        for variant, figures in burst.items()
+    )
+    extra = (
+        f"Memory per retained generation: generator RSS (resumable − plain, over the generations "
+        f"retained) {', '.join(f'{b:,} B' for b in per) or '—'}; Redis (used_memory over the "
+        f"generations retained) {', '.join(f'{b:,} B' for b in in_redis) or '—'}.\n\n"
+        f"Burst (every stream dropped at once, then resumed): {bursts}."
+    )
+    header = ["", "plain", "resumable", "redis", "resumable ÷ plain", "redis ÷ plain"]
     return f"{title}\n\n{_table(header, rows)}\n\n{extra}"
 
 

@@ -12,6 +12,10 @@ dropping and resuming at once (issue 19).
   at once (no close frame) and resumes on a new connection from the last position it holds:
   time from each ``ai:resume`` sent to its first event, p50/p99; the first event must be the next
   position (else ``seq_gap``).
+
+Each is run with the log in the generator's memory and with Redis (``redis``: a redis-server of
+the stack's own; the log copied there and resumes served from it — Redis's CPU per token and its
+memory per retained generation are reported too).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ _ENV = {"AISTREAM_RESUME_GRACE": "60", "AISTREAM_MAX_GENERATIONS_PER_CLIENT": "0
 dropped connection's generations count against it until the bridge has seen it go."""
 
 
-def _loop(sizes: Sizes, upstream: str, resumable: bool) -> Run:
+def _loop(sizes: Sizes, upstream: str, resumable: bool, redis: bool = False) -> Run:
     spec = StreamSpec(ttft=0.0, interval=1 / sizes.rate, tokens=sizes.stream_tokens)
     job = {
         "mode": "loop",
@@ -43,12 +47,13 @@ def _loop(sizes: Sizes, upstream: str, resumable: bool) -> Run:
         "duration": sizes.window,
         "resumable": resumable,
     }
-    with Stack(("aistream",), upstream, _ENV, sizes.quiet_patience) as stack:
+    with Stack(("aistream",), upstream, _ENV, sizes.quiet_patience, redis=redis) as stack:
         run = _run_loop(stack, "aistream", job, sizes.window)
         time.sleep(sizes.settle)
         run["generator_rss_mb"] = round(stack.processes()["generator"].memory_info().rss / 2**20, 1)
         run["generations"] = len(stack.records())
-    for name in ("generator", "bridge"):
+        run["redis_bytes"] = stack.redis_memory()
+    for name in ("generator", "bridge", "redis"):
         cpu = run["processes"].get(name, {}).get("cpu_pct")
         tokens = run["tokens_per_s"]
         run[f"{name}_cpu_us_per_token"] = (
@@ -57,7 +62,7 @@ def _loop(sizes: Sizes, upstream: str, resumable: bool) -> Run:
     return run
 
 
-def _burst(sizes: Sizes, upstream: str) -> Run:
+def _burst(sizes: Sizes, upstream: str, redis: bool = False) -> Run:
     spec = StreamSpec(ttft=0.0, interval=1 / sizes.rate, tokens=1_000_000)
     job = {
         "mode": "resume",
@@ -68,7 +73,7 @@ def _burst(sizes: Sizes, upstream: str) -> Run:
         "resumable": True,
     }
     with (
-        Stack(("aistream",), upstream, _ENV, sizes.quiet_patience) as stack,
+        Stack(("aistream",), upstream, _ENV, sizes.quiet_patience, redis=redis) as stack,
         Load(stack, "aistream", job) as load,
     ):
         live = sum(c.event("live", 240)["live"] for c in load.clients)
@@ -96,7 +101,9 @@ _COST = (
     "tokens_per_s",
     "generator_cpu_us_per_token",
     "bridge_cpu_us_per_token",
+    "redis_cpu_us_per_token",
     "generator_rss_mb",
+    "redis_bytes",
     "generations",
     "errors",
 )
@@ -108,13 +115,14 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     cost = repeated(
         f"resume cost c={sizes.resume_streams}",
         repeat,
-        ("plain", "resumable"),
-        lambda variant: _loop(sizes, upstream, variant == "resumable"),
+        ("plain", "resumable", "redis"),
+        lambda variant: _loop(sizes, upstream, variant != "plain", variant == "redis"),
         lambda run: (
             f"ttft p99 {run['ttft_p99_ms']} ms, {run['tokens_per_s']} tokens/s, generator "
             f"{run['generator_cpu_us_per_token']} µs/token, bridge "
-            f"{run['bridge_cpu_us_per_token']} µs/token, generator RSS "
-            f"{run['generator_rss_mb']} MB, errors {run['errors']}"
+            f"{run['bridge_cpu_us_per_token']} µs/token, redis "
+            f"{run['redis_cpu_us_per_token']} µs/token, generator RSS "
+            f"{run['generator_rss_mb']} MB, redis {run['redis_bytes']} B, errors {run['errors']}"
         ),
         sizes.settle,
     )
@@ -123,11 +131,16 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
         if resumable["generations"]:
             grown = (resumable["generator_rss_mb"] - plain["generator_rss_mb"]) * 2**20
             per_generation.append(round(grown / resumable["generations"]))
+    redis_per_generation = [
+        round(run["redis_bytes"] / run["generations"])
+        for run in cost["redis"]
+        if run["generations"] and run["redis_bytes"] is not None
+    ]
     burst = repeated(
         f"resume burst c={sizes.resume_streams}",
         repeat,
-        ("burst",),
-        lambda _: _burst(sizes, upstream),
+        ("memory", "redis"),
+        lambda variant: _burst(sizes, upstream, variant == "redis"),
         lambda run: (
             f"{run['resumed']}/{run['resumes']} resumed, first event p50 "
             f"{run['first_event_p50_ms']} p99 {run['first_event_p99_ms']} ms, errors "
@@ -140,6 +153,7 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
         "cost": cost.figures(_COST),
         "cost_processes": cost.processes(),
         "bytes_per_retained_generation": per_generation,
+        "redis_bytes_per_retained_generation": redis_per_generation,
         "burst": burst.figures(
             (
                 "live",
@@ -150,8 +164,10 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
                 "first_event_max_ms",
                 "errors",
             )
-        )["burst"],
-        "burst_error_codes": [r["error_codes"] for r in burst["burst"]],
+        ),
+        "burst_error_codes": {
+            variant: [r["error_codes"] for r in burst[variant]] for variant in ("memory", "redis")
+        },
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import psutil
 
+from aistream.testing.redis_server import RedisServer
 from bench.procs import Child
 
 __all__ = ["PATHS", "SHEDDING", "Stack"]
@@ -53,13 +54,20 @@ class Stack:
         upstream: str = "bench",
         env: Mapping[str, str | None] | None = None,
         quiet_patience: float = 0.0,
+        redis: bool = False,
     ) -> None:
         """``upstream``: ``bench`` (``bench.upstream``) or ``fake`` (the product's fake);
-        ``quiet_patience``: how long a run may wait for the rest of the machine to quieten."""
+        ``quiet_patience``: how long a run may wait for the rest of the machine to quieten;
+        ``redis``: a redis-server of the stack's own, the generator's and the bridge's
+        ``redis_url`` (durable streams across nodes)."""
         self.children: dict[str, Child] = {}
         self.quiet_patience = quiet_patience
+        self.redis: RedisServer | None = None
         wanted = set(paths)
         try:
+            if redis:
+                self.redis = RedisServer().start()
+                env = {**(env or {}), "AISTREAM_REDIS_URL": self.redis.url}
             if upstream == "fake":
                 self._start(
                     "upstream",
@@ -143,8 +151,18 @@ class Stack:
         raise ValueError(path)
 
     def processes(self) -> dict[str, psutil.Process]:
-        """Every server process by name."""
-        return {name: child.process for name, child in self.children.items()}
+        """Every server process by name (``redis`` too, with one)."""
+        found = {name: child.process for name, child in self.children.items()}
+        if self.redis is not None and self.redis.pid is not None:
+            found["redis"] = psutil.Process(self.redis.pid)
+        return found
+
+    def redis_memory(self) -> int | None:
+        """Bytes the stack's Redis uses for data (``used_memory`` less what an empty server
+        uses), or None without one."""
+        if self.redis is None:
+            return None
+        return self.redis.used_memory() - self.redis.empty_memory
 
     def records(self) -> list[dict[str, Any]]:
         """The upstream's request records as ``{tag, received_at, first_token_at, closed_at,
@@ -183,4 +201,7 @@ class Stack:
             child = self.children.pop(name, None)
             if child is not None:
                 codes[name] = child.stop()
+        if self.redis is not None:
+            self.redis.close()
+            self.redis = None
         return codes

@@ -43,7 +43,7 @@ from websockets.exceptions import ConnectionClosed
 
 from aistream import codes, tracing
 from aistream.bridge import translate
-from aistream.bridge.link import SharedStream
+from aistream.bridge.link import Route, SharedStream
 from aistream.bridge.ratelimit import TokenBucket
 from aistream.bridge.shares import ClientShares
 from aistream.collector import release
@@ -58,6 +58,8 @@ from aistream.validation import check_cancel, check_generate, check_resume
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+    from aistream.bridge.redis_follow import RedisFollows
 
 __all__ = ["Connection"]
 
@@ -74,17 +76,20 @@ class _Request(RequestLifecycle):
     """One generation in flight: the browser's id, the wire id it was sent under, and where it is
     in its lifecycle (started, the next token ``seq``)."""
 
-    __slots__ = ("again", "resumable", "spans", "wire_id")
+    __slots__ = ("again", "resumable", "route", "spans", "wire_id")
 
     def __init__(
         self,
         request_id: str,
+        route: Route,
         wire_id: str,
         spans: tuple[Span, Span] | None = None,
         *,
         resumable: bool = False,
     ) -> None:
         super().__init__(request_id)
+        self.route = route
+        """What carries it: the connection's shared stream, or the bridge's Redis follows."""
         self.wire_id = wire_id
         self.resumable = resumable
         """A resumable generation: when the socket goes, the generator is told to keep it
@@ -102,6 +107,7 @@ class Connection:
         "_accepting",
         "_client",
         "_ending",
+        "_follows",
         "_headroom",
         "_idle",
         "_metrics",
@@ -126,10 +132,12 @@ class Connection:
         client: str = "",
         metrics: BridgeMetrics = BRIDGE_OFF,
         headroom: Headroom = UNWATCHED,
+        follows: RedisFollows | None = None,
     ) -> None:
         """``shares``: the bridge's per-client shares, ``client`` this connection's key in
         them (None: no per-client share); ``metrics``: the bridge's; ``headroom``: the bridge
-        process's (a saturated loop sheds new generations)."""
+        process's (a saturated loop sheds new generations); ``follows``: the bridge's resumes
+        through Redis (``redis_url``; None: a resume goes to the generator)."""
         self.websocket = websocket
         self.id = next(_ids)
         self._stream = stream
@@ -138,6 +146,7 @@ class Connection:
         self._client = client
         self._metrics = metrics
         self._headroom = headroom
+        self._follows = follows
         # request id → its record; the shared empty dict until the first generate (never
         # written to: see _on_frame)
         self._requests: dict[str, _Request] = _NO_REQUESTS
@@ -238,7 +247,7 @@ class Connection:
             if request.again is not None:
                 request.again = _CANCELLED_AGAIN  # the Generate waiting on the id, cancelled
             request.cancelled = True
-            self._stream.cancel(request.wire_id, forget=False)
+            request.route.cancel(request.wire_id, forget=False)
 
     def _send_generate(self, request_id: str, event: pb.ClientEvent) -> None:
         """Send an admitted Generate over the shared stream and keep its record. Its trace
@@ -256,24 +265,31 @@ class Connection:
         if self._requests is _NO_REQUESTS:
             self._requests = {}
         self._requests[request_id] = _Request(
-            request_id, wire_id, spans, resumable=generate.resumable
+            request_id, self._stream, wire_id, spans, resumable=generate.resumable
         )
         log.debug("generate conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
 
     def _send_resume(self, request_id: str, event: pb.ClientEvent) -> None:
-        """Send an admitted Resume over the shared stream and keep its record: the request is
-        where the client says it is (after ``afterSeq``), and goes on from there."""
+        """Send an admitted Resume — through Redis (``redis_url``: whichever generator runs
+        it), else over the shared stream — and keep its record: the request is where the client
+        says it is (after ``afterSeq``), and goes on from there."""
         resume = event.resume
         resume.client_request_id = resume.client_request_id or request_id
-        wire_id = self._stream.resume(self, event)
+        route: Route = self._stream if self._follows is None else self._follows
         if self._requests is _NO_REQUESTS:
             self._requests = {}
-        request = self._requests[request_id] = _Request(request_id, wire_id, resumable=True)
+        # (recorded first: a Redis follow may deliver at once)
+        request = self._requests[request_id] = _Request(request_id, route, "", resumable=True)
+        request.wire_id = (
+            self._stream.resume(self, event)
+            if self._follows is None
+            else self._follows.resume(self, event)
+        )
         after_seq = resume.after_seq if resume.HasField("after_seq") else -1
         if after_seq >= 0:
             request.started = True
             request.next_seq = after_seq + 1
-        log.debug("resume conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
+        log.debug("resume conn=%s request_id=%s wire_id=%s", self.id, request_id, request.wire_id)
 
     def _admit(self, event: pb.ClientEvent) -> str | None:
         """Check one decoded frame against the limits; the id to forward, or None to drop it."""
@@ -448,9 +464,9 @@ class Connection:
         spans end here."""
         for request in self._requests.values():
             if request.resumable:
-                self._stream.detach(request.wire_id)  # it runs on, for a resume
+                request.route.detach(request.wire_id)  # it runs on, for a resume
             else:
-                self._stream.cancel(request.wire_id)
+                request.route.cancel(request.wire_id)
             if request.spans is not None:
                 tracing.end_request(request.spans, _CLIENT_GONE)
                 request.spans = None
@@ -470,7 +486,7 @@ class Connection:
         closing and writes its final frames itself.
         """
         request = self._requests.pop(request_id)
-        self._stream.cancel(request.wire_id)
+        request.route.cancel(request.wire_id)
         self._metrics.ended(terminal.error.code if terminal.HasField("error") else None)
         if request.spans is not None:
             tracing.end_request(request.spans, terminal)

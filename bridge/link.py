@@ -33,7 +33,7 @@ from aistream.settings import GRPC_BATCH_BYTES
 from aistream.v1 import events_pb2 as pb
 from aistream.v1 import generator_pb2_grpc
 
-__all__ = ["GeneratorLink", "Receiver", "SharedStream"]
+__all__ = ["GeneratorLink", "Receiver", "Route", "SharedStream"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,19 @@ class Receiver(Protocol):
 
     def lost(self, request_ids: list[str], reason: str) -> None:
         """The stream these generations ran on failed; they will get nothing more."""
+        ...
+
+
+class Route(Protocol):
+    """Where a connection's request travels, and what it can tell it: a shared stream to the
+    generator, or (a resume with ``redis_url``) the bridge's follows through Redis."""
+
+    def cancel(self, wire_id: str, *, forget: bool = True) -> None:
+        """Stop the generation (``forget``: deliver nothing more for it)."""
+        ...
+
+    def detach(self, wire_id: str) -> None:
+        """Stop following a resumable generation, leaving it running."""
         ...
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import http
 import importlib.resources
+import json
 import logging
 import mimetypes
 import socket
 from collections.abc import Awaitable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -37,6 +38,9 @@ from aistream.v1 import generator_pb2_grpc
 
 __all__ = ["WS_PATH", "BridgeServer", "default_static_dir"]
 
+if TYPE_CHECKING:
+    from aistream.bridge.redis_follow import RedisFollows
+
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
@@ -53,6 +57,10 @@ _CHANNEL_OPTIONS = [
     # Deliberate message limits, the same as the generator's (aistream/settings.py).
     ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+    # Several generators (a list or a DNS name): each new call goes to the next ready one
+    # (the default, pick_first, would send every call to the first). A call stays where it
+    # opened, so generator_streams ≥ the generators spreads the bridge over all of them.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 ]
 
 
@@ -224,12 +232,21 @@ class BridgeServer:
         )
         """The process's metrics, served at ``/metrics``."""
         self.metrics.watch(self.headroom)
+        self.follows: RedisFollows | None = None
+        """Resumes through Redis (``redis_url``): any generator's resumable generations."""
+        if settings.redis_url is not None:
+            # (imported only then: redis-py, and what it imports, stay out of a bridge without)
+            from aistream.bridge.redis_follow import RedisFollows
+
+            self.follows = RedisFollows(settings)
         self.port = 0
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
         s = self.settings
         self.headroom.start(lambda: self.shares.total)
+        if self.follows is not None:
+            await self.follows.start()
         self._server = await serve(
             self._handle,
             s.bridge_host,
@@ -329,6 +346,7 @@ class BridgeServer:
             _client_key(websocket, s),
             self.metrics,
             self.headroom,
+            self.follows,
         )
         if isinstance(websocket, _ServerConnection):
             # When the client says goodbye its upstreams are closed at once, not after the
@@ -355,6 +373,8 @@ class BridgeServer:
             await asyncio.gather(*(c.shutdown(timeout) for c in list(self.connections)))
             await self._server.wait_closed()
         self.headroom.stop()
+        if self.follows is not None:
+            await self.follows.close()
         await self.link.close()
         await self._channel.close(None)
         log.info("bridge stopped")

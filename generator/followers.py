@@ -24,18 +24,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from aistream import codes
+from aistream import codes, durable
 from aistream.generator.generation import Generation
 from aistream.outbox import Outbox
 from aistream.resume import EventLog, LogStore, Minted, mint
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 
+if TYPE_CHECKING:
+    from aistream.generator.redis_log import RedisLog
+
 __all__ = ["Follower", "Logged", "Part", "Relay", "Resumables", "replay"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 EVENT_OVERHEAD = 64
 """Bytes counted per logged event on top of its text."""
@@ -88,7 +91,7 @@ def _size(event: pb.ServerEvent) -> int:
 class Relay:
     """What a resumable generation writes to: its log, then each follower."""
 
-    __slots__ = ("_clock", "_followers", "_log", "_store", "logging")
+    __slots__ = ("_clock", "_followers", "_log", "_replica", "_store", "logging")
 
     def __init__(
         self,
@@ -96,11 +99,14 @@ class Relay:
         store: LogStore[Logged],
         clock: Callable[[], float],
         first: Follower | None = None,
+        replica: RedisLog | None = None,
     ) -> None:
-        """``clock``: the loop's time (when the log ended)."""
+        """``clock``: the loop's time (when the log ended); ``replica``: the copy in Redis,
+        told of every change."""
         self._log = log
         self._store = store
         self._clock = clock
+        self._replica = replica
         self._followers: list[Follower] = [first] if first is not None else []
         self.logging = True
         """False once the log was dropped (over the byte budget): the generation still goes
@@ -128,7 +134,9 @@ class Relay:
             if self._store.admit(self._log, size):
                 self._log.append(item, first, count, size)
             else:
-                self.logging = False
+                self.logging = False  # (and the copy in Redis goes too)
+            if self._replica is not None:
+                self._replica.mark(self._log)
 
     def put(self, event: pb.ServerEvent) -> None:
         """A start or a terminal event: logged at its position, then sent to each follower."""
@@ -140,6 +148,8 @@ class Relay:
                 now = self._clock()
                 self._log.end(_anonymous(event), seq, _size(event), now)
                 self._store.ended(self._log, now)
+                if self._replica is not None:
+                    self._replica.mark(self._log)
         else:
             self._record(_anonymous(event), seq, 1, _size(event))
         for follower in self._followers:
@@ -197,11 +207,12 @@ class _Running(NamedTuple):
 
 
 class Resumables:
-    """Every resumable generation of the process: their logs (``LogStore``), the running ones
-    by log key (whatever call asked for them: a generation outlives its call), and the grace
-    timer of each that nobody follows."""
+    """Every resumable generation of the process: their logs (``LogStore``; with ``redis_url``
+    copied to Redis, ``RedisLog``), the running ones by log key (whatever call asked for them: a
+    generation outlives its call), the grace timer of each that nobody follows here, and the
+    leases of bridges that follow one from Redis."""
 
-    __slots__ = ("_grace", "_running", "_timers", "store")
+    __slots__ = ("_grace", "_leases", "_running", "_timers", "replica", "store")
 
     def __init__(self, settings: Settings) -> None:
         self.store: LogStore[Logged] = LogStore(
@@ -210,9 +221,22 @@ class Resumables:
         self._grace = settings.resume_grace
         self._running: dict[str, _Running] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._leases: dict[str, dict[str, float]] = {}
+        """Log key → holder → until when a bridge following it from Redis holds it."""
+        self.replica: RedisLog | None = None
+        if settings.redis_url is not None:
+            # (imported only then: redis-py, and what it imports, stay out of a process without)
+            from aistream.generator.redis_log import RedisLog
+
+            self.replica = RedisLog(settings, self.store, self.control)
 
     def __len__(self) -> int:
         return len(self._running)
+
+    async def start(self) -> None:
+        """Start copying logs to Redis (with ``redis_url``)."""
+        if self.replica is not None:
+            await self.replica.start()
 
     def open(self, request_id: str, first: Follower) -> tuple[Minted, Relay]:
         """A new resumable generation's token and relay, ``first`` following it."""
@@ -221,7 +245,7 @@ class Resumables:
         self.store.sweep(now)
         minted = mint()
         log = self.store.open(request_id, minted, now)
-        return minted, Relay(log, self.store, loop.time, first)
+        return minted, Relay(log, self.store, loop.time, first, self.replica)
 
     def add(self, key: str, generation: Generation, relay: Relay, task: asyncio.Task[None]) -> None:
         """Hold the running generation until it ends (then wake its followers' writers)."""
@@ -233,6 +257,7 @@ class Resumables:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        self._leases.pop(key, None)
         if entry is not None:
             for follower in entry.relay.followers_list():
                 if follower.following is not None:
@@ -271,27 +296,70 @@ class Resumables:
         entry = self._running.get(key)
         if entry is None or not entry.relay.unfollow(outbox, request_id):
             return
-        if not entry.relay.followers and key not in self._timers:
-            loop = asyncio.get_running_loop()
-            self._timers[key] = loop.call_later(self._grace, self._expire, key)
+        if not entry.relay.followers:
+            self._arm(key, self._grace)
+
+    def control(self, message: durable.Control) -> None:
+        """A control message from a bridge (over Redis) about a generation this process runs."""
+        key = message.key
+        if key not in self._running:
+            return  # (ended, or another owner's)
+        if message.verb == durable.CANCEL:
+            log.info("resumable generation cancelled from another bridge key=%s", key)
+            self.cancel(key, pb.ERROR_CODE_CANCELLED, "cancelled by the client")
+        elif message.verb == durable.ATTACH:
+            now = asyncio.get_running_loop().time()
+            self._leases.setdefault(key, {})[message.holder] = now + durable.LEASE_SECONDS
+        else:  # detach: that bridge's client went; the grace starts now if nobody else reads
+            leases = self._leases.get(key)
+            if leases is not None:
+                leases.pop(message.holder, None)
+            if not self._held(key):
+                self._arm(key, self._grace)
+
+    def _held(self, key: str) -> bool:
+        """Whether someone reads the running generation ``key``: a follower here, or a bridge's
+        lease not yet lapsed."""
+        entry = self._running.get(key)
+        if entry is not None and entry.relay.followers:
+            return True
+        now = asyncio.get_running_loop().time()
+        return any(until > now for until in self._leases.get(key, {}).values())
+
+    def _arm(self, key: str, delay: float) -> None:
+        """(Re)start the grace timer of ``key``: it fires in ``delay`` s."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._expire, key)
 
     def _expire(self, key: str) -> None:
         self._timers.pop(key, None)
         entry = self._running.get(key)
         if entry is None or entry.relay.followers:
             return
+        leases = self._leases.get(key)
+        if leases:
+            latest = max(leases.values())
+            now = asyncio.get_running_loop().time()
+            if latest > now:  # a bridge still follows: the grace counts from its lease's end
+                self._arm(key, latest - now + self._grace)
+                return
         message = f"nobody resumed it within resume_grace ({self._grace:g} s)"
-        logger.info("resumable generation cancelled key=%s: %s", key, message)
+        log.info("resumable generation cancelled key=%s: %s", key, message)
         self.cancel(key, pb.ERROR_CODE_CANCELLED, message)
 
     async def close(self) -> None:
         """End every resumable generation still running (the server is shutting down: those
-        its calls were following ended with the calls) and wait until their upstreams are
-        closed."""
+        its calls were following ended with the calls), wait until their upstreams are
+        closed, and ship their ends to Redis."""
         entries = list(self._running.items())
         for key, _ in entries:
             self.cancel(key, pb.ERROR_CODE_UNAVAILABLE, "the server is shutting down")
         await _gather([entry.task for _, entry in entries])
+        if self.replica is not None:
+            await self.replica.close()
 
     def cancel(self, key: str, code: codes.Code, message: str) -> None:
         """End the running generation ``key`` (for every follower) and close its upstream."""

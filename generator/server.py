@@ -94,6 +94,7 @@ class GeneratorServer:
         self.metrics_port = self.service.metrics.serve(s.generator_host, s.metrics_port)
         await self._server.start()
         self.service.start_headroom()
+        await self.service.start_durable()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(

@@ -418,6 +418,15 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         server)."""
         return self._capacity.headroom
 
+    @property
+    def resumables(self) -> Resumables:
+        """Every resumable generation and log of the process."""
+        return self._resumables
+
+    async def start_durable(self) -> None:
+        """Start copying resumable logs to Redis (with ``redis_url``; a no-op without)."""
+        await self._resumables.start()
+
     def start_headroom(self) -> None:
         """Start watching the loop, weighing it against the generations running."""
         capacity = self._capacity

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything aistream needs, idempotently; safe to run on every start.
 #   scripts/bootstrap.sh          Python venv (.venv) with aistream + dev tools, web client packages
-#   scripts/bootstrap.sh browser  also Debian's chromium, for the real-browser tests
+#   scripts/bootstrap.sh browser  also Debian's chromium (the real-browser tests) and
+#                                 redis-server (the durable-stream tests start their own)
 # Each step is skipped when what it installs is already current (stamp files in .venv/).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,10 +33,17 @@ if [ -f webclient/package-lock.json ]; then
   fi
 fi
 
-if [ "${1:-}" = "browser" ] && ! command -v chromium >/dev/null 2>&1; then
-  say "installing Debian's chromium for the browser tests"
-  sudo_=""
-  [ "$(id -u)" = 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
+if [ "${1:-}" = "browser" ]; then
+  missing=""
+  command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+  if [ -n "$missing" ]; then
+    say "installing Debian's$missing for the tests"
+    sudo_=""
+    [ "$(id -u)" = 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    # (redis-server: the tests start their own servers on free ports; the package's service,
+    # where an init system starts it, is not used)
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $missing >/dev/null
+  fi
 fi

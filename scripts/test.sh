@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every check and test: lint, types, schema, pytest (unit, gRPC, end to end, processes),
 # the web client's tests and build, and the real-browser end-to-end tests.
-# Installs whatever is missing first (Python venv, npm packages, Debian chromium).
+# Installs whatever is missing first (Python venv, npm packages, Debian chromium and
+# redis-server).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

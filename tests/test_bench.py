@@ -202,16 +202,19 @@ def test_resume_figures(resume: dict[str, Any]) -> None:
     done = resume["done"]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = resume["results"]["scenarios"]["resume"]
-    for variant in ("plain", "resumable"):
+    for variant in ("plain", "resumable", "redis"):
         figures = result["cost"][variant]
         assert figures["errors"]["median"] == 0, variant
         for metric in ("ttft_p99_ms", "generator_cpu_us_per_token", "bridge_cpu_us_per_token"):
             assert _has(figures[metric]), (variant, metric)
+    assert _has(result["cost"]["redis"]["redis_cpu_us_per_token"])
     assert result["bytes_per_retained_generation"]
-    burst = result["burst"]
-    assert burst["resumed"]["median"] == burst["resumes"]["median"] > 0
-    assert burst["errors"]["median"] == 0, result["burst_error_codes"]
-    assert _has(burst["first_event_p99_ms"])
+    assert all(b > 0 for b in result["redis_bytes_per_retained_generation"])
+    for variant in ("memory", "redis"):
+        burst = result["burst"][variant]
+        assert burst["resumed"]["median"] == burst["resumes"]["median"] > 0, variant
+        assert burst["errors"]["median"] == 0, result["burst_error_codes"]
+        assert _has(burst["first_event_p99_ms"]), variant
 
 
 def test_capacity_search_finds_the_largest_carried_within_its_precision() -> None:

@@ -54,6 +54,9 @@ def test_prefixed_env_and_overrides() -> None:
         ({"AISTREAM_STALL_TIMEOUT": "0"}, "stall_timeout"),
         ({"AISTREAM_DEADLINE": "1000"}, "deadline"),
         ({"AISTREAM_GENERATOR_TARGET": "nowhere"}, "generator_target"),
+        ({"AISTREAM_GENERATOR_TARGET": "ipv4:10.0.0.1:1,10.0.0.2"}, "generator_target"),
+        ({"AISTREAM_GENERATOR_TARGET": "dns:///generators"}, "generator_target"),
+        ({"AISTREAM_REDIS_URL": "localhost:6379"}, "redis_url"),
         ({"OPENAI_BASE_URL": "ftp://x"}, "base_url"),
         ({"AISTREAM_WS_COMPRESSION": "maybe"}, "AISTREAM_WS_COMPRESSION"),
     ],
@@ -62,6 +65,22 @@ def test_invalid_values_name_the_setting(env: dict[str, str], message: str) -> N
     """A bad value raises SettingsError naming the setting."""
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "127.0.0.1:50051",
+        "generators.internal:50051",
+        "ipv4:10.0.0.1:50051,10.0.0.2:50052",
+        "ipv6:[::1]:50051,[::1]:50052",
+        "dns:///generators.internal:50051",
+        "dns://10.0.0.53/generators.internal:50051",
+    ],
+)
+def test_several_generators_are_one_target(target: str) -> None:
+    """A host and port, or a gRPC target naming several generators (round robin)."""
+    assert Settings(generator_target=target).generator_target == target
 
 
 def test_configuration_doc_is_current() -> None:

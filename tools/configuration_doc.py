@@ -67,7 +67,10 @@ GROUPS: list[tuple[str, list[str]]] = [
             "shed_retry_after_ms",
         ],
     ),
-    ("Resume (durable streams)", ["resume_grace", "resume_retention", "resume_max_bytes"]),
+    (
+        "Resume (durable streams)",
+        ["resume_grace", "resume_retention", "resume_max_bytes", "redis_url"],
+    ),
     (
         "Bridge",
         [

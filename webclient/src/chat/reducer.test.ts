@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import type { ServerFrame } from "../generated/frames.ts";
 import { parseServerFrame, type ParsedFrame } from "./protocol.ts";
 import { applyFrame } from "./reducer.ts";
-import { newRequest, sent, stopped, type RequestRecord } from "./request.ts";
+import { interrupted, newRequest, resumed, sent, stopped, type RequestRecord } from "./request.ts";
 
 /** A frame as the parser delivers it; a string is parsed as-is (an older server's frame). */
 function parsed(frame: ServerFrame | string): ParsedFrame {
@@ -708,6 +708,92 @@ describe("a resumable generation", () => {
         message: "That answer can no longer be picked up.",
         retryable: true,
       },
+    });
+  });
+
+  describe("an unavailable resume", () => {
+    /** The bridge's answer to a resume while the shared log is out of reach. */
+    const unavailable: Extract<ServerFrame, { type: "ai:error" }> = {
+      type: "ai:error",
+      requestId: "r1",
+      code: "unavailable",
+      message: "resume is unavailable for now (the shared log cannot be reached); try again",
+      retryable: true,
+      retryAfterMs: 1000,
+      durationMs: 0,
+    };
+
+    /** A resumable answer with reasoning, text and a tool call (0–4), dropped and resumed. */
+    function resumedRequest(): RequestRecord {
+      const { request } = fold(sentRequest(), [
+        resumableStart,
+        { type: "ai:reasoning", requestId: "r1", chunk: "hm", seq: 1, count: 1 },
+        token("Hel", 2),
+        { type: "ai:tool_call", requestId: "r1", seq: 3, index: 0, id: "c1", name: "f" },
+        { type: "ai:tool_args", requestId: "r1", seq: 4, count: 1, index: 0, chunk: "{" },
+      ]);
+      return resumed(interrupted(request!, 50));
+    }
+
+    it("is not the end: detached again, reconnecting, all it holds kept, then goes on", () => {
+      const before = frozen(resumedRequest());
+      const { request, state, problems } = fold(before, [unavailable]);
+      expect(problems).toEqual([]);
+      expect(request).toMatchObject({
+        detached: true,
+        awaiting: false,
+        nextSeq: 5,
+        resumeRetries: 1,
+      });
+      expect(state).toEqual({ ...before.state, reconnecting: true });
+      // Resumed again: the count starts over with the next frame, which follows on.
+      const after = fold(resumed(request!), [
+        token("lo", 5),
+        { type: "ai:tool_args", requestId: "r1", seq: 6, count: 1, index: 0, chunk: "}" },
+        done({ seq: 7, toolCalls: [{ id: "c1", name: "f", arguments: "{}" }] }),
+      ]);
+      expect(after.problems).toEqual([]);
+      expect(after.request).toMatchObject({ resumeRetries: 0 });
+      expect(after.state).toMatchObject({
+        status: "done",
+        text: "Hello",
+        tokens: 5,
+        reasoning: "hm",
+        reasoningTokens: 1,
+        toolCalls: [{ index: 0, id: "c1", name: "f", arguments: "{}", complete: true }],
+      });
+    });
+
+    it("ends as ever when not resumed, with a position, after Stop, or not retryable", () => {
+      const ends = (request: RequestRecord, frame: ServerFrame) =>
+        fold(request, [frame]).request!.detached === false;
+      const plain = fold(sentRequest(), [resumableStart, token("a", 1)]).request!;
+      expect(ends(plain, unavailable)).toBe(true);
+      expect(fold(plain, [unavailable]).state).toMatchObject({
+        status: "error",
+        error: { code: "unavailable", retryable: true, retryAfterMs: 1000 },
+      });
+      expect(ends(resumedRequest(), { ...unavailable, seq: 5 })).toBe(true); // its own end
+      expect(ends(stopped(resumedRequest(), 60), unavailable)).toBe(true);
+      expect(ends(resumedRequest(), { ...unavailable, retryable: false })).toBe(true);
+      expect(ends(resumedRequest(), { ...unavailable, code: "internal" })).toBe(true);
+      expect(ends(resumedRequest(), unavailable)).toBe(false);
+    });
+
+    it("ends in error after five resumes again in a row", () => {
+      let request = resumedRequest();
+      for (let i = 1; i <= 5; i += 1) {
+        request = fold(request, [unavailable]).request!;
+        expect(request).toMatchObject({ detached: true, resumeRetries: i });
+        request = resumed(request);
+      }
+      const { state } = fold(request, [unavailable]);
+      expect(state).toMatchObject({
+        status: "error",
+        reconnecting: false,
+        text: "Hel",
+        error: { code: "unavailable", retryable: true },
+      });
     });
   });
 });

@@ -8,6 +8,10 @@
 // terminal event takes the next position (positions.ts); an event the page holds already — one
 // that ends at or below the last position applied — is dropped, never applied twice.
 //
+// An `unavailable` answer to a resume the page sent (unavailable.ts) does not end the request:
+// it is detached again (`resumeRefused`), all it holds kept, for the store to resume it once more.
+// Any other frame for it starts that count over.
+//
 // Anything unexpected (an unknown id, a frame before the request was sent or after it ended, a
 // second ai:start, a part before ai:start, a seq gap or duplicate, tool arguments for a call that
 // never started, a field the parser had to ignore) comes back as a problem, one sentence naming
@@ -21,10 +25,12 @@ import {
   DEFAULT_MESSAGES,
   draft,
   end,
+  resumeRefused,
   type Draft,
   type RequestRecord,
   type ToolCallState,
 } from "./request.ts";
+import { resumesAgain } from "./unavailable.ts";
 
 /** What one frame did. */
 export interface Applied {
@@ -72,6 +78,9 @@ export function applyFrame(
   if (!request.awaiting) {
     const when = request.state.queued ? "before it was sent" : "after the request ended";
     return unchanged(`${name} ${when}`);
+  }
+  if (frame.type !== "ai:error" && request.resumeRetries > 0) {
+    request = { ...request, resumeRetries: 0 }; // the resume got through
   }
   switch (frame.type) {
     case "ai:start": {
@@ -143,6 +152,8 @@ export function applyFrame(
           `${name}: seq ${frame.seq}, expected ${request.nextSeq} (duplicate, dropped)`,
         );
       }
+      // A resume the server cannot serve for now: not the end, it is resumed again.
+      if (resumesAgain(request, frame)) return { request: resumeRefused(request), problems };
       const next = draft(request);
       const { state } = next;
       end(next, now);

@@ -10,6 +10,7 @@ import {
   historyTurn,
   interrupted,
   newRequest,
+  resumeRefused,
   resumed,
   sent,
   stopped,
@@ -66,6 +67,8 @@ describe("newRequest and sent", () => {
       stopRequested: false,
       autoRetries: 0,
       detached: false,
+      viaResume: false,
+      resumeRetries: 0,
     });
     expect(newRequest("r1", "first", []).state).not.toHaveProperty("retryOf");
   });
@@ -249,8 +252,9 @@ describe("a resumable request when the connection drops", () => {
   });
 
   it("awaits frames again once resumed, no longer reconnecting", () => {
+    expect(resumable().viaResume).toBe(false);
     const request = resumed(interrupted(resumable(), 70));
-    expect(request).toMatchObject({ detached: false, awaiting: true });
+    expect(request).toMatchObject({ detached: false, awaiting: true, viaResume: true });
     expect(request.state.reconnecting).toBe(false);
     const plain = resumable();
     expect(resumed(plain)).toBe(plain); // not detached: nothing to resume
@@ -260,6 +264,21 @@ describe("a resumable request when the connection drops", () => {
     const request = stopped(interrupted(resumable(), 70), 80);
     expect(request).toMatchObject({ detached: true, stopRequested: true });
     expect(request.state).toMatchObject({ status: "cancelled", reconnecting: false, text: "half" });
+  });
+
+  it("is detached again, keeping all it holds, when the resume was unavailable", () => {
+    const request = resumeRefused(resumed(interrupted(resumable(), 70)));
+    expect(request).toMatchObject({
+      detached: true,
+      awaiting: false,
+      viaResume: true,
+      resumeRetries: 1,
+      nextSeq: 2,
+    });
+    expect(request.state).toMatchObject({ status: "streaming", reconnecting: true, text: "half" });
+    expect(request.state).not.toHaveProperty("error");
+    expect(request.state.timings.endedAt).toBeUndefined();
+    expect(resumeRefused(resumed(request)).resumeRetries).toBe(2);
   });
 
   it("stays stopped, to be cancelled on reconnect, when the drop came after Stop", () => {

@@ -8,6 +8,8 @@
 // socket: it is `detached` and stays streaming, `reconnecting`, until the next connection resumes
 // it from the last position it holds (see positions.ts); a page reload restores it the same way
 // (resume.ts). Stop while detached shows it stopped at once; the cancel goes out on reconnect.
+// A resume the server cannot serve for now (`unavailable`, unavailable.ts) detaches it again,
+// keeping all it holds, to be resumed once more after the server's hint.
 //
 // A request is `queued` (streaming, not sent yet) while it waits for the connection, or, with
 // `retryInS`, for the hint of a busy server that refused the request it retries (see shed.ts).
@@ -18,7 +20,7 @@
 // error) says whether the answer text is the JSON that was asked for.
 //
 // The steps the page takes are here (`newRequest`, `sent`, `waiting`, `stopped`, `interrupted`,
-// `resumed`);
+// `resumed`, `resumeRefused`);
 // the server's frames are folded in by `applyFrame` (reducer.ts). Every step returns a new object,
 // never changing the one it was given; a step that changes nothing returns it as is.
 
@@ -166,8 +168,15 @@ export interface RequestRecord {
   readonly autoRetries: number;
   /** From its `ai:start`: the key to resume it with. Absent: not resumable (it is interrupted). */
   readonly resumeToken?: string;
-  /** Its socket dropped (or the page reloaded): the next connection sends `ai:resume` for it. */
+  /**
+   * Its socket dropped (or the page reloaded), or a resume of it was `unavailable`: the next
+   * connection (or, for the latter, the store after the server's hint) sends `ai:resume` for it.
+   */
   readonly detached: boolean;
+  /** The page resumed it: its frames come from an `ai:resume`, not from its generate. */
+  readonly viaResume: boolean;
+  /** Resumes of it answered `unavailable` in a row (any other frame starts over at 0). */
+  readonly resumeRetries: number;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
@@ -244,6 +253,8 @@ export function newRequest(
     stopRequested: false,
     autoRetries: origin.autoRetry ?? 0,
     detached: false,
+    viaResume: false,
+    resumeRetries: 0,
   };
 }
 
@@ -335,7 +346,21 @@ export function resumed(request: RequestRecord): RequestRecord {
   const next = draft(request);
   next.detached = false;
   next.awaiting = true;
+  next.viaResume = true;
   next.state.reconnecting = false;
+  return next;
+}
+
+/**
+ * A resume of it was answered `unavailable` (see unavailable.ts): detached again, still streaming
+ * and `reconnecting`, keeping all it holds, for the store to resume it once more from there.
+ */
+export function resumeRefused(request: RequestRecord): RequestRecord {
+  const next = draft(request);
+  next.awaiting = false;
+  next.detached = true;
+  next.resumeRetries += 1;
+  next.state.reconnecting = true;
   return next;
 }
 

@@ -1112,6 +1112,202 @@ describe("resume after a dropped connection", () => {
       resumable: true,
     });
   });
+
+  describe("when the server cannot serve the resume for now (unavailable)", () => {
+    /** The bridge's answer to a resume while the shared log is out of reach (hint: null, none). */
+    const unavailable = (
+      message = "resume is unavailable for now (the shared log cannot be reached); try again",
+      retryAfterMs: number | null = 1000,
+    ): ServerFrame => ({
+      type: "ai:error",
+      requestId: "r1",
+      code: "unavailable",
+      message,
+      retryable: true,
+      ...(retryAfterMs !== null ? { retryAfterMs } : {}),
+      durationMs: 0,
+    });
+
+    /** `streaming()`, dropped and resumed on a new socket (its ai:resume sent, afterSeq 3). */
+    function resumedStreaming(options: Parameters<typeof makeStore>[0] = {}) {
+      const t = streaming(options);
+      t.socket.drop();
+      reconnect(t);
+      return t;
+    }
+
+    /** The afterSeq of each ai:resume sent on the current socket. */
+    const resumes = (t: ReturnType<typeof makeStore>) =>
+      t.socket.frames.flatMap((f) => (f.type === "ai:resume" ? [f.afterSeq] : []));
+
+    it("shows reconnecting again, resumes after the hint from what it holds, every word once", () => {
+      const t = resumedStreaming();
+      t.socket.receive(unavailable());
+      t.flush();
+      expect(t.request("r1")).toMatchObject({
+        status: "streaming",
+        reconnecting: true,
+        text: "Hello wor",
+        tokens: 3,
+      });
+      expect(t.request("r1")).not.toHaveProperty("error");
+      vi.advanceTimersByTime(999);
+      expect(resumes(t)).toEqual([3]);
+      vi.advanceTimersByTime(1);
+      expect(resumes(t)).toEqual([3, 3]);
+      t.flush();
+      expect(t.request("r1").reconnecting).toBe(false);
+      // It gets through, then loses the shared log mid-follow: resumed again from there.
+      t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+      t.socket.receive(unavailable("the shared log cannot be reached; resume again"));
+      t.flush();
+      expect(t.request("r1")).toMatchObject({ reconnecting: true, text: "Hello world" });
+      vi.advanceTimersByTime(1000);
+      expect(resumes(t)).toEqual([3, 3, 4]);
+      t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "!", seq: 5, count: 1 });
+      t.socket.receive(done(6));
+      t.flush();
+      expect(t.request("r1")).toMatchObject({
+        status: "done",
+        reconnecting: false,
+        text: "Hello world!",
+        tokens: 5,
+      });
+      expect(t.sockets).toHaveLength(2); // all on the one open socket
+      expect(t.state.protocolErrors).toEqual([]);
+      expect(vi.getTimerCount()).toBe(0);
+    });
+
+    it("adds a little jitter to the hint, and waits 1 s when there is none", () => {
+      const t = resumedStreaming({ random: () => 0.5 });
+      t.socket.receive(unavailable(undefined, 2000));
+      vi.advanceTimersByTime(2199);
+      expect(resumes(t)).toEqual([3]);
+      vi.advanceTimersByTime(1);
+      expect(resumes(t)).toEqual([3, 3]);
+      t.socket.receive(unavailable(undefined, null));
+      vi.advanceTimersByTime(1099);
+      expect(resumes(t)).toEqual([3, 3]);
+      vi.advanceTimersByTime(1);
+      expect(resumes(t)).toEqual([3, 3, 3]);
+    });
+
+    it("gives up after five resumes again in a row: the error shows, with Retry", () => {
+      const t = resumedStreaming();
+      for (let i = 0; i < 5; i += 1) {
+        t.socket.receive(unavailable());
+        vi.advanceTimersByTime(1000);
+      }
+      expect(resumes(t)).toEqual([3, 3, 3, 3, 3, 3]);
+      t.socket.receive(unavailable());
+      vi.advanceTimersByTime(60_000);
+      t.flush();
+      expect(resumes(t)).toHaveLength(6);
+      expect(t.request("r1")).toMatchObject({
+        status: "error",
+        reconnecting: false,
+        text: "Hello wor",
+        error: {
+          code: "unavailable",
+          message: "resume is unavailable for now (the shared log cannot be reached); try again",
+          retryable: true,
+          retryAfterMs: 1000,
+        },
+      });
+      const retried = t.store.retry("r1");
+      expect(t.socket.frames.at(-1)).toEqual({
+        type: "ai:generate",
+        requestId: retried,
+        prompt: "hi",
+        resumable: true,
+      });
+    });
+
+    it("starts the count over once a resume gets through", () => {
+      const t = resumedStreaming();
+      for (let i = 0; i < 5; i += 1) {
+        t.socket.receive(unavailable());
+        vi.advanceTimersByTime(1000);
+      }
+      t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+      t.socket.receive(unavailable("the generator running it is gone"));
+      vi.advanceTimersByTime(1000);
+      t.flush();
+      expect(resumes(t)).toEqual([3, 3, 3, 3, 3, 3, 4]);
+      expect(t.request("r1")).toMatchObject({ status: "streaming", text: "Hello world" });
+    });
+
+    it("stops at once on Stop during the wait, and cancels with the resume after the hint", () => {
+      const t = resumedStreaming();
+      t.socket.receive(unavailable());
+      t.store.stop("r1");
+      expect(t.request("r1")).toMatchObject({
+        status: "cancelled",
+        reconnecting: false,
+        text: "Hello wor",
+      });
+      expect(t.sockets).toHaveLength(2); // the socket is open: nothing to reconnect
+      vi.advanceTimersByTime(999);
+      expect(t.socket.frames).toHaveLength(1);
+      vi.advanceTimersByTime(1);
+      expect(t.socket.frames).toEqual([
+        { type: "ai:resume", requestId: "r1", resumeToken: "tok", afterSeq: 3 },
+        { type: "ai:resume", requestId: "r1", resumeToken: "tok", afterSeq: 3 },
+        { type: "ai:cancel", requestId: "r1" },
+      ]);
+      t.socket.receive({ type: "ai:token", requestId: "r1", chunk: "ld", seq: 4, count: 1 });
+      t.socket.receive({
+        type: "ai:error",
+        requestId: "r1",
+        code: "cancelled",
+        message: "cancelled",
+        retryable: false,
+        durationMs: 9,
+        seq: 5,
+      });
+      t.flush();
+      expect(t.request("r1")).toMatchObject({ status: "cancelled", text: "Hello wor" });
+      expect(t.state.protocolErrors).toEqual([]);
+    });
+
+    it("resumes once, as the socket opens, when the connection drops during the wait", () => {
+      const t = resumedStreaming();
+      t.socket.receive(unavailable());
+      t.socket.drop();
+      vi.advanceTimersByTime(1000); // the hint ran out with the socket closed: nothing sent
+      expect(t.sockets).toHaveLength(3);
+      expect(t.socket.frames).toEqual([]);
+      t.socket.open();
+      expect(resumes(t)).toEqual([3]);
+      vi.advanceTimersByTime(60_000);
+      expect(t.socket.frames).toHaveLength(1);
+    });
+
+    it("ends as ever on unavailable for an answer that was never resumed", () => {
+      const t = streaming();
+      t.socket.receive(unavailable("the generator is unavailable", null));
+      t.flush();
+      expect(t.request("r1")).toMatchObject({
+        status: "error",
+        reconnecting: false,
+        text: "Hello wor",
+        error: { code: "unavailable", message: "the generator is unavailable", retryable: true },
+      });
+      vi.advanceTimersByTime(60_000);
+      expect(t.socket.frames).toHaveLength(1); // its generate only
+      expect(vi.getTimerCount()).toBe(0);
+    });
+
+    it("forgets a pending resume when the store is disposed", () => {
+      const t = resumedStreaming();
+      t.socket.receive(unavailable());
+      t.store.dispose();
+      expect(vi.getTimerCount()).toBe(0);
+      vi.advanceTimersByTime(60_000);
+      expect(resumes(t)).toEqual([3]);
+      expect(t.sockets).toHaveLength(2);
+    });
+  });
 });
 
 describe("resume after a page reload", () => {

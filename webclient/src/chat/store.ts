@@ -23,8 +23,12 @@
 // position it holds (positions.ts): no word twice, none missing. Stop meanwhile shows it stopped
 // at once and cancels it once connected. The answers in flight are kept in `storage`
 // (sessionStorage, resume.ts) as they change, so a reloaded page shows and resumes them too.
+// A resume the server cannot serve for now (`unavailable`, unavailable.ts) leaves the answer
+// "reconnecting" again; the store resumes it once more after the server's hint, on the open
+// socket (a closed one resumes it when it opens, as above), and Stop meanwhile cancels it with
+// that resume.
 
-import type { ChatMessage } from "../generated/frames.ts";
+import type { ChatMessage, ServerFrame } from "../generated/frames.ts";
 import type { BackoffOptions } from "./backoff.ts";
 import { Connection, type ConnectionStatus } from "./connection.ts";
 import {
@@ -62,6 +66,7 @@ import {
 import { animationFrame, type FrameScheduler } from "./schedule.ts";
 import { DEFAULT_SHED_RETRY, secondsLeft, shedRetryDelay, type ShedRetryOptions } from "./shed.ts";
 import type { SocketFactory } from "./socket.ts";
+import { resumeRetryDelay } from "./unavailable.ts";
 
 export type { ConnectionStatus } from "./connection.ts";
 export type { ToolResult } from "./history.ts";
@@ -109,7 +114,7 @@ export interface ChatStoreOptions {
   /** Makes request ids (default: random, see ids.ts). */
   newRequestId?: () => string;
   backoff?: BackoffOptions;
-  /** Randomness for backoff and shed-retry jitter, [0, 1). */
+  /** Randomness for backoff, shed-retry and resume-retry jitter, [0, 1). */
   random?: () => number;
   /** A connection that stayed open this long (ms) resets the backoff. */
   stableAfterMs?: number;
@@ -152,7 +157,10 @@ export class ChatStore {
   private order: readonly string[] = EMPTY;
   /** Ids waiting for the connection, oldest first. */
   private outbox: string[] = [];
-  /** Ids waiting out a busy server's hint → the timer of their next countdown step. */
+  /**
+   * Ids waiting out a server's hint → its timer: a busy server's (the next countdown step), or
+   * an unavailable resume's (the next resume).
+   */
   private readonly retryTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private protocolErrors: readonly ProtocolError[] = EMPTY;
 
@@ -265,7 +273,9 @@ export class ChatStore {
       clearTimeout(this.retryTimers.get(requestId));
       this.retryTimers.delete(requestId);
     } else if (next.detached) {
-      this.connection.connect(); // the cancel goes out with its resume: don't wait for the backoff
+      // The cancel goes out with its resume: don't wait for the backoff. (Open already, it waits
+      // for the hint of an unavailable resume: a resume before then fails, cancel and all.)
+      this.connection.connect();
     } else if (next.stopRequested) {
       this.connection.send({ type: "ai:cancel", requestId });
     }
@@ -463,10 +473,31 @@ export class ChatStore {
   private resume(request: RequestRecord): void {
     const frame = resumeFrame(request);
     if (frame === undefined) return;
+    clearTimeout(this.retryTimers.get(frame.requestId)); // resumed now: not again after a hint
+    this.retryTimers.delete(frame.requestId);
     this.update(resumed(request));
     this.connection.send(frame);
     if (request.stopRequested)
       this.connection.send({ type: "ai:cancel", requestId: frame.requestId });
+  }
+
+  /**
+   * A resume of `request` was answered `unavailable` (the frame detached it again, unavailable.ts):
+   * resume it once more after the server's hint, if the socket is open then. A closed one resumes
+   * it as it opens (and that clears this timer).
+   */
+  private resumeLater(request: RequestRecord, frame: ServerFrame): void {
+    if (frame.type !== "ai:error") return;
+    const { requestId } = request.state;
+    const delay = resumeRetryDelay(frame, undefined, this.random);
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(requestId);
+      const current = this.requests.get(requestId);
+      if (current === undefined || !current.detached || !this.connection.isOpen) return;
+      this.resume(current);
+      this.schedule();
+    }, delay);
+    this.retryTimers.set(requestId, timer);
   }
 
   private onClosed(): void {
@@ -488,6 +519,7 @@ export class ChatStore {
       if (applied.request !== undefined && applied.request !== request) {
         this.update(applied.request);
         this.retryIfShed(applied.request);
+        if (applied.request.detached) this.resumeLater(applied.request, parsed.frame);
       }
     }
     this.schedule();

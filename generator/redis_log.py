@@ -1,0 +1,320 @@
+"""The generator's copy of its resumable logs in Redis (``redis_url``), and its end of the
+control channel (key layout and messages: ``aistream/durable.py``).
+
+The generator that runs a resumable generation is its *owner*: it logs every event in memory as
+it is made (``followers.py``), and with ``redis_url`` this module copies the logs to Redis, so a
+bridge on any node can replay one and follow it live. Nothing here is on the hot path: a
+generation only marks its log dirty (a dict entry, ``mark``); one writer task ships what every
+dirty log gained since its last cycle — one ``XADD`` per log per cycle, all in one pipeline, at
+most every ``SPACING`` s — so under load a cycle carries many events per entry and the cost per
+token falls.
+
+Redis going away never touches a live stream: its events still go to the bridge that asked for
+it (gRPC) and into the memory log. The writer notes the outage, waits for Redis to answer again,
+and then *resyncs*: for every log it still holds (running, or ended within retention) it reads
+the last entry Redis has and appends what is missing from memory — the whole log, meta included,
+if Redis lost it (a restart without persistence). Entry ids are positions, so a resync that
+repeats an entry cannot make a reader see an event twice. Redis losing data without an error
+seen here (a restart between two writes) shows as the process's liveness key gone, or as an
+append to a log that no longer exists (``NOMKSTREAM`` returns nothing): both mean a resync.
+
+Control messages (cancel, lease, release) come on the process's channel and go to
+``Resumables``; the liveness key ``ais:node:{id}`` tells readers the owner still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from aistream import durable
+from aistream.collector import release
+from aistream.redis_client import client, retry_delays
+from aistream.resume import EventLog, LogStore
+from aistream.settings import Settings
+from aistream.v1 import events_pb2 as pb
+
+__all__ = ["SPACING", "RedisLog", "encode"]
+
+log = logging.getLogger(__name__)
+
+SPACING = 0.005
+"""Least seconds between two write cycles (a follower on another bridge sees events this much
+later at most, plus a round trip)."""
+_PER_PIPELINE = 256  # logs per pipeline: a resync of thousands goes in slices
+_ALIVE_EVERY = 3.0  # seconds between renewals of the liveness key
+_ALIVE_FOR_MS = 10_000  # its time to live: a dead owner is seen within this
+
+
+def encode(items: list[Any]) -> bytes:
+    """A log entry: the logged items (parts as tuples, other events as messages) as one
+    ``ServerEventBatch``, each event whole (a reader may hold positions up to any of them)."""
+    batch = pb.ServerEventBatch()
+    events = batch.events
+    for item in items:
+        if isinstance(item, pb.ServerEvent):
+            events.append(item)
+            continue
+        kind, text, seq, count, index = item  # (a followers.Part)
+        body = getattr(events.add(), kind)
+        body.chunk = text
+        body.seq = seq
+        body.count = count
+        if index:
+            body.index = index
+    return batch.SerializeToString()
+
+
+class RedisLog:
+    """Copies a process's resumable logs to Redis and hears control messages for them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: LogStore[Any],
+        on_control: Callable[[durable.Control], None],
+        node: str | None = None,
+    ) -> None:
+        assert settings.redis_url is not None
+        self.node = node or secrets.token_hex(8)
+        """This process's id among owners (what readers and cancels address)."""
+        self._url = settings.redis_url
+        self._store = store
+        self._on_control = on_control
+        self._retention = settings.resume_retention
+        # A running log's keys outlive any generation (deadline, then retention), so a log
+        # whose owner died mid-way still goes in the end.
+        self._running_ttl = int(settings.max_deadline + settings.resume_retention) + 60
+        self._redis = client(self._url)
+        self._listener = client(self._url, blocking=True)  # (pub/sub)
+        self._dirty: dict[str, EventLog[Any]] = {}
+        self._written: dict[str, int] = {}
+        """Log key → how many of its events Redis holds (running logs; an ended log, once
+        shipped whole, leaves)."""
+        self._wake = asyncio.Event()
+        self._lost = False
+        """Redis lost (or may have lost) what was written: resync every log before the next
+        cycle."""
+        self._down = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.shipped = 0
+        """Entries appended (for the bench and the tests)."""
+        self.resyncs = 0
+
+    @property
+    def available(self) -> bool:
+        """Whether the last exchange with Redis worked."""
+        return not self._down
+
+    def mark(self, event_log: EventLog[Any]) -> None:
+        """``event_log`` gained an event (or ended, or was dropped): ship it next cycle."""
+        self._dirty[event_log.key] = event_log
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the writer, the control listener and the liveness renewal (Redis may be
+        away: they wait for it)."""
+        for work, name in (
+            (self._write_loop(), "redis log writer"),
+            (self._listen(), "redis control listener"),
+            (self._stay_alive(), "redis liveness"),
+        ):
+            task = asyncio.create_task(work, name=name)
+            task.add_done_callback(release)
+            self._tasks.append(task)
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """Ship what is still dirty (the last terminals: at most ``timeout`` s), say this owner
+        is gone, and stop."""
+        if self._dirty and not self._down:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._ship(list(self._dirty.values()))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._redis.delete(durable.node_key(self.node))
+        await self._redis.aclose()
+        await self._listener.aclose()
+
+    # --- writing --------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._lost:
+                    await self._resync()
+                dirty, self._dirty = self._dirty, {}
+                try:
+                    await self._ship(list(dirty.values()))
+                except BaseException:
+                    dirty.update(self._dirty)  # (nothing is lost: memory has every event)
+                    self._dirty = dirty
+                    raise
+            except (RedisError, OSError) as exc:
+                await self._outage(exc)
+                continue
+            await asyncio.sleep(SPACING)
+
+    async def _outage(self, exc: BaseException) -> None:
+        """Redis did not answer: wait until it does, then resync (what was written meanwhile
+        failed; Redis may even have restarted empty)."""
+        log.warning("redis unavailable (%r): resumes answer unavailable until it is back", exc)
+        self._down = True
+        for delay in retry_delays():
+            await asyncio.sleep(delay)
+            try:
+                await self._redis.ping()
+                break
+            except (RedisError, OSError):
+                continue
+        log.info("redis is back: copying the logs it missed")
+        self._down = False
+        self._lost = True
+        self._wake.set()
+
+    async def _ship(self, logs: list[EventLog[Any]]) -> None:
+        for i in range(0, len(logs), _PER_PIPELINE):
+            await self._ship_slice(logs[i : i + _PER_PIPELINE])
+
+    async def _ship_slice(self, logs: list[EventLog[Any]]) -> None:
+        """One pipeline: what each log gained since Redis last got it."""
+        pipe = self._redis.pipeline(transaction=False)
+        appends: list[tuple[int, EventLog[Any], int]] = []  # (its XADD's place, log, events)
+        commands = 0
+        now = asyncio.get_running_loop().time()
+        for event_log in logs:
+            key = event_log.key
+            log_key, meta_key = durable.log_key(key), durable.meta_key(key)
+            if not self._store.holds(event_log):  # over the byte budget: no longer resumable
+                pipe.delete(log_key, meta_key)
+                commands += 1
+                self._written.pop(key, None)
+                continue
+            start = self._written.get(key, 0)
+            items = event_log.since(start)
+            if not items:
+                continue
+            entry = {durable.FIELD: encode(items)}
+            last = event_log.next_seq - 1
+            if start == 0:  # a new log (or one Redis lost): its meta, then its events
+                fields = durable.meta_fields(event_log.digest, self.node, event_log.request_id)
+                pipe.hset(meta_key, mapping=fields)  # type: ignore[arg-type]
+                pipe.xadd(log_key, entry, id=durable.entry_id(last))  # type: ignore[arg-type]
+                appends.append((commands + 1, event_log, len(items)))
+                pipe.expire(meta_key, self._running_ttl)
+                pipe.expire(log_key, self._running_ttl)
+                commands += 4
+            else:
+                pipe.xadd(
+                    log_key,
+                    entry,  # type: ignore[arg-type]
+                    id=durable.entry_id(last),
+                    nomkstream=True,  # (a log Redis lost is not brought back half)
+                )
+                appends.append((commands, event_log, start + len(items)))
+                commands += 1
+            if event_log.ended_at is not None:
+                ttl = max(1, round(self._retention - (now - event_log.ended_at)))
+                pipe.hset(meta_key, "e", last)
+                pipe.expire(meta_key, ttl)
+                pipe.expire(log_key, ttl)
+                commands += 3
+        if not commands:
+            return
+        results = await pipe.execute(raise_on_error=False)
+        for place, event_log, written in appends:
+            result = results[place]
+            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                log.error("redis refused an entry of log %s: %s", event_log.key, result)
+                continue
+            if isinstance(result, BaseException) and not isinstance(result, ResponseError):
+                raise result
+            if result is None:  # NOMKSTREAM: Redis no longer has this log
+                self._lost = True
+                self._wake.set()
+                continue
+            self.shipped += 1
+            if event_log.ended:
+                self._written.pop(event_log.key, None)
+            else:
+                self._written[event_log.key] = written
+
+    async def _resync(self) -> None:
+        """Bring Redis up to every held log: read the last entry of each, append the rest."""
+        self._lost = False
+        self.resyncs += 1
+        held = self._store.held()
+        for i in range(0, len(held), _PER_PIPELINE):
+            part = held[i : i + _PER_PIPELINE]
+            pipe = self._redis.pipeline(transaction=False)
+            for event_log in part:
+                pipe.xrevrange(durable.log_key(event_log.key), count=1)
+            lasts = await pipe.execute()
+            for event_log, last in zip(part, lasts, strict=True):
+                # (none: Redis lost it, meta and all)
+                written = event_log.index_after(durable.last_position(last[0][0])) if last else 0
+                self._written[event_log.key] = written
+                if written < len(event_log):
+                    self._dirty[event_log.key] = event_log
+                elif event_log.ended:
+                    self._written.pop(event_log.key, None)
+        log.info("redis resync: %d logs checked, %d to copy", len(held), len(self._dirty))
+
+    # --- control and liveness -------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Hear control messages for this owner's generations, whatever Redis does (the client
+        subscribes again after a reconnect; messages sent while it was away are lost, which is
+        why a canceller repeats itself until the generation ends)."""
+        channel = durable.control_channel(self.node)
+        pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        delays = retry_delays()
+        try:
+            while True:
+                try:
+                    await pubsub.subscribe(channel)
+                    delays = retry_delays()
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=None
+                        )
+                        if message is None or message.get("type") != "message":
+                            continue
+                        parsed = durable.parse_control(message["data"])
+                        if parsed is not None:
+                            self._on_control(parsed)
+                except (RedisError, OSError) as exc:
+                    log.debug("control channel: %r", exc)
+                    await asyncio.sleep(next(delays))
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _stay_alive(self) -> None:
+        """Renew this owner's liveness key; finding it gone means Redis lost data: resync."""
+        key = durable.node_key(self.node)
+        first = True
+        while True:
+            try:
+                renewed = await self._redis.set(key, b"1", px=_ALIVE_FOR_MS, xx=not first)
+                if not renewed:
+                    if not first:
+                        log.warning("redis lost this node's keys (restarted?): copying the logs")
+                        self._lost = True
+                        self._wake.set()
+                    await self._redis.set(key, b"1", px=_ALIVE_FOR_MS)
+                first = False
+            except (RedisError, OSError) as exc:
+                log.debug("liveness: %r", exc)
+            await asyncio.sleep(_ALIVE_EVERY)
