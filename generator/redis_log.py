@@ -44,12 +44,31 @@ __all__ = ["SPACING", "RedisLog", "encode"]
 
 log = logging.getLogger(__name__)
 
-SPACING = 0.005
+SPACING = 0.01
 """Least seconds between two write cycles (a follower on another bridge sees events this much
 later at most, plus a round trip)."""
 _PER_PIPELINE = 256  # logs per pipeline: a resync of thousands goes in slices
 _ALIVE_EVERY = 3.0  # seconds between renewals of the liveness key
 _ALIVE_FOR_MS = 10_000  # its time to live: a dead owner is seen within this
+
+
+_APPEND = """
+local out = {}
+for i = 1, #KEYS do
+  local r = redis.pcall('XADD', KEYS[i], 'NOMKSTREAM', ARGV[2 * i - 1], 'e', ARGV[2 * i])
+  if type(r) == 'table' and r.err then
+    out[i] = r.err
+  elseif r then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+"""Append one entry to each of many logs, in one command: ``KEYS`` the logs, ``ARGV`` an id and
+an entry for each. Per log: 1 appended, 0 the log is gone (``NOMKSTREAM``), else the error (an
+id already there — a repeat — counts as appended by the caller)."""
 
 
 def encode(items: list[Any]) -> bytes:
@@ -102,6 +121,8 @@ class RedisLog:
         """Redis lost (or may have lost) what was written: resync every log before the next
         cycle."""
         self._down = False
+        self._refused: set[str] = set()
+        """Logs whose last append Redis refused (logged once until one succeeds)."""
         self._tasks: list[asyncio.Task[None]] = []
         self.shipped = 0
         """Entries appended (for the bench and the tests)."""
@@ -188,9 +209,15 @@ class RedisLog:
             await self._ship_slice(logs[i : i + _PER_PIPELINE])
 
     async def _ship_slice(self, logs: list[EventLog[Any]]) -> None:
-        """One pipeline: what each log gained since Redis last got it."""
+        """One pipeline: what each log gained since Redis last got it — a new log's meta and
+        first entry as commands of their own, every other log's entry in one ``EVAL`` of
+        ``_APPEND`` (a command per log would cost ~5× the CPU), then the ends."""
         pipe = self._redis.pipeline(transaction=False)
-        appends: list[tuple[int, EventLog[Any], int]] = []  # (its XADD's place, log, events)
+        firsts: list[tuple[int, EventLog[Any], int]] = []  # (its XADD's place, log, events)
+        appended: list[tuple[EventLog[Any], int]] = []
+        keys: list[str] = []
+        args: list[bytes | str] = []
+        ends: list[tuple[str, str, int, int]] = []
         commands = 0
         now = asyncio.get_running_loop().time()
         for event_log in logs:
@@ -205,50 +232,68 @@ class RedisLog:
             items = event_log.since(start)
             if not items:
                 continue
-            entry = {durable.FIELD: encode(items)}
+            entry = encode(items)
             last = event_log.next_seq - 1
             if start == 0:  # a new log (or one Redis lost): its meta, then its events
                 fields = durable.meta_fields(event_log.digest, self.node, event_log.request_id)
                 pipe.hset(meta_key, mapping=fields)  # type: ignore[arg-type]
-                pipe.xadd(log_key, entry, id=durable.entry_id(last))  # type: ignore[arg-type]
-                appends.append((commands + 1, event_log, len(items)))
+                pipe.xadd(log_key, {durable.FIELD: entry}, id=durable.entry_id(last))
+                firsts.append((commands + 1, event_log, len(items)))
                 pipe.expire(meta_key, self._running_ttl)
                 pipe.expire(log_key, self._running_ttl)
                 commands += 4
             else:
-                pipe.xadd(
-                    log_key,
-                    entry,  # type: ignore[arg-type]
-                    id=durable.entry_id(last),
-                    nomkstream=True,  # (a log Redis lost is not brought back half)
-                )
-                appends.append((commands, event_log, start + len(items)))
-                commands += 1
+                keys.append(log_key)
+                args += (durable.entry_id(last), entry)
+                appended.append((event_log, start + len(items)))
             if event_log.ended_at is not None:
                 ttl = max(1, round(self._retention - (now - event_log.ended_at)))
-                pipe.hset(meta_key, "e", last)
-                pipe.expire(meta_key, ttl)
-                pipe.expire(log_key, ttl)
-                commands += 3
+                ends.append((meta_key, log_key, last, ttl))
+        if keys:
+            pipe.eval(_APPEND, len(keys), *keys, *args)
+            commands += 1
+        for meta_key, log_key, last, ttl in ends:
+            pipe.hset(meta_key, "e", last)
+            pipe.expire(meta_key, ttl)
+            pipe.expire(log_key, ttl)
+            commands += 3
         if not commands:
             return
         results = await pipe.execute(raise_on_error=False)
-        for place, event_log, written in appends:
-            result = results[place]
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
-                log.error("redis refused an entry of log %s: %s", event_log.key, result)
-                continue
-            if isinstance(result, BaseException) and not isinstance(result, ResponseError):
-                raise result
-            if result is None:  # NOMKSTREAM: Redis no longer has this log
-                self._lost = True
-                self._wake.set()
-                continue
-            self.shipped += 1
-            if event_log.ended:
-                self._written.pop(event_log.key, None)
-            else:
-                self._written[event_log.key] = written
+        for place, event_log, written in firsts:
+            result = results[place]  # (the new entry's id)
+            self._shipped(event_log, written, result if isinstance(result, Exception) else 1)
+        if keys:
+            statuses = results[len(results) - 3 * len(ends) - 1]
+            if isinstance(statuses, Exception):
+                statuses = [statuses] * len(appended)
+            for (event_log, written), status in zip(appended, statuses, strict=True):
+                self._shipped(event_log, written, status)
+
+    def _shipped(self, event_log: EventLog[Any], written: int, status: Any) -> None:
+        """What Redis answered to one log's entry (1: appended; 0: the log is gone; else an
+        error): note it, or try again."""
+        if status == 0:  # NOMKSTREAM: Redis no longer has this log
+            self._lost = True
+            self._wake.set()
+            return
+        if status != 1 and "equal or smaller" not in str(status):  # (a repeat: it is there)
+            if isinstance(status, Exception) and not isinstance(status, ResponseError):
+                raise status  # (Redis away: the caller's outage)
+            # Refused (out of memory under noeviction, say): the same events go again next
+            # cycle, in the next entry — never a gap in the log.
+            if event_log.key not in self._refused:
+                log.error("redis refused an entry of log %s: %r", event_log.key, status)
+                self._refused.add(event_log.key)
+            self._dirty[event_log.key] = event_log
+            self._wake.set()
+            return
+        self._refused.discard(event_log.key)
+        self.shipped += 1
+        if event_log.ended:
+            self._written.pop(event_log.key, None)
+        else:
+            self._written[event_log.key] = written
 
     async def _resync(self) -> None:
         """Bring Redis up to every held log: read the last entry of each, append the rest."""

@@ -306,3 +306,47 @@ async def test_a_bridge_killed_under_load_every_client_resumes_on_the_survivor(
 
     texts = await asyncio.gather(*(resume(i) for i in range(len(clients))))
     assert texts == [expected] * len(clients)
+
+
+GENERATOR_READY = r"aistream generator listening on 127.0.0.1:(\d+)"
+
+
+async def test_a_follower_of_a_dead_generator_ends_unavailable(
+    cluster_of: Any, processes: Any
+) -> None:
+    """SIGKILL of the generator running an answer followed through Redis from another bridge:
+    nothing can end its log, so the follower ends with unavailable (retryable) once the owner's
+    liveness key has lapsed — never a stream that hangs."""
+    cluster = await cluster_of(Script(tokens=10_000, interval=0.02))
+    env = {
+        "OPENAI_BASE_URL": cluster.fake.base_url,
+        "OPENAI_API_KEY": "k",
+        "AISTREAM_REDIS_URL": cluster.redis.url,
+        "AISTREAM_RESUME_GRACE": "60",
+    }
+    doomed = processes(["generator", "--port", "0"], GENERATOR_READY, env)
+    bridge = BridgeServer(
+        settings_for(
+            cluster.fake,
+            generator_target=f"127.0.0.1:{doomed.ready[1]}",
+            redis_url=cluster.redis.url,
+        )
+    )
+    await bridge.start()
+    try:
+        ws = await connect(f"ws://127.0.0.1:{bridge.port}{WS_PATH}", compression=None)
+        first = WsClient(ws, "first")
+        first.abandon()
+        await first.generate("r", resumable=True)
+        start = await first.recv()
+        await ws.close()
+        follower = await cluster.client(1, "follower")
+        await follower.send(
+            {"type": "ai:resume", "requestId": "r", "resumeToken": start["resumeToken"]}
+        )
+        await follower.until(lambda f: f["type"] == "ai:token")
+        doomed.kill()
+        end = (await follower.until(_final, 40 * UNIT))[-1]
+        assert (end["type"], end["code"], end["retryable"]) == ("ai:error", "unavailable", True)
+    finally:
+        await bridge.stop(drain_timeout=0)
