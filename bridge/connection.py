@@ -593,9 +593,25 @@ class Connection:
         with contextlib.suppress(ConnectionClosed):
             await self.websocket.close(close_code, reason)
 
+    def _detach_resumables(self) -> None:
+        """The bridge is going away: its resumable generations are not ended but detached —
+        they run on at their generator (for ``resume_grace``) and get no terminal here, so the
+        client, its socket closed with 1012, reconnects (to another bridge) and resumes them."""
+        for request_id, request in list(self._requests.items()):
+            if request.resumable:
+                del self._requests[request_id]
+                request.route.detach(request.wire_id)
+                if request.spans is not None:
+                    tracing.end_request(request.spans, _CLIENT_GONE)
+                    request.spans = None
+                self._metrics.ended(pb.ERROR_CODE_CANCELLED)  # (gone from this bridge)
+                if self._shares is not None:
+                    self._shares.release(self._client)
+
     async def shutdown(self, drain_timeout: float) -> None:
-        """Refuse new generations, let running ones finish for ``drain_timeout`` s, then end the
-        rest with ``unavailable`` (retryable) and close the socket with 1012."""
+        """Refuse new generations, let running ones finish for ``drain_timeout`` s, then detach
+        the resumable ones (they run on for a resume elsewhere), end the rest with
+        ``unavailable`` (retryable) and close the socket with 1012."""
         self._accepting = False
         self._idle = asyncio.Event()
         if not self._requests:
@@ -603,6 +619,7 @@ class Connection:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await self._idle.wait()
+        self._detach_resumables()
         self._close_with(
             pb.ERROR_CODE_UNAVAILABLE,
             "the server is shutting down",

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from aistream import codes, durable
 from aistream.collector import release
-from aistream.redis_client import REDIS_ERRORS, client, entries, fields, retry_delays
+from aistream.redis_client import REDIS_ERRORS, Entry, client, entries, retry_delays
 from aistream.resume import split
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 OUTAGE_GRACE = 2.0
 """Seconds followers wait for an unreachable Redis before they end with ``unavailable``."""
 _REPLAY_COUNT = 512  # entries per XRANGE of a replay
+_OPEN_SLICE = 256  # resumes opened per pipeline
 _TAIL_COUNT = 256  # entries per log per XREAD
 _TAIL_BLOCK_MS = 250  # longest XREAD wait (a new follow also wakes it: CLIENT UNBLOCK)
 _OWNER_CHECK = 4.0  # a silent log's owner is looked for this often; gone twice: it died
@@ -92,6 +93,9 @@ class RedisFollows:
         """Log key → the follows the tailer reads it for."""
         self._silent_since: dict[str, float] = {}
         self._suspects: dict[str, float] = {}  # owner → when first found gone
+        self._opening: list[tuple[_Follow, str, str]] = []
+        """Resumes waiting to be opened: (follow, token, the request id it must name)."""
+        self._has_opening = asyncio.Event()
         self._has_work = asyncio.Event()
         self._tail_id: int | None = None
         self._blocked = False
@@ -105,7 +109,11 @@ class RedisFollows:
 
     async def start(self) -> None:
         """Start the tailer and the lease renewal."""
-        for work, name in ((self._tail(), "redis tailer"), (self._renew(), "redis leases")):
+        for work, name in (
+            (self._open_loop(), "redis resumes"),
+            (self._tail(), "redis tailer"),
+            (self._renew(), "redis leases"),
+        ):
             task = asyncio.create_task(work, name=name)
             task.add_done_callback(release)
             self._loops.append(task)
@@ -134,7 +142,8 @@ class RedisFollows:
         follow = _Follow(receiver, resume.request_id, wire_id, after_seq)
         self._follows[wire_id] = follow
         client_id = resume.client_request_id or resume.request_id
-        self._spawn(self._open(follow, resume.resume_token, client_id), f"resume {wire_id}")
+        self._opening.append((follow, resume.resume_token, client_id))
+        self._has_opening.set()
         return wire_id
 
     def cancel(self, wire_id: str, *, forget: bool = True) -> None:
@@ -164,60 +173,105 @@ class RedisFollows:
 
     # --- opening a follow -----------------------------------------------------------------------
 
-    async def _open(self, follow: _Follow, token: str, client_id: str) -> None:
-        parts = split(token)
-        if parts is None:
-            self._refuse(follow, pb.ERROR_CODE_NOT_FOUND)
+    async def _open_loop(self) -> None:
+        """Open the resumes that arrived, a slice at a time: one pipeline reads the meta of
+        every one, one more their replay's first page — a burst of a thousand reconnects costs a
+        few round trips, not two thousand (nor a connection each)."""
+        while True:
+            await self._has_opening.wait()
+            self._has_opening.clear()
+            while self._opening:
+                batch = self._opening[:_OPEN_SLICE]
+                del self._opening[:_OPEN_SLICE]
+                try:
+                    await self._open(batch)
+                except REDIS_ERRORS as exc:
+                    log.warning("resume from redis failed (%d resumes): %r", len(batch), exc)
+                    for follow, _, _ in batch:
+                        self._refuse(follow, pb.ERROR_CODE_UNAVAILABLE)
+
+    async def _open(self, batch: list[tuple[_Follow, str, str]]) -> None:
+        """Check each token against its meta hash, replay what each client lacks, and hand the
+        follows that have not ended to the tailer."""
+        opened: list[tuple[_Follow, str, str, str]] = []  # (follow, key, secret, request id)
+        for follow, token, client_id in batch:
+            parts = split(token)
+            if parts is None:
+                self._refuse(follow, pb.ERROR_CODE_NOT_FOUND)
+            else:
+                opened.append((follow, parts[0], parts[1], client_id))
+        if not opened:
             return
-        key, secret = parts
-        log_key = durable.log_key(key)
-        try:
-            meta = durable.parse_meta(await fields(self._redis, durable.meta_key(key)))
+        pipe = self._redis.pipeline(transaction=False)
+        for _, key, _, _ in opened:
+            pipe.hgetall(durable.meta_key(key))
+        metas = await pipe.execute()
+        replays: list[tuple[_Follow, durable.Meta]] = []
+        for (follow, key, secret, client_id), raw in zip(opened, metas, strict=True):
+            meta = durable.parse_meta(raw)
             if meta is None or not meta.opens(secret, client_id):
                 self._refuse(follow, pb.ERROR_CODE_NOT_FOUND)
-                return
+                continue
             follow.key, follow.owner = key, meta.owner
             if follow.cancel_asked:
                 self._spawn(self._send_cancel(follow), f"cancel {follow.wire_id}")
-            if self._follows.get(follow.wire_id) is not follow:
-                return  # (cancelled, or its connection went, while the meta was read)
-            after = durable.cursor(follow.position)
-            holds_all = meta.end is not None and follow.position >= meta.end
-            while not holds_all:
-                found = await entries(self._redis, log_key, f"({after}", count=_REPLAY_COUNT)
-                for entry, values in found:
-                    after = entry.decode()
-                    self.replayed += 1
-                    if self._deliver(follow, values[durable.FIELD]):
-                        return  # the terminal: it had ended
-                if len(found) < _REPLAY_COUNT:
-                    break
-            if meta.end is not None:
-                # The client holds the whole answer: it gets the terminal again, so a resume
-                # always ends. (A log that ends before its terminal lost entries: not found.)
-                terminal = durable.entry_id(meta.end)
-                found = await entries(self._redis, log_key, terminal, terminal)
-                if not holds_all or not found:
-                    self._refuse(follow, pb.ERROR_CODE_NOT_FOUND)
-                    return
-                self._deliver(follow, found[0][1][durable.FIELD], again=True)
-                return
-        except REDIS_ERRORS as exc:
-            log.warning("resume from redis failed wire_id=%s: %r", follow.wire_id, exc)
-            self._refuse(follow, pb.ERROR_CODE_UNAVAILABLE)
+            if self._follows.get(follow.wire_id) is follow:  # (not gone meanwhile)
+                replays.append((follow, meta))
+        if not replays:
             return
+        pipe = self._redis.pipeline(transaction=False)
+        for follow, meta in replays:
+            log_key = durable.log_key(follow.key)
+            if meta.end is not None and follow.position >= meta.end:
+                terminal = durable.entry_id(meta.end)  # (it holds all: the terminal again)
+                pipe.xrange(log_key, min=terminal, max=terminal)
+            else:
+                after = durable.cursor(follow.position)
+                pipe.xrange(log_key, min=f"({after}", count=_REPLAY_COUNT)
+        pages = await pipe.execute()
+        attach = self._redis.pipeline(transaction=False)
+        for (follow, meta), page in zip(replays, pages, strict=True):
+            if await self._replay(follow, meta, page):
+                lease = durable.control(durable.ATTACH, follow.key, self._lease_of(follow))
+                attach.publish(durable.control_channel(follow.owner), lease)
+        if attach:
+            self._wake_tailer()
+            with contextlib.suppress(*REDIS_ERRORS):
+                await attach.execute()
+
+    async def _replay(self, follow: _Follow, meta: durable.Meta, page: list[Entry]) -> bool:
+        """Deliver the replay that starts with ``page`` (its first XRANGE); then, unless it
+        ended, hand the follow to the tailer: whether it did."""
+        log_key = durable.log_key(follow.key)
+        if meta.end is not None and follow.position >= meta.end:
+            if page and self._follows.get(follow.wire_id) is follow:
+                self._deliver(follow, page[0][1][durable.FIELD], again=True)
+            else:  # (its terminal is gone: never a partial replay)
+                self._refuse(follow, pb.ERROR_CODE_NOT_FOUND)
+            return False
+        while True:
+            for _, values in page:
+                self.replayed += 1
+                if self._deliver(follow, values[durable.FIELD]):
+                    return False  # the terminal: it had ended
+            if len(page) < _REPLAY_COUNT or self._follows.get(follow.wire_id) is not follow:
+                break
+            after = page[-1][0].decode()
+            page = await entries(self._redis, log_key, f"({after}", count=_REPLAY_COUNT)
         if self._follows.get(follow.wire_id) is not follow:
-            return
-        self._tailed.setdefault(key, []).append(follow)
-        self._silent_since.setdefault(key, asyncio.get_running_loop().time())
-        attach = durable.control(durable.ATTACH, key, self._lease_of(follow))
-        self._spawn(self._publish(follow.owner, attach), f"attach {follow.wire_id}")
-        self._wake_tailer()
+            return False  # (its connection went, or it was cancelled, during the replay)
+        if meta.end is not None:  # ended, yet the replay did not reach its terminal: lost
+            self._refuse(follow, pb.ERROR_CODE_NOT_FOUND)
+            return False
+        self._tailed.setdefault(follow.key, []).append(follow)
+        self._silent_since.setdefault(follow.key, asyncio.get_running_loop().time())
+        return True
 
     def _refuse(self, follow: _Follow, code: codes.Code) -> None:
         """End ``follow`` with ``not_found`` (the same for every reason) or ``unavailable``."""
-        if self._follows.pop(follow.wire_id, None) is None:
-            return
+        if self._follows.get(follow.wire_id) is not follow:
+            return  # (ended, detached or cancelled already)
+        self._drop(follow)
         if code == pb.ERROR_CODE_NOT_FOUND:
             error = codes.error_event(code, "no such generation to resume", follow.request_id)
         else:

@@ -6,12 +6,14 @@ socket went is detached, not cancelled, until the grace ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from conftest import UNIT, WS_PATH, Stack, StackFactory, WsClient, settings_for
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from aistream.bridge.server import BridgeServer
 from aistream.testing.fake_upstream import Script
@@ -150,3 +152,46 @@ async def test_a_browser_cannot_detach(make_stack: StackFactory) -> None:
     frames = await client.until(lambda f: f["type"] == "ai:done")
     refusals = [f for f in frames if f["type"] == "ai:error"]
     assert [(f["code"], f["requestId"]) for f in refusals] == [("invalid_request", "")]
+
+
+async def test_a_bridge_shutting_down_detaches_resumable_answers_for_a_resume_elsewhere(
+    make_stack: StackFactory, second_bridge: Any
+) -> None:
+    """A redeploy: the bridge stops (SIGTERM, drain 0); the plain answer ends unavailable, the
+    resumable one gets no terminal — it runs on — and resumes on another bridge, whole."""
+    stack = await make_stack(SLOW, resume_grace=10.0)
+    reference = await stack.client("reference")
+    await reference.generate("ref")
+    expected = _text(await reference.until(lambda f: f["type"] == "ai:done", 10 * UNIT))
+    url = await second_bridge(stack)
+
+    client = await stack.client("first")
+    client.abandon()
+    await client.generate("plain")
+    await client.generate("r", resumable=True)
+    held: list[dict[str, Any]] = []
+    while not any(f["type"] == "ai:token" and f["requestId"] == "r" for f in held):
+        held.append(await client.recv())
+    await stack.bridge.stop(drain_timeout=0)
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            held.append(await client.recv())
+    assert client.ws.close_code == 1012
+    ends = [(f["requestId"], f.get("code")) for f in held if f["type"] in ("ai:done", "ai:error")]
+    assert ends == [("plain", "unavailable")]
+    mine = [f for f in held if f["requestId"] == "r"]
+    assert stack.fake.records[-1].client_closed_at is None  # it runs on
+
+    again = await _client(url, "again")
+    await again.send(
+        {
+            "type": "ai:resume",
+            "requestId": "r",
+            "resumeToken": mine[0]["resumeToken"],
+            "afterSeq": _end_of(mine[-1]),
+        }
+    )
+    rest = await again.until(lambda f: f["type"] in ("ai:done", "ai:error"), 10 * UNIT)
+    assert rest[-1]["type"] == "ai:done"
+    assert _text(mine) + _text(rest) == expected
+    await again.ws.close()
