@@ -61,3 +61,27 @@ def test_the_meta_hash_opens_only_with_its_token_and_request() -> None:
     assert durable.parse_meta({}) is None
     assert durable.parse_meta({b"d": b"x", b"o": b"n", b"r": b"r", b"e": b"nan"}) is None
     assert durable.log_key("k") == "ais:{k}:log" and durable.meta_key("k") == "ais:{k}:meta"
+
+
+def test_an_entry_written_by_hand_is_what_protobuf_reads() -> None:
+    """The writer encodes parts itself (cheaper than a message per token): every kind, any
+    text, positions and counts past one byte, a tool call's index — equal to protobuf's own."""
+    items: list[object] = [
+        Part("token", "", 0, 1, 0),
+        Part("token", "héllo — 世界 🌍", 127, 128, 0),
+        Part("reasoning", "x" * 300, 16_384, 2**31, 0),
+        Part("refusal", "no", 5, 1, 0),
+        Part("tool_args", '{"a": 1}', 300, 3, 129),
+        pb.ServerEvent(done=pb.Done(seq=400)),
+    ]
+    expected = pb.ServerEventBatch()
+    for item in items:
+        if isinstance(item, pb.ServerEvent):
+            expected.events.append(item)
+            continue
+        assert isinstance(item, Part)
+        body = getattr(expected.events.add(), item.kind)
+        body.chunk, body.seq, body.count = item.text, item.seq, item.tokens
+        if item.call:
+            body.index = item.call
+    assert pb.ServerEventBatch.FromString(encode(items)) == expected  # type: ignore[arg-type]
