@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from aistream import durable
 from aistream.collector import release
@@ -58,42 +58,84 @@ local blob = ARGV[1]
 local pos = 1
 local out = {}
 while pos <= #blob do
-  local key, id, entry
-  key, id, entry, pos = struct.unpack('>I2c0I2c0I4c0', blob, pos)
-  local r = redis.pcall('XADD', key, 'NOMKSTREAM', id, 'e', entry)
-  if type(r) == 'table' and r.err then
-    if string.find(r.err, 'equal or smaller', 1, true) then
-      out[#out + 1] = '1'
-    else
-      out[#out + 1] = 'E'
-    end
-  elseif r then
-    out[#out + 1] = '1'
+  local flags, log, meta, id, entry, digest, owner, request, ttl, last, end_ttl
+  flags, log, meta, id, entry, digest, owner, request, ttl, last, end_ttl, pos = struct.unpack(
+    '>BI2c0I2c0I2c0I4c0I2c0I2c0I2c0I4I4I4', blob, pos)
+  local r
+  if flags % 2 == 1 then
+    redis.pcall('HSET', meta, 'd', digest, 'o', owner, 'r', request)
+    r = redis.pcall('XADD', log, id, 'e', entry)
+    redis.pcall('EXPIRE', meta, ttl)
+    redis.pcall('EXPIRE', log, ttl)
   else
-    out[#out + 1] = '0'
+    r = redis.pcall('XADD', log, 'NOMKSTREAM', id, 'e', entry)
   end
+  local status
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'equal or smaller', 1, true) then status = '1' else status = 'E' end
+  elseif r then
+    status = '1'
+  else
+    status = '0'
+  end
+  if flags >= 2 and status == '1' then
+    redis.pcall('HSET', meta, 'e', last)
+    redis.pcall('EXPIRE', meta, end_ttl)
+    redis.pcall('EXPIRE', log, end_ttl)
+  end
+  out[#out + 1] = status
 end
 return table.concat(out)
 """
-"""Append one entry to each of many logs, in one command with one argument: (log, id, entry)
-after (log, id, entry), each length-prefixed (``_framed``) — a command, or even three arguments,
-per log cost the writer several times the CPU. Per log one character: ``1`` appended (or already
+"""Write one cycle of every log, in one command with one argument (``_write``'s, one after the
+other): a log's new entry; for a new log (``NEW``) its meta hash first and the log made, both
+expiring after ``ttl``; for one that ended (``ENDED``) the terminal's position ``last`` in its
+meta and both keys expiring after ``end_ttl``. A command per log (or per key) cost the writer
+several times the CPU, a reply to parse each. Per log one character: ``1`` appended (or already
 there: a repeat), ``0`` the log is gone (``NOMKSTREAM``), ``E`` refused."""
 
-_LENGTHS = struct.Struct(">H")
-_STATUS = {"1": 1, "0": 0, "E": "refused (see the Redis log: out of memory?)"}
+NEW, ENDED = 1, 2
+
+_HEAD = struct.Struct(">BH")
+_SHORT = struct.Struct(">H")
+_LONG = struct.Struct(">I")
+_TAIL = struct.Struct(">III")
+_STATUS: dict[str, Any] = {"1": 1, "0": 0, "E": "refused (see the Redis log: out of memory?)"}
 
 
-def _framed(log_key: bytes, entry_id: bytes, entry: bytes) -> bytes:
-    """One (log, id, entry) of ``_APPEND``'s argument."""
+def _write(
+    flags: int,
+    key: str,
+    entry_id: str,
+    entry: bytes,
+    meta: tuple[bytes, str, str] = (b"", "", ""),
+    ttl: int = 0,
+    last: int = 0,
+    end_ttl: int = 0,
+) -> bytes:
+    """One log's part of ``_APPEND``'s argument: its keys, the entry and what goes with it
+    (``meta``: the digest, owner and request id of a new log)."""
+    log_key = durable.log_key(key).encode()
+    meta_key = durable.meta_key(key).encode()
+    ident = entry_id.encode()
+    digest, owner, request = meta[0], meta[1].encode(), meta[2].encode()
     return b"".join(
         (
-            _LENGTHS.pack(len(log_key)),
+            _HEAD.pack(flags, len(log_key)),
             log_key,
-            _LENGTHS.pack(len(entry_id)),
-            entry_id,
-            struct.pack(">I", len(entry)),
+            _SHORT.pack(len(meta_key)),
+            meta_key,
+            _SHORT.pack(len(ident)),
+            ident,
+            _LONG.pack(len(entry)),
             entry,
+            _SHORT.pack(len(digest)),
+            digest,
+            _SHORT.pack(len(owner)),
+            owner,
+            _SHORT.pack(len(request)),
+            request,
+            _TAIL.pack(ttl, last, end_ttl),
         )
     )
 
@@ -267,82 +309,54 @@ class RedisLog:
             await self._ship_slice(logs[i : i + _PER_PIPELINE])
 
     async def _ship_slice(self, logs: list[EventLog[Any]]) -> None:
-        """One pipeline: what each log gained since Redis last got it — a new log's meta and
-        first entry as commands of their own, every other log's entry in one ``EVAL`` of
-        ``_APPEND`` (a command per log would cost ~5× the CPU), then the ends."""
-        pipe = self._redis.pipeline(transaction=False)
-        firsts: list[tuple[int, EventLog[Any], int]] = []  # (its XADD's place, log, events)
-        appended: list[tuple[EventLog[Any], int]] = []
-        blob: list[bytes] = []
-        ends: list[tuple[str, str, int, int]] = []
-        commands = 0
+        """One command (``_APPEND``): what each log gained since Redis last got it — with a new
+        log's meta, and an ended log's end."""
+        writes: list[bytes] = []
+        shipped: list[tuple[EventLog[Any], int]] = []
+        gone: list[str] = []
         now = asyncio.get_running_loop().time()
         for event_log in logs:
             key = event_log.key
-            log_key, meta_key = durable.log_key(key), durable.meta_key(key)
             if not self._store.holds(event_log):  # over the byte budget: no longer resumable
-                pipe.delete(log_key, meta_key)
-                commands += 1
+                gone += (durable.log_key(key), durable.meta_key(key))
                 self._written.pop(key, None)
                 continue
             start = self._written.get(key, 0)
             items = event_log.since(start)
             if not items:
                 continue
-            entry = encode(items)
             last = event_log.next_seq - 1
-            if start == 0:  # a new log (or one Redis lost): its meta, then its events
-                fields = durable.meta_fields(event_log.digest, self.node, event_log.request_id)
-                pipe.hset(meta_key, mapping=fields)  # type: ignore[arg-type]
-                pipe.xadd(log_key, {durable.FIELD: entry}, id=durable.entry_id(last))
-                firsts.append((commands + 1, event_log, len(items)))
-                pipe.expire(meta_key, self._running_ttl)
-                pipe.expire(log_key, self._running_ttl)
-                commands += 4
-            else:
-                blob.append(_framed(log_key.encode(), durable.entry_id(last).encode(), entry))
-                appended.append((event_log, start + len(items)))
+            flags, meta, end_ttl = 0, (b"", "", ""), 0
+            if start == 0:  # a new log (or one Redis lost): its meta too
+                flags = NEW
+                meta = (event_log.digest, self.node, event_log.request_id)
             if event_log.ended_at is not None:
-                ttl = max(1, round(self._retention - (now - event_log.ended_at)))
-                ends.append((meta_key, log_key, last, ttl))
-        if blob:
-            pipe.eval(_APPEND, 0, b"".join(blob))
-            commands += 1
-        for meta_key, log_key, last, ttl in ends:
-            pipe.hset(meta_key, "e", last)
-            pipe.expire(meta_key, ttl)
-            pipe.expire(log_key, ttl)
-            commands += 3
-        if not commands:
+                flags |= ENDED
+                end_ttl = max(1, round(self._retention - (now - event_log.ended_at)))
+            entry = encode(items)
+            ident = durable.entry_id(last)
+            writes.append(_write(flags, key, ident, entry, meta, self._running_ttl, last, end_ttl))
+            shipped.append((event_log, start + len(items)))
+        if gone:
+            await self._redis.delete(*gone)
+        if not writes:
             return
-        results = await pipe.execute(raise_on_error=False)
-        for place, event_log, written in firsts:
-            result = results[place]  # (the new entry's id)
-            self._shipped(event_log, written, result if isinstance(result, Exception) else 1)
-        if blob:
-            answer = results[len(results) - 3 * len(ends) - 1]
-            statuses: Any = (
-                [answer] * len(appended)
-                if isinstance(answer, Exception)
-                else [_STATUS[char] for char in answer.decode()]
-            )
-            for (event_log, written), status in zip(appended, statuses, strict=True):
-                self._shipped(event_log, written, status)
+        answer = await self._redis.eval(_APPEND, 0, b"".join(writes))
+        for (event_log, written), char in zip(shipped, answer.decode(), strict=True):
+            self._shipped(event_log, written, _STATUS[char])
 
     def _shipped(self, event_log: EventLog[Any], written: int, status: Any) -> None:
-        """What Redis answered to one log's entry (1: appended; 0: the log is gone; else an
-        error): note it, or try again."""
+        """What Redis answered to one log's entry (1: appended; 0: the log is gone; else why it
+        was refused): note it, or try again."""
         if status == 0:  # NOMKSTREAM: Redis no longer has this log
             self._lost = True
             self._wake.set()
             return
-        if status != 1 and "equal or smaller" not in str(status):  # (a repeat: it is there)
-            if isinstance(status, Exception) and not isinstance(status, ResponseError):
-                raise status  # (Redis away: the caller's outage)
+        if status != 1:
             # Refused (out of memory under noeviction, say): the same events go again next
             # cycle, in the next entry — never a gap in the log.
             if event_log.key not in self._refused:
-                log.error("redis refused an entry of log %s: %r", event_log.key, status)
+                log.error("redis refused an entry of log %s: %s", event_log.key, status)
                 self._refused.add(event_log.key)
             self._dirty[event_log.key] = event_log
             self._wake.set()
