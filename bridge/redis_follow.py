@@ -49,6 +49,7 @@ _REPLAY_COUNT = 512  # entries per XRANGE of a replay
 _OPEN_SLICE = 256  # resumes opened per pipeline
 _TAIL_COUNT = 256  # entries per log per XREAD
 _TAIL_BLOCK_MS = 250  # longest XREAD wait (a new follow also wakes it: CLIENT UNBLOCK)
+_TAIL_SPACING = 0.01  # least seconds between two reads that found entries
 _OWNER_CHECK = 4.0  # a silent log's owner is looked for this often; gone twice: it died
 _CANCEL_FOR = 5.0  # seconds a cancel is sent again until the owner hears it
 _RETRY_AFTER_MS = 1000  # the hint of an unavailable resume
@@ -371,6 +372,10 @@ class RedisFollows:
             if now >= next_check:
                 next_check = now + _OWNER_CHECK
                 await self._check_owners(now)
+            if result:
+                # Let entries gather before the next read: each read names every followed log,
+                # so reading as fast as entries come would cost O(logs) per entry.
+                await asyncio.sleep(_TAIL_SPACING)
 
     async def _check_owners(self, now: float) -> None:
         """End the follows of logs silent for a while whose owner is gone (twice: a restarted
