@@ -3,7 +3,9 @@
 * ``ws``: a bare ``websockets`` server (compression off, as the bridge) that answers each
   ``ai:generate`` by pushing the same JSON frames the bridge would send (``ai:start``, one
   ``ai:token`` per token, ``ai:done``) on the schedule in the prompt — the last hop with nothing
-  behind it.
+  behind it. A ``resumable`` one it numbers as aistream does and resumes on ``ai:resume`` (on
+  any connection) from the position given, on the same schedule: what was made while nobody
+  read goes at once.
 * ``grpc``: a bare grpc.aio ``Generator.Stream`` service that answers each ``Generate`` with the
   same ``ServerEvent`` messages on the same schedule — the middle hop with nothing behind it.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,28 +46,63 @@ async def push(spec: StreamSpec, emit: Callable[[int], Awaitable[None]]) -> None
 # --- bare websockets --------------------------------------------------------------------------
 
 
+_RESUMABLE: dict[str, tuple[StreamSpec, float]] = {}
+"""Resume token → the stream's spec and when it started (the bare server's whole "log": a
+resumed stream goes on from any position on the same schedule, as if it had never stopped)."""
+
+
 async def _ws_handler(ws: Any) -> None:
     tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def stream(rid: str, spec: StreamSpec) -> None:
-        async def emit(i: int) -> None:
-            frame = {"type": "ai:token", "requestId": rid, "chunk": token_text(i), "seq": i}
-            await ws.send(orjson.dumps({**frame, "count": 1}).decode())
+    async def stream(rid: str, spec: StreamSpec, token: str | None, after: int = -1) -> None:
+        # resumable: positions as aistream's (start 0, token i at i + 1); else tokens from 0
+        shift = 1 if token is not None else 0
+        offset = 0  # (a resume: tokens made before it)
 
-        await ws.send(orjson.dumps({"type": "ai:start", "requestId": rid}).decode())
+        async def send(index: int) -> None:
+            frame = {"type": "ai:token", "requestId": rid, "chunk": token_text(index)}
+            await ws.send(orjson.dumps({**frame, "seq": index + shift, "count": 1}).decode())
+
+        async def emit(i: int) -> None:
+            await send(i + offset)
+
+        if token is None or after < 0:
+            start: dict[str, Any] = {"type": "ai:start", "requestId": rid}
+            if token is not None:
+                start |= {"seq": 0, "resumeToken": token}
+                _RESUMABLE[token] = (spec, asyncio.get_running_loop().time())
+            await ws.send(orjson.dumps(start).decode())
+        else:  # what was made while nobody read goes at once (from after + 1), then the rest
+            began = _RESUMABLE[token][1]
+            elapsed = asyncio.get_running_loop().time() - began - spec.ttft
+            made = spec.tokens if not spec.interval else int(elapsed / spec.interval) + 1
+            offset = max(after, min(made, spec.tokens))
+            for index in range(after, offset):
+                await send(index)
+            due = began + spec.ttft + offset * spec.interval  # the next one's time, as before
+            wait = max(0.0, due - asyncio.get_running_loop().time())
+            spec = dataclasses.replace(spec, ttft=wait, tokens=spec.tokens - offset)
         await push(spec, emit)
         await ws.send(orjson.dumps({"type": "ai:done", "requestId": rid}).decode())
+
+    def start(rid: str, work: Any) -> None:
+        task = asyncio.create_task(work)
+        tasks[rid] = task
+        task.add_done_callback(lambda _, rid=rid: tasks.pop(rid, None))
 
     try:
         async for message in ws:
             frame = orjson.loads(message)
             rid = frame.get("requestId", "")
-            if frame.get("type") == "ai:generate":
+            kind = frame.get("type")
+            if kind == "ai:generate":
                 spec, _ = parse_prompt(frame.get("prompt", ""))
-                task = asyncio.create_task(stream(rid, spec))
-                tasks[rid] = task
-                task.add_done_callback(lambda _, rid=rid: tasks.pop(rid, None))
-            elif frame.get("type") == "ai:cancel" and rid in tasks:
+                token = f"bare.{id(ws):x}.{rid}" if frame.get("resumable") else None
+                start(rid, stream(rid, spec, token))
+            elif kind == "ai:resume" and frame.get("resumeToken") in _RESUMABLE:
+                token = frame["resumeToken"]
+                start(rid, stream(rid, _RESUMABLE[token][0], token, frame.get("afterSeq", -1)))
+            elif kind == "ai:cancel" and rid in tasks:
                 tasks[rid].cancel()
                 error = {"type": "ai:error", "requestId": rid, "code": "cancelled"}
                 await ws.send(orjson.dumps(error).decode())

@@ -405,6 +405,14 @@ def _resume_table(result: dict[str, Any]) -> str:
         f"generations retained) {', '.join(f'{b:,} B' for b in in_redis) or '—'}.\n\n"
         f"Burst (every stream dropped at once, then resumed): {bursts}."
     )
+    bare = burst.get("bare_ws")
+    if bare is not None:
+        ratios = ", ".join(
+            f"{variant} {_ratio(burst[variant]['first_event_p99_ms'], bare['first_event_p99_ms'])}"
+            for variant in burst
+            if variant != "bare_ws"
+        )
+        extra += f" First event p99 ÷ the bare websockets server's: {ratios}."
     header = ["", "plain", "resumable", "redis", "resumable ÷ plain", "redis ÷ plain"]
     return f"{title}\n\n{_table(header, rows)}\n\n{extra}"
 

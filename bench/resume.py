@@ -13,6 +13,8 @@ dropping and resuming at once (issue 19).
   time from each ``ai:resume`` sent to its first event, p50/p99; the first event must be the next
   position (else ``seq_gap``).
 
+The burst is also run against a bare ``websockets`` server that resumes from its own memory
+(``bench/baselines.py``): the ceiling of the hop for the same drop-and-resume, in the same run.
 Each is run with the log in the generator's memory and with Redis (``redis``: a redis-server of
 the stack's own; the log copied there and resumes served from it — Redis's CPU per token and its
 memory per retained generation are reported too).
@@ -62,7 +64,10 @@ def _loop(sizes: Sizes, upstream: str, resumable: bool, redis: bool = False) -> 
     return run
 
 
-def _burst(sizes: Sizes, upstream: str, redis: bool = False) -> Run:
+def _burst(sizes: Sizes, upstream: str, variant: str) -> Run:
+    """``variant``: ``memory``, ``redis``, or ``bare_ws`` (a bare websockets server that resumes
+    from its own memory: the hop's ceiling for the same burst)."""
+    path = "bare_ws" if variant == "bare_ws" else "aistream"
     spec = StreamSpec(ttft=0.0, interval=1 / sizes.rate, tokens=1_000_000)
     job = {
         "mode": "resume",
@@ -73,8 +78,8 @@ def _burst(sizes: Sizes, upstream: str, redis: bool = False) -> Run:
         "resumable": True,
     }
     with (
-        Stack(("aistream",), upstream, _ENV, sizes.quiet_patience, redis=redis) as stack,
-        Load(stack, "aistream", job) as load,
+        Stack((path,), upstream, _ENV, sizes.quiet_patience, redis=variant == "redis") as stack,
+        Load(stack, path, job) as load,
     ):
         live = sum(c.event("live", 240)["live"] for c in load.clients)
         load.meter.start()
@@ -139,8 +144,8 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     burst = repeated(
         f"resume burst c={sizes.resume_streams}",
         repeat,
-        ("memory", "redis"),
-        lambda variant: _burst(sizes, upstream, variant == "redis"),
+        ("memory", "redis", "bare_ws"),
+        lambda variant: _burst(sizes, upstream, variant),
         lambda run: (
             f"{run['resumed']}/{run['resumes']} resumed, first event p50 "
             f"{run['first_event_p50_ms']} p99 {run['first_event_p99_ms']} ms, errors "
@@ -166,7 +171,7 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
             )
         ),
         "burst_error_codes": {
-            variant: [r["error_codes"] for r in burst[variant]] for variant in ("memory", "redis")
+            variant: [r["error_codes"] for r in runs] for variant, runs in burst.by_variant.items()
         },
     }
 

@@ -210,7 +210,7 @@ def test_resume_figures(resume: dict[str, Any]) -> None:
     assert _has(result["cost"]["redis"]["redis_cpu_us_per_token"])
     assert result["bytes_per_retained_generation"]
     assert all(b > 0 for b in result["redis_bytes_per_retained_generation"])
-    for variant in ("memory", "redis"):
+    for variant in ("memory", "redis", "bare_ws"):
         burst = result["burst"][variant]
         assert burst["resumed"]["median"] == burst["resumes"]["median"] > 0, variant
         assert burst["errors"]["median"] == 0, result["burst_error_codes"]
