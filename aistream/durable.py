@@ -2,8 +2,8 @@
 messages shared by the generator that writes a log and the bridges that read it — without I/O.
 
 Keys. Every resumable generation has a log key ``k`` (``aistream/resume.py``: 128 random bits,
-also the first half of its resume token). In Redis it owns two keys, hash-tagged ``{k}`` so a
-cluster keeps them in one slot:
+also the first half of its resume token). In Redis it owns two keys (hash-tagged ``{k}``: one
+slot, should they ever be spread over a cluster):
 
 * ``ais:{k}:log`` — a Stream; each entry's one field ``e`` is a ``ServerEventBatch`` of the
   generation's events in order (no request ids: each reader sets its own). An entry's id is
