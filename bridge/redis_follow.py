@@ -103,7 +103,7 @@ class RedisFollows:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.replayed = 0
-        """Entries replayed (for the bench and the tests)."""
+        """Log entries replayed to resuming clients."""
 
     def __len__(self) -> int:
         return len(self._follows)

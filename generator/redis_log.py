@@ -5,9 +5,9 @@ The generator that runs a resumable generation is its *owner*: it logs every eve
 it is made (``followers.py``), and with ``redis_url`` this module copies the logs to Redis, so a
 bridge on any node can replay one and follow it live. Nothing here is on the hot path: a
 generation only marks its log dirty (a dict entry, ``mark``); one writer task ships what every
-dirty log gained since its last cycle — one ``XADD`` per log per cycle, all in one pipeline, at
-most every ``SPACING`` s — so under load a cycle carries many events per entry and the cost per
-token falls.
+dirty log gained since its last cycle — one entry per log, all of them in one call of a Lua
+script (``_APPEND``), at most every ``SPACING`` s — so the writer's cost is a few µs per log per
+cycle, and under load a cycle carries several events per entry.
 
 Redis going away never touches a live stream: its events still go to the bridge that asked for
 it (gRPC) and into the memory log. The writer notes the outage, waits for Redis to answer again,
@@ -225,13 +225,9 @@ class RedisLog:
         """Logs whose last append Redis refused (logged once until one succeeds)."""
         self._tasks: list[asyncio.Task[None]] = []
         self.shipped = 0
-        """Entries appended (for the bench and the tests)."""
+        """Entries appended."""
         self.resyncs = 0
-
-    @property
-    def available(self) -> bool:
-        """Whether the last exchange with Redis worked."""
-        return not self._down
+        """Times every held log was checked against Redis (after an outage or a loss)."""
 
     def mark(self, event_log: EventLog[Any]) -> None:
         """``event_log`` gained an event (or ended, or was dropped): ship it next cycle."""

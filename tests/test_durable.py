@@ -141,8 +141,10 @@ async def test_a_dropped_connection_resumes_on_the_other_bridge_word_for_word(
         rest = await second.until(_final, 10 * UNIT)
         assert rest[-1]["type"] == "ai:done"
         assert _text(held) + _text(rest) == expected
-    # round robin: each generator ran one of the two
+    # round robin: each generator ran one of the two; the second bridge replayed from Redis
     assert [len(g.service.resumables.store) for g in cluster.generators] == [1, 1]
+    follows = cluster.bridges[1].follows
+    assert follows is not None and follows.replayed > 0
 
 
 async def test_resume_after_the_end_replays_it_and_a_wrong_token_is_not_found(
@@ -253,6 +255,9 @@ async def test_redis_stopped_and_started_again_mid_answer(cluster_of: Any) -> No
             assert replay[-1]["code"] in ("unavailable", "not_found")
             await asyncio.sleep(0.2)
     assert _text(replay) == expected
+    # the owner copied its log again once Redis was back (it came back empty)
+    replicas = [g.service.resumables.replica for g in cluster.generators]
+    assert any(r is not None and r.resyncs > 0 and r.shipped > 0 for r in replicas)
 
 
 BRIDGE_READY = r"aistream bridge listening on http://127.0.0.1:(\d+)/"
