@@ -413,6 +413,14 @@ def _resume_table(result: dict[str, Any]) -> str:
             if variant != "bare_ws"
         )
         extra += f" First event p99 ÷ the bare websockets server's: {ratios}."
+    cancel = result.get("cancel")
+    if cancel is not None:
+        cells = "; ".join(
+            f"{variant} p50 {_cell(f['p50_ms'], 1)} ms, p99 {_cell(f['p99_ms'], 1)} ms, not "
+            f"closed {_cell(f['not_closed'], 0)}"
+            for variant, f in cancel.items()
+        )
+        extra += f"\n\n`ai:cancel` → upstream closed among the live streams: {cells}."
     header = ["", "plain", "resumable", "redis", "resumable ÷ plain", "redis ÷ plain"]
     return f"{title}\n\n{_table(header, rows)}\n\n{extra}"
 

@@ -8,6 +8,8 @@ dropping and resuming at once (issue 19).
 * **Memory** — the generator's RSS after each of those runs (every resumable generation ended in
   the window is retained, ``resume_retention`` being 15 minutes): (resumable − plain) over the
   generations retained.
+* **Cancel** — ``ai:cancel`` → upstream closed for a sample of ``resume_streams`` live streams
+  (as the cancel scenario), plain, resumable and resumable with Redis.
 * **Burst** — ``resume_streams`` long resumable streams live; then every client drops its socket
   at once (no close frame) and resumes on a new connection from the last position it holds:
   time from each ``ai:resume`` sent to its first event, p50/p99; the first event must be the next
@@ -26,7 +28,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from bench.scenarios import Load, Run, Sizes, _run_loop, repeated
+from bench.scenarios import Load, Run, Sizes, _cancel_run, _run_loop, repeated
 from bench.spec import StreamSpec
 from bench.stack import Stack
 from bench.stats import percentile
@@ -62,6 +64,13 @@ def _loop(sizes: Sizes, upstream: str, resumable: bool, redis: bool = False) -> 
             None if cpu is None or not tokens else round(cpu / 100 * 1e6 / tokens, 2)
         )
     return run
+
+
+def _cancel(sizes: Sizes, upstream: str, variant: str) -> Run:
+    """``ai:cancel`` → upstream closed among ``resume_streams`` live streams (the cancel
+    scenario's sample), plain, resumable, or resumable with Redis."""
+    with Stack(("aistream",), upstream, _ENV, sizes.quiet_patience, redis=variant == "redis") as s:
+        return _cancel_run(s, "aistream", "cancel", sizes.resume_streams, sizes, variant != "plain")
 
 
 def _burst(sizes: Sizes, upstream: str, variant: str) -> Run:
@@ -141,6 +150,17 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
         for run in cost["redis"]
         if run["generations"] and run["redis_bytes"] is not None
     ]
+    cancels = repeated(
+        f"resume cancel c={sizes.resume_streams}",
+        repeat,
+        ("plain", "resumable", "redis"),
+        lambda variant: _cancel(sizes, upstream, variant),
+        lambda run: (
+            f"p50 {run['p50_ms']} p99 {run['p99_ms']} ms, live {run['live_streams']}, "
+            f"not closed {run['not_closed']}"
+        ),
+        sizes.settle,
+    )
     burst = repeated(
         f"resume burst c={sizes.resume_streams}",
         repeat,
@@ -159,6 +179,7 @@ def resume(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
         "cost_processes": cost.processes(),
         "bytes_per_retained_generation": per_generation,
         "redis_bytes_per_retained_generation": redis_per_generation,
+        "cancel": cancels.figures(("p50_ms", "p99_ms", "max_ms", "not_closed", "samples")),
         "burst": burst.figures(
             (
                 "live",

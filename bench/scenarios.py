@@ -485,7 +485,9 @@ def firehose(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
 # --- 3. Cancel ----------------------------------------------------------------------------------
 
 
-def _cancel_run(stack: Stack, path: str, how: str, streams: int, sizes: Sizes) -> dict[str, Any]:
+def _cancel_run(
+    stack: Stack, path: str, how: str, streams: int, sizes: Sizes, resumable: bool = False
+) -> dict[str, Any]:
     spec = StreamSpec(ttft=0.0, interval=1 / sizes.rate, tokens=1_000_000)
     job = {
         "mode": "cancel",
@@ -496,6 +498,7 @@ def _cancel_run(stack: Stack, path: str, how: str, streams: int, sizes: Sizes) -
         "spacing": sizes.cancel_spacing,
         "ramp": sizes.cancel_ramp,
         "live_timeout": 30.0,
+        "resumable": resumable,
     }
     stack.reset()
     with Load(stack, path, job) as load:

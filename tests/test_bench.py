@@ -208,6 +208,9 @@ def test_resume_figures(resume: dict[str, Any]) -> None:
         for metric in ("ttft_p99_ms", "generator_cpu_us_per_token", "bridge_cpu_us_per_token"):
             assert _has(figures[metric]), (variant, metric)
     assert _has(result["cost"]["redis"]["redis_cpu_us_per_token"])
+    for variant in ("plain", "resumable", "redis"):
+        cancel = result["cancel"][variant]
+        assert _has(cancel["p99_ms"]) and cancel["not_closed"]["median"] == 0, variant
     assert result["bytes_per_retained_generation"]
     assert all(b > 0 for b in result["redis_bytes_per_retained_generation"])
     for variant in ("memory", "redis", "bare_ws"):
