@@ -471,6 +471,16 @@ class BridgeMetrics:
             counter = self._ended[name] = self.generations.labels("error" if name else "done", name)
         counter.inc()
 
+    def detached(self) -> None:
+        """A resumable generation left this bridge without ending (its socket went, or the
+        bridge is shutting down): it runs on for a resume, here or elsewhere."""
+        if not self.enabled:
+            return
+        counter = self._ended.get("detached")
+        if counter is None:
+            counter = self._ended["detached"] = self.generations.labels("detached", "")
+        counter.inc()
+
     def slow_consumer(self) -> None:
         """A connection was cut off as a slow consumer."""
         if self.enabled:

@@ -195,8 +195,11 @@ class Connection:
             try:
                 self.cancel_in_flight()  # the generator closes this connection's upstreams
                 in_flight = len(self._requests)
-                for _ in range(in_flight):  # (ended with the socket: no terminal to send)
-                    self._metrics.ended(pb.ERROR_CODE_CANCELLED)
+                for request in self._requests.values():  # (no terminal to send)
+                    if request.resumable:
+                        self._metrics.detached()  # (it runs on, for a resume)
+                    else:
+                        self._metrics.ended(pb.ERROR_CODE_CANCELLED)
                     if self._shares is not None:
                         self._shares.release(self._client)
                 self._requests = _NO_REQUESTS
@@ -604,7 +607,7 @@ class Connection:
                 if request.spans is not None:
                     tracing.end_request(request.spans, _CLIENT_GONE)
                     request.spans = None
-                self._metrics.ended(pb.ERROR_CODE_CANCELLED)  # (gone from this bridge)
+                self._metrics.detached()
                 if self._shares is not None:
                     self._shares.release(self._client)
 

@@ -355,3 +355,32 @@ async def test_a_follower_of_a_dead_generator_ends_unavailable(
         assert (end["type"], end["code"], end["retryable"]) == ("ai:error", "unavailable", True)
     finally:
         await bridge.stop(drain_timeout=0)
+
+
+async def test_two_tabs_follow_one_answer_through_redis_and_a_stop_ends_it_for_all(
+    cluster_of: Any,
+) -> None:
+    """The asker keeps reading on its bridge; two more tabs resume the same answer on the other
+    bridge (one from the start, one from the middle): each gets every word once; one Stop ends
+    it for all three, with one terminal each."""
+    cluster = await cluster_of(Script(tokens=400, interval=0.02))
+    asker = await cluster.client(0, "asker")
+    await asker.generate("r", resumable=True)
+    held = await asker.until(lambda f: f["type"] == "ai:token" and f["seq"] >= 5, 10 * UNIT)
+    token = held[0]["resumeToken"]
+    tabs = [await cluster.client(1, f"tab{i}") for i in range(2)]
+    await tabs[0].send({"type": "ai:resume", "requestId": "r", "resumeToken": token})
+    await tabs[1].send({"type": "ai:resume", "requestId": "r", "resumeToken": token, "afterSeq": 3})
+    firsts = [await tab.until(lambda f: f["type"] == "ai:token" and f["seq"] >= 20) for tab in tabs]
+    await tabs[1].cancel("r")
+    ends = [
+        held + await asker.until(_final, 10 * UNIT),
+        firsts[0] + await tabs[0].until(_final, 10 * UNIT),
+        firsts[1] + await tabs[1].until(_final, 10 * UNIT),
+    ]
+    assert [e[-1].get("code") for e in ends] == ["cancelled"] * 3
+    full = _text(ends[0])
+    assert _text(ends[1]) == full  # (the same answer, every word once)
+    assert full.startswith("tok0 tok1 tok2 ") and full.endswith(_text(ends[2]))
+    assert _text(ends[2]).startswith("tok3 ")  # after position 3: token 3 onward
+    await cluster.upstream_closed()

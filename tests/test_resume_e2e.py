@@ -179,6 +179,8 @@ async def test_a_bridge_shutting_down_detaches_resumable_answers_for_a_resume_el
     assert client.ws.close_code == 1012
     ends = [(f["requestId"], f.get("code")) for f in held if f["type"] in ("ai:done", "ai:error")]
     assert ends == [("plain", "unavailable")]
+    page = (await stack.bridge.metrics.render()).decode()
+    assert 'aistream_bridge_generations_total{code="",outcome="detached"} 1.0' in page
     mine = [f for f in held if f["requestId"] == "r"]
     assert stack.fake.records[-1].client_closed_at is None  # it runs on
 
