@@ -278,21 +278,16 @@ class Connection:
         says it is (after ``afterSeq``), and goes on from there."""
         resume = event.resume
         resume.client_request_id = resume.client_request_id or request_id
-        route: Route = self._stream if self._follows is None else self._follows
+        route = self._stream if self._follows is None else self._follows
+        wire_id = route.resume(self, event)
         if self._requests is _NO_REQUESTS:
             self._requests = {}
-        # (recorded first: a Redis follow may deliver at once)
-        request = self._requests[request_id] = _Request(request_id, route, "", resumable=True)
-        request.wire_id = (
-            self._stream.resume(self, event)
-            if self._follows is None
-            else self._follows.resume(self, event)
-        )
+        request = self._requests[request_id] = _Request(request_id, route, wire_id, resumable=True)
         after_seq = resume.after_seq if resume.HasField("after_seq") else -1
         if after_seq >= 0:
             request.started = True
             request.next_seq = after_seq + 1
-        log.debug("resume conn=%s request_id=%s wire_id=%s", self.id, request_id, request.wire_id)
+        log.debug("resume conn=%s request_id=%s wire_id=%s", self.id, request_id, wire_id)
 
     def _admit(self, event: pb.ClientEvent) -> str | None:
         """Check one decoded frame against the limits; the id to forward, or None to drop it."""
