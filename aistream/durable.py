@@ -51,7 +51,6 @@ __all__ = [
     "fresh",
     "last_position",
     "log_key",
-    "meta_fields",
     "meta_key",
     "node_key",
     "parse_control",
@@ -134,11 +133,6 @@ class Meta(NamedTuple):
         """Whether a token with ``secret`` opens it for ``request_id`` (constant-time)."""
         matches = hmac.compare_digest(hash_secret(secret), self.digest)
         return matches and request_id == self.request_id
-
-
-def meta_fields(digest: bytes, owner: str, request_id: str) -> dict[str, bytes | str]:
-    """The meta hash of a new generation."""
-    return {"d": digest, "o": owner, "r": request_id}
 
 
 def parse_meta(raw: Mapping[bytes, bytes]) -> Meta | None:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-__all__ = ["REDIS_ERRORS", "Entry", "client", "entries", "fields", "retry_delays"]
+__all__ = ["REDIS_ERRORS", "Entry", "client", "entries", "retry_delays"]
 
 REDIS_ERRORS = (aioredis.RedisError, OSError)
 """What a Redis call raises when the server is away (or answers nonsense)."""
@@ -54,8 +54,3 @@ async def entries(
     """``XRANGE name low high [COUNT count]`` (``(id``: exclusive), typed."""
     found = await redis.xrange(name, min=low, max=high, count=count)
     return cast(list[Entry], found or [])
-
-
-async def fields(redis: aioredis.Redis, name: str) -> dict[bytes, bytes]:
-    """``HGETALL name``, typed (empty: no such key)."""
-    return cast(dict[bytes, bytes], await redis.hgetall(name))

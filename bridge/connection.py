@@ -196,12 +196,7 @@ class Connection:
                 self.cancel_in_flight()  # the generator closes this connection's upstreams
                 in_flight = len(self._requests)
                 for request in self._requests.values():  # (no terminal to send)
-                    if request.resumable:
-                        self._metrics.detached()  # (it runs on, for a resume)
-                    else:
-                        self._metrics.ended(pb.ERROR_CODE_CANCELLED)
-                    if self._shares is not None:
-                        self._shares.release(self._client)
+                    self._count_gone(request)
                 self._requests = _NO_REQUESTS
                 tasks = [*(self._relays or ())]
                 if self._sender is not None:
@@ -461,13 +456,27 @@ class Connection:
         again when it is gone, a no-op then). No terminal event will come for them: their
         spans end here."""
         for request in self._requests.values():
-            if request.resumable:
-                request.route.detach(request.wire_id)  # it runs on, for a resume
-            else:
-                request.route.cancel(request.wire_id)
-            if request.spans is not None:
-                tracing.end_request(request.spans, _CLIENT_GONE)
-                request.spans = None
+            self._let_go(request)
+
+    def _let_go(self, request: _Request) -> None:
+        """``request`` leaves this connection with no terminal: cancelled at the generator, or
+        (resumable) detached — it runs on for a resume; its spans end here."""
+        if request.resumable:
+            request.route.detach(request.wire_id)
+        else:
+            request.route.cancel(request.wire_id)
+        if request.spans is not None:
+            tracing.end_request(request.spans, _CLIENT_GONE)
+            request.spans = None
+
+    def _count_gone(self, request: _Request) -> None:
+        """Count ``request``, let go, in the metrics and give its client's share back."""
+        if request.resumable:
+            self._metrics.detached()
+        else:
+            self._metrics.ended(pb.ERROR_CODE_CANCELLED)
+        if self._shares is not None:
+            self._shares.release(self._client)
 
     def _end(
         self,
@@ -598,13 +607,8 @@ class Connection:
         for request_id, request in list(self._requests.items()):
             if request.resumable:
                 del self._requests[request_id]
-                request.route.detach(request.wire_id)
-                if request.spans is not None:
-                    tracing.end_request(request.spans, _CLIENT_GONE)
-                    request.spans = None
-                self._metrics.detached()
-                if self._shares is not None:
-                    self._shares.release(self._client)
+                self._let_go(request)
+                self._count_gone(request)
 
     async def shutdown(self, drain_timeout: float) -> None:
         """Refuse new generations, let running ones finish for ``drain_timeout`` s, then detach

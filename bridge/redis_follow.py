@@ -30,9 +30,10 @@ import itertools
 import logging
 import secrets
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 from aistream import codes, durable
+from aistream.bridge.link import Receiver
 from aistream.collector import release
 from aistream.redis_client import REDIS_ERRORS, Entry, client, entries, retry_delays
 from aistream.resume import split
@@ -54,12 +55,6 @@ _OWNER_CHECK = 4.0  # a silent log's owner is looked for this often; gone twice:
 _CANCEL_FOR = 5.0  # seconds a cancel is sent again until the owner hears it
 _RETRY_AFTER_MS = 1000  # the hint of an unavailable resume
 _TERMINAL = frozenset({"done", "error"})
-
-
-class Receiver(Protocol):
-    """What a follow delivers to: one browser connection (``bridge/link.py``'s)."""
-
-    def deliver(self, request_id: str, event: pb.ServerEvent) -> None: ...
 
 
 class _Follow:

@@ -32,11 +32,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from aistream import durable
 from aistream.collector import release
-from aistream.redis_client import client, retry_delays
+from aistream.redis_client import REDIS_ERRORS, client, retry_delays
 from aistream.resume import EventLog, LogStore
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
@@ -250,13 +248,13 @@ class RedisLog:
         """Ship what is still dirty (the last terminals: at most ``timeout`` s), say this owner
         is gone, and stop."""
         if self._dirty and not self._down:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._ship(list(self._dirty.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._redis.delete(durable.node_key(self.node))
         await self._redis.aclose()
@@ -278,7 +276,7 @@ class RedisLog:
                     dirty.update(self._dirty)  # (nothing is lost: memory has every event)
                     self._dirty = dirty
                     raise
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 await self._outage(exc)
                 continue
             await asyncio.sleep(SPACING)
@@ -293,7 +291,7 @@ class RedisLog:
             try:
                 await self._redis.ping()
                 break
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 continue
         log.info("redis is back: copying the logs it missed")
         self._down = False
@@ -408,11 +406,11 @@ class RedisLog:
                         parsed = durable.parse_control(message["data"])
                         if parsed is not None:
                             self._on_control(parsed)
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     log.debug("control channel: %r", exc)
                     await asyncio.sleep(next(delays))
         finally:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _stay_alive(self) -> None:
@@ -429,6 +427,6 @@ class RedisLog:
                         self._wake.set()
                     await self._redis.set(key, b"1", px=_ALIVE_FOR_MS)
                 first = False
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.debug("liveness: %r", exc)
             await asyncio.sleep(_ALIVE_EVERY)
