@@ -1,14 +1,15 @@
 """One browser connection: WebSocket frames in and out, generations over a shared gRPC stream.
 
-Reading side: each text frame is decoded by ``translate`` and validated; a bad frame is answered in
-place with ``ai:error`` (``invalid_request``) and nothing else is touched. Frames beyond the
-connection's rate (``frames_per_second``, ``frames_burst``; a bad frame spends it too, and one
-over it gets no answer) and generations beyond its concurrency (``max_generations_per_connection``)
-or its client's share (``max_generations_per_client``, ``shares.py``) get ``too_many_requests``
-(retryable). A Generate for an id already in flight is dropped (idempotent retries: the running
-generation answers it) — unless that id was cancelled and its end has not arrived yet: then it
-starts once the cancelled one has ended, as a new lifecycle, so every Generate is answered. A
-Cancel for an id not in flight is a no-op.
+Reading side: each text frame is acted on as it is read (``on_frame``, in the loop turn that
+parsed it: ``bridge/websocket.py``) — decoded by ``translate`` and validated; a bad frame is
+answered in place with ``ai:error`` (``invalid_request``) and nothing else is touched. Frames
+beyond the connection's rate (``frames_per_second``, ``frames_burst``; a bad frame spends it too,
+and one over it gets no answer) and generations beyond its concurrency
+(``max_generations_per_connection``) or its client's share (``max_generations_per_client``,
+``shares.py``) get ``too_many_requests`` (retryable). A Generate for an id already in flight is
+dropped (idempotent retries: the running generation answers it) — unless that id was cancelled
+and its end has not arrived yet: then it starts once the cancelled one has ended, as a new
+lifecycle, so every Generate is answered. A Cancel for an id not in flight is a no-op.
 
 gRPC side: generations go over one of the bridge's shared streams (``aistream.bridge.link``), which
 routes their events back here renamed to this connection's ids; an idle connection costs the
@@ -21,8 +22,10 @@ stream; the channel reconnects with backoff on its own. A Generate carries its t
 (``aistream.tracing``): the client's ``traceparent`` when valid, or with tracing on its gRPC hop
 span's, whose request span is ended with the request.
 
-Writing side: events wait in an ``Outbox`` (tokens of one id coalesce while they wait) written to
-the socket by one sender task, so the relay never blocks on a slow client. If the queued bytes
+Writing side: an event for a socket with nothing queued is written at once, in the same turn
+(``BridgeSocket.send_now``); otherwise, or while the socket's buffer is full, events wait in an
+``Outbox`` (tokens of one id coalesce while they wait) written to the socket by one sender task, so
+the relay never blocks on a slow client. If the queued bytes
 would pass ``ws_send_buffer``, the client is a slow consumer: its generations are cancelled
 (closing their upstreams) and end with ``slow_consumer`` as far as the socket still takes frames,
 and the socket is closed with 1008. When the socket closes or its pings go unanswered, every
@@ -38,7 +41,6 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from aistream import codes, tracing
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from aistream.bridge.redis_follow import RedisFollows
+    from aistream.bridge.websocket import BridgeSocket
 
 __all__ = ["Connection"]
 
@@ -125,7 +128,7 @@ class Connection:
 
     def __init__(
         self,
-        websocket: ServerConnection,
+        websocket: BridgeSocket,
         stream: SharedStream,
         settings: Settings,
         shares: ClientShares | None = None,
@@ -148,7 +151,7 @@ class Connection:
         self._headroom = headroom
         self._follows = follows
         # request id → its record; the shared empty dict until the first generate (never
-        # written to: see _on_frame)
+        # written to: see on_frame)
         self._requests: dict[str, _Request] = _NO_REQUESTS
         self._relays: set[asyncio.Task[None]] | None = None  # the goodbye
         # Created on first use: an idle connection costs as little as possible.
@@ -188,7 +191,7 @@ class Connection:
         recv = self.websocket.recv
         try:
             while True:  # (not ``async for``: one async generator frame fewer per connection)
-                await self._on_frame(await recv())
+                self.on_frame(await recv())
         except ConnectionClosed:
             pass
         finally:
@@ -218,7 +221,12 @@ class Connection:
 
     # --- client → generator ---------------------------------------------------------------------
 
-    async def _on_frame(self, message: str | bytes) -> None:
+    def on_frame(self, message: str | bytes) -> None:
+        """Act on one frame from the client, at once: everything it asks for is queued or sent
+        before this returns (the socket's reader calls it in the turn that read the frame, when
+        no earlier frame waits for ``serve``)."""
+        if self._ending:
+            return  # (the connection is closing: what it still sends is dropped)
         try:
             event = translate.decode_client_frame(message, self._settings.max_request_id_chars)
             request_id = self._admit(event)
@@ -528,7 +536,14 @@ class Connection:
         self._send_generate(request_id, event)
 
     def _queue(self, event: pb.ServerEvent) -> None:
+        """Send ``event`` to the client: written now when nothing waits before it and the
+        socket takes it (no sender turn later, behind the loop's traffic), else queued."""
         if self._ending:
+            return
+        outbox = self._outbox
+        if (outbox is None or not len(outbox)) and self.websocket.send_now(
+            translate.encode_server_frame(event)
+        ):
             return
         if not self.outbox.offer(event):
             self._slow_consumer()
@@ -539,7 +554,7 @@ class Connection:
             if event is None:
                 continue
             try:
-                await self.websocket.send(translate.encode_server_event(event))
+                await self.websocket.send(translate.encode_server_frame(event), text=True)
             except ConnectionClosed:
                 return
 

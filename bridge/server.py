@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import Event
 from websockets.typing import Subprotocol
 
 from aistream.bridge.access import TOKEN_SUBPROTOCOL_PREFIX, HostNames, check_handshake
 from aistream.bridge.connection import Connection
 from aistream.bridge.link import GeneratorLink
 from aistream.bridge.shares import ClientShares, client_key_of
+from aistream.bridge.websocket import BridgeSocket
 from aistream.headroom import Headroom
 from aistream.metrics import CONTENT_TYPE, BridgeMetrics
 from aistream.settings import GRPC_MAX_MESSAGE_BYTES, Settings
@@ -78,42 +77,6 @@ def generator_channel(settings: Settings) -> grpc.aio.Channel:
         certificate_chain=cert,
     )
     return grpc.aio.secure_channel(settings.generator_target, credentials, options=_CHANNEL_OPTIONS)
-
-
-class _ServerConnection(ServerConnection):
-    """websockets' server connection, telling the bridge as soon as the client's close frame
-    arrives — before the closing handshake and the TCP close that end ``recv``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Set here, not later: an attribute added after __init__ would give every connection
-        # its own attribute dictionary instead of the class's shared keys (~0.4 KB each).
-        self.served: Connection | None = None
-        """The bridge connection this socket serves (its generations are cancelled on a
-        close frame)."""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        # Two reference cycles of websockets' would keep every closed connection, buffers and
-        # all, for the cycle collector (aistream/collector.py). Both are done with by now: the
-        # select_subprotocol bound to the protocol through a closure over this connection (the
-        # handshake is long over), and the protocol's parser, a generator parked at its last
-        # ``yield`` whose frame holds the protocol (the stream has ended; websockets never
-        # steps it again once it has seen the end).
-        protocol = self.protocol
-        vars(protocol).pop("select_subprotocol", None)
-        protocol.parser.close()
-
-    def process_event(self, event: Event) -> None:
-        super().process_event(event)
-        if isinstance(event, Frame) and self.served is not None:
-            opcode = event.opcode
-            if opcode is Opcode.CLOSE:
-                self.served.cancel_in_flight()
-            elif opcode is Opcode.PING or opcode is Opcode.PONG:
-                # websockets has written its pong already: it waits in the transport's buffer,
-                # outside the connection's outbox, and counts against the same bound.
-                self.served.control_frame(self.transport.get_write_buffer_size())
 
 
 def _select_subprotocol(
@@ -252,7 +215,7 @@ class BridgeServer:
             s.bridge_host,
             s.bridge_port,
             process_request=self._process_request,
-            create_connection=_ServerConnection,
+            create_connection=BridgeSocket,
             select_subprotocol=_select_subprotocol,
             compression="deflate" if s.ws_compression else None,
             max_size=s.ws_max_size,
@@ -338,6 +301,7 @@ class BridgeServer:
         sock = websocket.transport.get_extra_info("socket")
         if sock is not None and send_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        assert isinstance(websocket, BridgeSocket)  # (serve's create_connection)
         connection = Connection(
             websocket,
             self.link.assign(),
@@ -348,18 +312,14 @@ class BridgeServer:
             self.headroom,
             self.follows,
         )
-        if isinstance(websocket, _ServerConnection):
-            # When the client says goodbye its upstreams are closed at once, not after the
-            # closing handshake.
-            websocket.served = connection
+        websocket.served = connection  # (told of each frame as it is read)
         self.connections.add(connection)
         self.metrics.connection_opened()
         log.info("connection %s opened from %s", connection.id, websocket.remote_address)
         return connection.serve(self._on_closed)
 
     def _closed(self, connection: Connection) -> None:
-        if isinstance(connection.websocket, _ServerConnection):
-            connection.websocket.served = None  # (no reference cycle left for the collector)
+        connection.websocket.served = None  # (no reference cycle left for the collector)
         self.connections.discard(connection)
         log.info("connection %s closed", connection.id)
 

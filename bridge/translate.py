@@ -42,6 +42,7 @@ __all__ = [
     "InvalidFrame",
     "decode_client_frame",
     "encode_server_event",
+    "encode_server_frame",
     "error_frame",
 ]
 
@@ -310,14 +311,19 @@ def decode_client_frame(data: str | bytes, max_request_id: int = 128) -> pb.Clie
     return pb.ClientEvent(**{name: event})  # type: ignore[arg-type]
 
 
-def encode_server_event(event: pb.ServerEvent) -> str:
-    """The JSON text frame of one ServerEvent."""
+def encode_server_frame(event: pb.ServerEvent) -> bytes:
+    """The JSON text frame of one ServerEvent, UTF-8 (what the socket writes)."""
     name = event.WhichOneof("event")
     if name is None:
         raise ValueError("ServerEvent has no event set")
     plan, frame_type = _SERVER[name]
     body = _encode_message(getattr(event, name), plan)
-    return orjson.dumps({"type": frame_type, **body}).decode()
+    return orjson.dumps({"type": frame_type, **body})
+
+
+def encode_server_event(event: pb.ServerEvent) -> str:
+    """The JSON text frame of one ServerEvent."""
+    return encode_server_frame(event).decode()
 
 
 def error_frame(

@@ -46,7 +46,7 @@ _PER_STREAM_TYPES = (
     "aistream.generator.openai_upstream._ChatStream",
     "aiohttp.client_reqrep.ClientResponse",
     "aistream.bridge.connection.Connection",
-    "aistream.bridge.server._ServerConnection",
+    "aistream.bridge.websocket.BridgeSocket",
     "websockets.server.ServerProtocol",
 )
 

@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from aistream.bridge.connection import Connection
 from aistream.bridge.link import SharedStream
+from aistream.bridge.websocket import BridgeSocket
 from aistream.settings import Settings
 from aistream.v1 import events_pb2 as pb
 
@@ -35,8 +35,12 @@ class _Socket:
             raise ConnectionClosed(None, None)
         return frame
 
-    async def send(self, data: str) -> None:
+    async def send(self, data: str | bytes, text: bool | None = None) -> None:
         self.frames.append(orjson.loads(data))
+
+    def send_now(self, frame: bytes) -> bool:
+        """(Never at once: every frame waits in the outbox, whose order the tests check.)"""
+        return False
 
     async def close(self, code: int, reason: str) -> None:
         pass
@@ -69,7 +73,7 @@ class _Bridge:
         self.socket = _Socket()
         self.stream = _Stream()
         self.connection = Connection(
-            cast(ServerConnection, self.socket), cast(SharedStream, self.stream), Settings()
+            cast(BridgeSocket, self.socket), cast(SharedStream, self.stream), Settings()
         )
 
     async def send(self, **frame: Any) -> None:
