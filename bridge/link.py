@@ -200,9 +200,10 @@ class SharedStream:
             loop = asyncio.get_running_loop()
             async for batch in current.call:
                 if batch.HasField("room"):
+                    # (it counts the room left by the generations the batch ends: the
+                    # generator counts one out as its terminal is queued)
                     self._room, self._room_at = batch.room, loop.time()
-                # (an ended generation leaves room the figure may not count yet)
-                self._room += _route(batch, routes, current.unanswered)
+                _route(batch, routes, current.unanswered)
                 # Let the connections' senders write before the next batch.
                 await asyncio.sleep(0)
         except grpc.aio.AioRpcError as exc:
@@ -236,12 +237,10 @@ _CONTROL = frozenset({"start", "done", "error"})
 
 def _route(
     batch: pb.ServerEventBatch, routes: dict[str, tuple[Receiver, str]], unanswered: set[str]
-) -> int:
+) -> None:
     """Deliver each event of ``batch`` to its connection, renamed to the connection's id, and
-    strike the Generates it answers off ``unanswered``; how many generations it ended. (Its own
-    function so that no connection stays referenced from the reader's loop once the batch is
-    delivered.)"""
-    ended = 0
+    strike the Generates it answers off ``unanswered``. (Its own function so that no connection
+    stays referenced from the reader's loop once the batch is delivered.)"""
     for event in batch.events:
         kind = event.WhichOneof("event")
         if kind is None:
@@ -253,17 +252,13 @@ def _route(
             unanswered.discard(body.request_id)
             route = routes.get(body.request_id)
         else:
-            if body.request_id in unanswered:  # a refusal
-                unanswered.discard(body.request_id)
-            else:
-                ended += 1
+            unanswered.discard(body.request_id)  # (a refusal answers it)
             route = routes.pop(body.request_id, None)
         if route is None:
             continue  # cancelled by its connection: nobody waits for it
         receiver, request_id = route
         body.request_id = request_id
         receiver.deliver(request_id, event)
-    return ended
 
 
 class GeneratorLink:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -154,6 +154,7 @@ class Generation:
         "_limits",
         "_metrics",
         "_model",
+        "_on_end",
         "_outbox",
         "_output",
         "_reasoning_at",
@@ -184,13 +185,17 @@ class Generation:
         traceparent: str = "",
         metrics: GeneratorMetrics = GENERATOR_OFF,
         resume_token: str = "",
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         """``outbox``: where its events go (a resumable generation's: its ``Relay``, which
         logs them and sends them to every follower); ``traceparent``: the trace context of a
         Generate that carries none (its call's); ``metrics``: what the generation records into
         (its start, first token and end); ``resume_token``: a resumable generation's token, given
-        with its Start (then every event has a position: the start 0, the parts from 1)."""
+        with its Start (then every event has a position: the start 0, the parts from 1);
+        ``on_end``: called once, as its terminal event is queued (its task may still be closing
+        the upstream: the room it leaves is told with that event)."""
         self.request_id = generate.request_id
+        self._on_end = on_end
         # The trace: the Generate's context (an invalid one is ignored), else its call's; with
         # tracing on, this generation's span joins it and the upstream request is its child.
         traceparent = tracing.incoming(generate.traceparent) or traceparent
@@ -521,3 +526,11 @@ class Generation:
             usage.prompt_tokens,
             usage.completion_tokens,
         )
+        self.settle()
+
+    def settle(self) -> None:
+        """Call ``on_end`` if it has not been called yet (its terminal queued, or — called by
+        its owner when its task is done — a task that ended without one)."""
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()

@@ -251,13 +251,14 @@ class StreamSession:
             self._traceparent,
             metrics=self._metrics,
             resume_token=token,
+            on_end=self._capacity.ended,  # (the batch with its terminal tells the room it left)
         )
         generation.start()
         task = asyncio.create_task(generation.run(), name=f"generation {request_id}")
         self._running[request_id] = (generation, task)
         self._capacity.running += 1
         self._idle.clear()
-        task.add_done_callback(lambda _: self._forget(request_id, task))
+        task.add_done_callback(lambda _: self._forget(request_id, generation, task))
         if isinstance(sink, Relay):
             self._resumables.add(key, generation, sink, task)
             self._keys[request_id] = key
@@ -295,9 +296,9 @@ class StreamSession:
             )
         return None
 
-    def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, request_id: str, generation: Generation, task: asyncio.Task[None]) -> None:
         release(task)
-        self._capacity.ended()
+        generation.settle()  # (counted out of the capacity when its terminal was queued, or now)
         entry = self._running.get(request_id)
         if entry is not None and entry[1] is task:
             del self._running[request_id]

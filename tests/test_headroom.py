@@ -282,3 +282,34 @@ async def test_the_bridge_refuses_what_the_generator_said_it_has_no_room_for(
     assert (await client.finish("a", 10 * UNIT))["type"] == "ai:done"
     await client.generate("after")
     assert (await client.finish("after", 10 * UNIT))["type"] == "ai:done"
+
+
+async def test_the_room_a_batch_tells_counts_the_generations_it_ends(
+    make_stack: StackFactory,
+) -> None:
+    """The batch that ends a generation tells the room it leaves, once: the bridge forwards one
+    new generation for it and refuses the next itself — the generator never refuses one (a
+    refusal a round trip late)."""
+    stack = await make_stack(
+        Script(tokens=60, interval=0.02), max_generations=2, shed_retry_after_ms=750
+    )
+    client = await stack.client()
+    await client.generate("a")
+    # b starts half-way through a: the two end ~0.6 s apart, and so do the next ones
+    await client.until(lambda f: f["type"] == "ai:token" and f["seq"] >= 30, 10 * UNIT)
+    await client.generate("b")
+    for round_ in range(3):
+        ended = await client.until(lambda f: f["type"] in ("ai:done", "ai:error"), 10 * UNIT)
+        assert ended[-1]["type"] == "ai:done"
+        await asyncio.sleep(0.1)  # (batches of the other's tokens come meanwhile)
+        await client.generate(f"x{round_}")
+        await client.generate(f"y{round_}")
+        refusal = await client.finish(f"y{round_}", 10 * UNIT)
+        assert refusal["code"] == "too_many_requests"
+        # the bridge's words, not the generator's ("at its generation limit")
+        assert refusal["message"] == "the server is at capacity; try again shortly"
+        await client.until(
+            lambda f, r=round_: f["type"] == "ai:start" and f["requestId"] == f"x{r}"
+        )
+    ends = await client.finish_all({"x1", "x2"}, 20 * UNIT)
+    assert all(frames[-1]["type"] == "ai:done" for frames in ends.values())

@@ -109,7 +109,8 @@ async def test_resume_after_the_end_and_a_wrong_token(make_stack: StackFactory) 
     await client.send({"type": "ai:resume", "requestId": "r", "resumeToken": token, "afterSeq": 0})
     replay = await client.until(lambda f: f["type"] == "ai:done")
     assert _text(replay) == _text(frames)
-    await client.send({"type": "ai:resume", "requestId": "r", "resumeToken": token[:-1] + "x"})
+    wrong = token[:-1] + ("x" if token[-1] != "x" else "y")  # (never the token itself)
+    await client.send({"type": "ai:resume", "requestId": "r", "resumeToken": wrong})
     refusal = await client.recv()
     assert (refusal["type"], refusal["code"], refusal["retryable"]) == (
         "ai:error",

@@ -219,7 +219,11 @@ async def test_a_slow_reader_gets_every_answer_in_lifecycle_order(
 ) -> None:
     """A client that reads slower than it writes (through a 16 KiB window, a 4-event outbox)
     gets every answer, complete and in lifecycle order: backpressure, nothing dropped."""
-    _, port = await generator(stream_buffer=4, stream_buffer_bytes=1024, simulated_ttft=0.0)
+    # (its generations wait for the slow reader, the upstream unread meanwhile: on a slow
+    # machine longer than the suite's 5 s stall limit, which is not what this tests)
+    _, port = await generator(
+        stream_buffer=4, stream_buffer_bytes=1024, simulated_ttft=0.0, stall_timeout=60 * UNIT
+    )
     events = _mixed(1000)
     recorder = _Recorder(method)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=SMALL_WINDOW) as channel:

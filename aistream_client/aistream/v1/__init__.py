@@ -904,7 +904,9 @@ class ServerEventBatch(betterproto2.Message):
     room: "int | None" = betterproto2.field(2, betterproto2.TYPE_UINT32, optional=True)
     """
     How many more generations the generator would start as this batch is
-    written: the limit its headroom sets (or max_generations) minus what runs.
+    written: the limit its headroom sets (or max_generations) minus what runs
+    (a generation whose terminal event is in this batch, or an earlier one, no
+    longer runs).
     A client that shares the generator among its own clients may refuse a
     generation itself while none remains (retryable, too_many_requests), for
     a moment: the figure ages with every generation started or ended.
