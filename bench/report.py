@@ -332,6 +332,11 @@ _OVERLOAD_ROWS = (
     ("offered", "streams offered", 0),
     ("admitted", "generations admitted in the window", 0),
     ("refused", "… refused (too_many_requests, then resent after the hint)", 0),
+    (
+        "refused_by_generator",
+        "… of them by the generator (a round trip later; the rest the bridge)",
+        0,
+    ),
     ("refusal_p50_ms", "refusal p50 ms (sent → ai:error)", 2),
     ("refusal_p99_ms", "refusal p99 ms", 2),
     ("ttft_p50_ms", "admitted TTFT p50 ms", 1),

@@ -100,6 +100,12 @@ class Sizes:
     overload_spacing: float = 0.025
     resume_streams: int = 1000
     """Streams of the resume scenario (its cost, its memory, its burst of resumes)."""
+    overload_clients: int = 1
+    """Load client processes of the overload scenario (the sampled cancels and closes split
+    between them). One reading every socket and checking every frame's lifecycle is itself late
+    by ~5 ms p99 at 2× (its own loop lag is reported beside the figures it times); two were
+    late by ~3.5 ms, but the machine's two cores then had one process more to run, and the
+    refusal and cancel figures came out no better (docs/performance.md)."""
     overload_max_generations: int = 0
     """The generator's ``max_generations`` in the overload scenario (0: its default). The quick
     run sets it to its capacity, so that its small offered loads are refused too."""

@@ -185,6 +185,24 @@ class Stack:
             )
         return out
 
+    def bridge_metric(self, name: str, labels: str = "") -> float | None:
+        """One sample of the bridge's ``/metrics`` (``labels`` as written there, e.g.
+        ``reason="shed"``; 0 when the series is not there yet), or None without a bridge or
+        with metrics off."""
+        child = self.children.get("bridge")
+        if child is None:
+            return None
+        url = f"http://127.0.0.1:{child.ready[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode()
+        if name not in text:
+            return None
+        series = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def reset(self) -> None:
         """Forget the upstream's records."""
         self._get("/_bench/reset" if self.upstream_kind == "bench" else "/_fake/reset", b"")

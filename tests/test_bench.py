@@ -184,6 +184,8 @@ def test_overload_figures(overload: dict[str, Any]) -> None:
     over = factors["2.0"]
     assert over["refused"]["median"] > 0
     assert _has(over["refusal_p99_ms"]) and _has(over["close_p99_ms"])
+    # (which hop refused, from the bridge's metrics: some of them, at most all)
+    assert 0 <= over["refused_by_generator"]["median"] <= over["refused"]["median"]
     assert result["crashed"] == {"1.0": [[]], "2.0": [[]]}
     assert result["lifecycle_violations"] == {"1.0": [], "2.0": []}
     assert overload["plot"].stat().st_size > 0
