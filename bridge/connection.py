@@ -24,11 +24,11 @@ span's, whose request span is ended with the request.
 
 Writing side: an event for a socket with nothing queued is written at once, in the same turn
 (``BridgeSocket.send_now``); otherwise, or while the socket's buffer is full, events wait in an
-``Outbox`` (tokens of one id coalesce while they wait) written to the socket by one sender task, so
-the relay never blocks on a slow client. If the queued bytes
-would pass ``ws_send_buffer``, the client is a slow consumer: its generations are cancelled
-(closing their upstreams) and end with ``slow_consumer`` as far as the socket still takes frames,
-and the socket is closed with 1008. When the socket closes or its pings go unanswered, every
+``Outbox`` (tokens of one id coalesce while they wait) written to the socket by one sender task,
+so the relay never blocks on a slow client. If the queued bytes would pass ``ws_send_buffer``,
+the client is a slow consumer: its generations are cancelled (closing their upstreams) and end
+with ``slow_consumer`` as far as the socket still takes frames, and the socket is closed with
+1008. When the socket closes or its pings go unanswered, every
 generation in flight is cancelled, which makes the generator close its upstream request.
 """
 
