@@ -466,19 +466,21 @@ class BridgeMetrics:
         if not self.enabled:
             return
         name = "" if code is None else codes.json_code(code)
-        counter = self._ended.get(name)
-        if counter is None:
-            counter = self._ended[name] = self.generations.labels("error" if name else "done", name)
-        counter.inc()
+        self._count("error" if name else "done", name)
 
     def detached(self) -> None:
         """A resumable generation left this bridge without ending (its socket went, or the
         bridge is shutting down): it runs on for a resume, here or elsewhere."""
-        if not self.enabled:
-            return
-        counter = self._ended.get("detached")
+        if self.enabled:
+            self._count("detached", "")
+
+    def _count(self, outcome: str, code: str) -> None:
+        """One more generation gone with ``outcome`` (``code``: an error's), its labelled
+        counter made once (keyed by the code, or the outcome when there is none)."""
+        key = code or outcome
+        counter = self._ended.get(key)
         if counter is None:
-            counter = self._ended["detached"] = self.generations.labels("detached", "")
+            counter = self._ended[key] = self.generations.labels(outcome, code)
         counter.inc()
 
     def slow_consumer(self) -> None:

@@ -197,15 +197,15 @@ def _overload_run(stack: Stack, sizes: Sizes, streams: int) -> Run:
         "check": True,
     }
     stack.reset()
-    shed = ("aistream_bridge_frames_refused_total", 'reason="shed"')
+    shed = "aistream_bridge_frames_refused_total"
     with Load(stack, "aistream", job, sizes.overload_clients) as load:
         load.send("go")
         time.sleep(job["warmup"])
         load.meter.start()
-        shed_before = stack.bridge_metric(*shed)
+        shed_before = stack.bridge_metric(shed, reason="shed")
         result = load.results(120 + sizes.overload_window)
         usage = load.meter.stop()
-        shed_after = stack.bridge_metric(*shed)
+        shed_after = stack.bridge_metric(shed, reason="shed")
     # every upstream must be closed once the clients have gone: give them up to 30 s
     deadline = time.monotonic() + 30
     while True:

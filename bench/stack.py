@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from aistream.testing.redis_server import RedisServer
 from bench.procs import Child
@@ -185,10 +186,9 @@ class Stack:
             )
         return out
 
-    def bridge_metric(self, name: str, labels: str = "") -> float | None:
-        """One sample of the bridge's ``/metrics`` (``labels`` as written there, e.g.
-        ``reason="shed"``; 0 when the series is not there yet), or None without a bridge or
-        with metrics off."""
+    def bridge_metric(self, name: str, **labels: str) -> float | None:
+        """The sum of the bridge's ``/metrics`` samples called ``name`` whose labels include
+        ``labels`` (0 when there is none yet), or None without a bridge or with metrics off."""
         child = self.children.get("bridge")
         if child is None:
             return None
@@ -197,11 +197,12 @@ class Stack:
             text = response.read().decode()
         if name not in text:
             return None
-        series = f"{name}{{{labels}}}" if labels else name
-        for line in text.splitlines():
-            if line.startswith(series + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
     def reset(self) -> None:
         """Forget the upstream's records."""
