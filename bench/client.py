@@ -19,10 +19,12 @@ against the upstream's records), ``overload`` (``loop`` past capacity: a generat
 ``too_many_requests`` is sent again after its ``retryAfterMs`` hint, as the web client does; the
 refusals are timed and counted apart from the admitted streams; meanwhile a sample of live
 streams is cancelled or closed, as in ``cancel``, and every frame goes through the lifecycle
-checker), ``idle`` (connections only) and ``slow`` (streams whose reader stops reading). The
-client talks to the harness by lines: it prints ``{"event": "ready"}``, waits for ``go`` on stdin,
-runs, and prints ``{"event": "result", …}``; ``idle`` and ``slow`` hold their connections after
-``ready`` until ``stop``.
+checker), ``probe`` (beside an ``overload`` load: a few connections ask for one generation
+every ``spacing`` s and time the refusals, cancelling what is admitted), ``idle`` (connections
+only) and ``slow`` (streams whose reader stops reading). The client talks to the harness by
+lines: it prints ``{"event": "ready"}``, waits for ``go`` on stdin, runs, and prints
+``{"event": "result", …}``; ``idle`` and ``slow`` hold their connections after ``ready`` until
+``stop``.
 
 Reasoning parts (``ai:reasoning``) are parts, never answer tokens: they count in the gaps and
 the messages, apart in ``reasoning``, and their first one times ``reasoning_ms``, not the TTFT.
@@ -640,17 +642,8 @@ async def _overload_mode(
             await asyncio.sleep(max(0.0, began + (n + 1) * job["spacing"] - time.monotonic()))
 
     lags: list[float] = []
-
-    async def watch() -> None:
-        """This client's own loop lag in the window: how late it reads what it times."""
-        await asyncio.sleep(max(0.0, tracker.window[0] - time.monotonic()))
-        while time.monotonic() < stop_at:
-            due = time.monotonic() + 0.01
-            await asyncio.sleep(0.01)
-            lags.append(round(max(0.0, time.monotonic() - due) * 1000, 3))
-
     runners = [asyncio.create_task(run(i)) for i in range(len(conns))]
-    helpers = (asyncio.create_task(sample()), asyncio.create_task(watch()))
+    helpers = (asyncio.create_task(sample()), asyncio.create_task(_watch(tracker.window, lags)))
     await asyncio.sleep(max(0.0, stop_at - time.monotonic()) + 0.2)
     for task in (*runners, *helpers):
         task.cancel()
@@ -659,6 +652,59 @@ async def _overload_mode(
         "window_s": duration,
         "cancels": cancels,
         "closes": closes,
+        "refused_ms": tracker.refused_ms,
+        "admitted": tracker.started,
+        "outcomes": tracker.outcomes,
+        "violations": tracker.violations[:10],
+        "client_lags_ms": lags,
+    }
+
+
+async def _watch(window: tuple[float, float], lags: list[float]) -> None:
+    """This client's own loop lag in the window, every 10 ms: how late it reads what it times."""
+    await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+    while time.monotonic() < window[1]:
+        due = time.monotonic() + 0.01
+        await asyncio.sleep(0.01)
+        lags.append(round(max(0.0, time.monotonic() - due) * 1000, 3))
+
+
+async def _probe_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) -> dict[str, Any]:
+    """A refusal probe beside an ``overload`` load: from the window's start, every ``spacing``
+    s one generation is asked for on the next of its few connections. A refused one is timed
+    (sent → ``too_many_requests``); an admitted one is cancelled at the next tick, so the probe
+    carries no streams of its own. Its loop has nothing else to do when an answer arrives: the
+    refusals it times are the servers' time, where a load client reading hundreds of sockets
+    adds its own lag to each."""
+    spec = StreamSpec(**job["spec"])
+    prefix, spacing = job["prefix"], job["spacing"]
+    tracker.benign = frozenset({"too_many_requests", "cancelled"})
+    start = time.monotonic()
+    tracker.window = (start + job["warmup"], start + job["warmup"] + job["duration"])
+    lags: list[float] = []
+    watcher = asyncio.create_task(_watch(tracker.window, lags))
+    await asyncio.sleep(max(0.0, tracker.window[0] - time.monotonic()))
+    began = time.monotonic()
+    pending: list[tuple[Conn, str]] = []
+    n = 0
+    while time.monotonic() < tracker.window[1]:
+        for conn, rid in pending:
+            if rid in tracker.requests:  # admitted (or not yet answered): hold nothing
+                conn.cancel(rid)
+        conn, rid = conns[n % len(conns)], f"{prefix}{n}"
+        pending = [(conn, rid)]
+        tracker.begin(rid, time.monotonic())
+        conn.generate(rid, spec.prompt(rid))
+        tracker.hints.clear()  # (the probe does not back off: it times, it is not a user)
+        n += 1
+        await asyncio.sleep(max(0.0, began + n * spacing - time.monotonic()))
+    for conn, rid in pending:
+        if rid in tracker.requests:
+            conn.cancel(rid)
+    await asyncio.sleep(0.2)  # the last answers
+    watcher.cancel()
+    return {
+        "window_s": job["duration"],
         "refused_ms": tracker.refused_ms,
         "admitted": tracker.started,
         "outcomes": tracker.outcomes,
@@ -743,6 +789,9 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
     elif job["mode"] == "overload":
         await _wait_line("go")
         extra = await _overload_mode(job, tracker, conns, factory)
+    elif job["mode"] == "probe":
+        await _wait_line("go")
+        extra = await _probe_mode(job, tracker, conns)
     elif job["mode"] == "resume":
         tracker.window = (0.0, float("inf"))
         extra = await _resume_mode(job, tracker, conns, factory)

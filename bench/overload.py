@@ -183,7 +183,8 @@ def _latencies(sent: dict[str, float], records: dict[str, dict[str, Any]]) -> li
     return out
 
 
-def _overload_run(stack: Stack, sizes: Sizes, streams: int) -> Run:
+def _overload_run(stack: Stack, sizes: Sizes, streams: int, probe: bool) -> Run:
+    """One offered load for the window; with ``probe``, the refusal probe beside it."""
     job = {
         "mode": "overload",
         "connections": streams,
@@ -196,14 +197,28 @@ def _overload_run(stack: Stack, sizes: Sizes, streams: int) -> Run:
         "spacing": sizes.overload_spacing * sizes.overload_clients,
         "check": True,
     }
+    # (past 1× only: below it the probe's generations would be admitted, each a start and a
+    # cancel more for the servers than the load of the 1× that the 2× is judged against)
+    probe_job = None
+    if probe:
+        probe_job = {
+            "mode": "probe",
+            "connections": sizes.overload_probe_connections,
+            "spec": job["spec"],
+            "warmup": job["warmup"],
+            "duration": job["duration"],
+            "spacing": sizes.overload_spacing,
+            "check": True,
+        }
     stack.reset()
     shed = "aistream_bridge_frames_refused_total"
-    with Load(stack, "aistream", job, sizes.overload_clients) as load:
+    with Load(stack, "aistream", job, sizes.overload_clients, probe_job) as load:
         load.send("go")
         time.sleep(job["warmup"])
         load.meter.start()
         shed_before = stack.bridge_metric(shed, reason="shed")
         result = load.results(120 + sizes.overload_window)
+        probed = load.probe_result(30)
         usage = load.meter.stop()
         shed_after = stack.bridge_metric(shed, reason="shed")
     # every upstream must be closed once the clients have gone: give them up to 30 s
@@ -219,6 +234,9 @@ def _overload_run(stack: Stack, sizes: Sizes, streams: int) -> Run:
     closes = _latencies(result["closes"], by_tag)
     refused = result["outcomes"].get("too_many_requests", 0)
     admitted = result["admitted"]
+    if probed is not None:  # (the bridge's counter counts the probe's refusals too)
+        refused_by_probe = probed["outcomes"].get("too_many_requests", 0)
+        shed_after = None if shed_after is None else shed_after - refused_by_probe
     # which hop refused: the bridge itself (it heard the generator had no room, or its own
     # loop had none) or the generator, a round trip later (over the window, about: the counter
     # is read as the window opens and once the clients are done)
@@ -246,15 +264,39 @@ def _overload_run(stack: Stack, sizes: Sizes, streams: int) -> Run:
         "tokens_per_s": round(result["tokens"] / sizes.overload_window, 1),
         "client_lag_p50_ms": percentile(result["client_lags_ms"], 50),
         "client_lag_p99_ms": percentile(result["client_lags_ms"], 99),
+        **_probed(probed),
         "left_open": len(open_),
         "crashed": [n for n, child in stack.children.items() if child.popen.poll() is not None],
         "errors": sum(result["errors"].values()),
         "error_codes": result["errors"],
-        "lifecycle_violations": result["violations"],
+        "lifecycle_violations": result["violations"] + (probed or {}).get("violations", []),
         "processes": usage,
         **_split_ttft(stack, result["timeline"]),
     }
 
+
+def _probed(probed: dict[str, Any] | None) -> dict[str, Any]:
+    """The refusal probe's figures (None where there was no probe)."""
+    if probed is None:
+        return dict.fromkeys(_PROBE_METRICS)
+    return {
+        "probe_refused": probed["outcomes"].get("too_many_requests", 0),
+        "probe_admitted": probed["admitted"],
+        "probe_refusal_p50_ms": percentile(probed["refused_ms"], 50),
+        "probe_refusal_p99_ms": percentile(probed["refused_ms"], 99),
+        "probe_lag_p99_ms": percentile(probed["client_lags_ms"], 99),
+        "probe_errors": sum(probed["errors"].values()),
+    }
+
+
+_PROBE_METRICS = (
+    "probe_refused",
+    "probe_admitted",
+    "probe_refusal_p50_ms",
+    "probe_refusal_p99_ms",
+    "probe_lag_p99_ms",
+    "probe_errors",
+)
 
 _OVERLOAD_METRICS = (
     "offered",
@@ -281,6 +323,7 @@ _OVERLOAD_METRICS = (
     "tokens_per_s",
     "client_lag_p50_ms",
     "client_lag_p99_ms",
+    *_PROBE_METRICS,
     "left_open",
     "errors",
 )
@@ -297,7 +340,8 @@ def overload(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
     def say(run: Run) -> str:
         return (
             f"{run['offered']} offered: admitted {run['admitted']}, refused {run['refused']} "
-            f"({run['refused_by_generator']} by the generator; p99 {run['refusal_p99_ms']} ms); "
+            f"({run['refused_by_generator']} by the generator; p99 {run['refusal_p99_ms']} ms, "
+            f"probe's p99 {run['probe_refusal_p99_ms']} ms); "
             f"ttft p99 {run['ttft_p99_ms']} ms, gap p99 {run['gap_p99_ms']} ms; "
             f"cancel p99 {run['cancel_p99_ms']} ms, close p99 "
             f"{run['close_p99_ms']} ms; client lag p99 {run['client_lag_p99_ms']} ms; "
@@ -312,7 +356,9 @@ def overload(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
         # A stack of its own for every run: what a load taught the last one (its limit) is not
         # carried into the next
         with Stack(("aistream",), upstream, env, sizes.quiet_patience) as stack:
-            return _overload_run(stack, sizes, max(1, round(float(factor) * cap)))
+            return _overload_run(
+                stack, sizes, max(1, round(float(factor) * cap)), probe=float(factor) > 1
+            )
 
     runs = repeated("overload", repeat, factors, measure, say, sizes.settle)
     return {
@@ -327,6 +373,7 @@ def overload(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
             "samples": sizes.overload_samples,
             "spacing_s": sizes.overload_spacing,
             "clients": sizes.overload_clients,
+            "probe_connections": sizes.overload_probe_connections,
         },
         "factors": runs.figures(_OVERLOAD_METRICS),
         "processes": runs.processes(),

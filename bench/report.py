@@ -339,6 +339,10 @@ _OVERLOAD_ROWS = (
     ),
     ("refusal_p50_ms", "refusal p50 ms (sent → ai:error)", 2),
     ("refusal_p99_ms", "refusal p99 ms", 2),
+    ("probe_refused", "refusals timed by the idle probe (past 1×)", 0),
+    ("probe_admitted", "… its generations admitted instead (cancelled at once)", 0),
+    ("probe_refusal_p50_ms", "… refusal p50 ms, as the probe saw it", 2),
+    ("probe_refusal_p99_ms", "… refusal p99 ms, as the probe saw it", 2),
     ("ttft_p50_ms", "admitted TTFT p50 ms", 1),
     ("ttft_p99_ms", "admitted TTFT p99 ms", 1),
     ("gap_p50_ms", "admitted inter-token p50 ms", 1),
@@ -351,6 +355,7 @@ _OVERLOAD_ROWS = (
     ("left_open", "upstreams left open after the run", 0),
     ("errors", "errors (anything but done, cancel, refusal)", 0),
     ("client_lag_p99_ms", "(load client's own loop lag p99 ms)", 1),
+    ("probe_lag_p99_ms", "(the probe's own loop lag p99 ms)", 1),
 )
 
 
@@ -536,8 +541,13 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         )
     for factor, figures in factors.items():
         if float(factor) > 1:
-            out[f"Overload {factor}×: refusals within 5 ms p99"] = _verdict(
-                med(figures["refusal_p99_ms"]), 5
+            # timed by the probe, where there is one: the load client's own lag (its row in the
+            # table) is most of the 5 ms by itself
+            value, by = med(figures.get("probe_refusal_p99_ms")), "the probe"
+            if value is None:
+                value, by = med(figures["refusal_p99_ms"]), "the load client"
+            out[f"Overload {factor}×: refusals within 5 ms p99 (timed by {by})"] = _verdict(
+                value, 5
             )
             out[f"Overload {factor}×: nothing left open upstream"] = _verdict(
                 med(figures["left_open"]), 0

@@ -106,6 +106,9 @@ class Sizes:
     by ~5 ms p99 at 2× (its own loop lag is reported beside the figures it times); two were
     late by ~3.5 ms, but the machine's two cores then had one process more to run, and the
     refusal and cancel figures came out no better (docs/performance.md)."""
+    overload_probe_connections: int = 8
+    """Connections of the refusal probe, run beside the load past 1× (each asks again every
+    ``overload_probe_connections × overload_spacing`` s, inside the bridge's frame rate)."""
     overload_max_generations: int = 0
     """The generator's ``max_generations`` in the overload scenario (0: its default). The quick
     run sets it to its capacity, so that its small offered loads are refused too."""
@@ -151,6 +154,7 @@ QUICK = Sizes(
     overload_window=1.2,
     overload_samples=6,
     overload_spacing=0.1,
+    overload_probe_connections=2,
     overload_max_generations=16,
     resume_streams=20,
 )
@@ -199,31 +203,36 @@ def _merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Load:
-    """Load client processes sharing one job, its connections split between them."""
+    """Load client processes sharing one job, its connections split between them; with
+    ``probe``, one more client process running that job (``bench.client``'s ``probe`` mode),
+    its result kept apart."""
 
-    def __init__(self, stack: Stack, path: str, job: dict[str, Any], procs: int = 0) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        path: str,
+        job: dict[str, Any],
+        procs: int = 0,
+        probe: dict[str, Any] | None = None,
+    ) -> None:
         total = job["connections"]
         procs = procs or _client_processes(path, total)
         self.others_before = wait_quiet(stack.processes(), patience=stack.quiet_patience)
         """What other processes on the machine used just before (% of one core)."""
         self.clients: list[Child] = []
+        self.probe: Child | None = None
         try:
             for i in range(procs):
                 part = total // procs + (1 if i < total % procs else 0)
                 spec = {**stack.target(path), **job, "connections": part, "prefix": f"p{i}c"}
-                self.clients.append(
-                    Child(
-                        f"client{i}",
-                        "bench.client",
-                        [orjson.dumps(spec).decode()],
-                        r'"ready"',
-                        timeout=180,
-                    )
-                )
+                self.clients.append(_client(f"client{i}", spec))
+            if probe is not None:
+                self.probe = _client("probe", {**stack.target(path), **probe, "prefix": "probe"})
         except BaseException:
             self.stop()
             raise
-        self.meter = Meter({**stack.processes(), **{c.name: c.process for c in self.clients}})
+        children = [*self.clients, *([self.probe] if self.probe else [])]
+        self.meter = Meter({**stack.processes(), **{c.name: c.process for c in children}})
 
     def wait(self, event: str, timeout: float = 120) -> None:
         """Wait until every client printed ``event``."""
@@ -231,17 +240,21 @@ class Load:
             client.event(event, timeout)
 
     def send(self, line: str) -> None:
-        """Tell every client ``line``."""
-        for client in self.clients:
+        """Tell every client ``line`` (the probe too)."""
+        for client in (*self.clients, *([self.probe] if self.probe else [])):
             client.send(line)
 
     def results(self, timeout: float = 120) -> dict[str, Any]:
-        """Every client's result, merged."""
+        """Every load client's result, merged (not the probe's)."""
         return _merge([c.event("result", timeout) for c in self.clients])
+
+    def probe_result(self, timeout: float = 120) -> dict[str, Any] | None:
+        """The probe's result, if there is a probe."""
+        return None if self.probe is None else _merge([self.probe.event("result", timeout)])
 
     def stop(self) -> None:
         """End the client processes."""
-        for client in self.clients:
+        for client in (*self.clients, *([self.probe] if self.probe else [])):
             if client.popen.poll() is None:
                 with contextlib.suppress(OSError):
                     client.send("exit")
@@ -252,6 +265,10 @@ class Load:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _client(name: str, job: dict[str, Any]) -> Child:
+    return Child(name, "bench.client", [orjson.dumps(job).decode()], r'"ready"', timeout=180)
 
 
 def _split_ttft(stack: Stack, timeline: dict[str, list[float]]) -> dict[str, float | None]:

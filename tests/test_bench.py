@@ -184,6 +184,10 @@ def test_overload_figures(overload: dict[str, Any]) -> None:
     over = factors["2.0"]
     assert over["refused"]["median"] > 0
     assert _has(over["refusal_p99_ms"]) and _has(over["close_p99_ms"])
+    # (the idle probe beside the load past 1×, and only there)
+    assert over["probe_refused"]["median"] > 0 and _has(over["probe_refusal_p99_ms"])
+    assert _has(over["probe_lag_p99_ms"]) and over["probe_errors"]["median"] == 0
+    assert factors["1.0"]["probe_refused"]["median"] is None
     # (which hop refused, from the bridge's metrics: some of them, at most all)
     assert 0 <= over["refused_by_generator"]["median"] <= over["refused"]["median"]
     assert result["crashed"] == {"1.0": [[]], "2.0": [[]]}
