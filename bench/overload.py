@@ -207,7 +207,7 @@ def _overload_run(stack: Stack, sizes: Sizes, streams: int, probe: bool) -> Run:
             "spec": job["spec"],
             "warmup": job["warmup"],
             "duration": job["duration"],
-            "spacing": sizes.overload_spacing,
+            "spacing": sizes.overload_probe_spacing,
             "check": True,
         }
     stack.reset()
@@ -374,6 +374,7 @@ def overload(sizes: Sizes, repeat: int, upstream: str) -> dict[str, Any]:
             "spacing_s": sizes.overload_spacing,
             "clients": sizes.overload_clients,
             "probe_connections": sizes.overload_probe_connections,
+            "probe_spacing_s": sizes.overload_probe_spacing,
         },
         "factors": runs.figures(_OVERLOAD_METRICS),
         "processes": runs.processes(),

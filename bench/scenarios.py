@@ -107,8 +107,11 @@ class Sizes:
     late by ~3.5 ms, but the machine's two cores then had one process more to run, and the
     refusal and cancel figures came out no better (docs/performance.md)."""
     overload_probe_connections: int = 8
-    """Connections of the refusal probe, run beside the load past 1× (each asks again every
-    ``overload_probe_connections × overload_spacing`` s, inside the bridge's frame rate)."""
+    """Connections of the refusal probe, run beside the load past 1×."""
+    overload_probe_spacing: float = 0.025
+    """The probe asks for a generation every this many seconds, on each of its connections in
+    turn (each then sends a frame or two every ``connections × spacing`` s: inside the bridge's
+    frame rate)."""
     overload_max_generations: int = 0
     """The generator's ``max_generations`` in the overload scenario (0: its default). The quick
     run sets it to its capacity, so that its small offered loads are refused too."""
@@ -154,7 +157,7 @@ QUICK = Sizes(
     overload_window=1.2,
     overload_samples=6,
     overload_spacing=0.1,
-    overload_probe_connections=2,
+    overload_probe_connections=4,
     overload_max_generations=16,
     resume_streams=20,
 )
