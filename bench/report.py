@@ -541,8 +541,8 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         )
     for factor, figures in factors.items():
         if float(factor) > 1:
-            # timed by the probe, where there is one: the load client's own lag (its row in the
-            # table) is most of the 5 ms by itself
+            # timed by the probe where there is one: a process with nothing else to do, so the
+            # figure is the servers' and the machine's, not a busy client's own lag
             value, by = med(figures.get("probe_refusal_p99_ms")), "the probe"
             if value is None:
                 value, by = med(figures["refusal_p99_ms"]), "the load client"

@@ -234,8 +234,11 @@ class Load:
         except BaseException:
             self.stop()
             raise
-        children = [*self.clients, *([self.probe] if self.probe else [])]
-        self.meter = Meter({**stack.processes(), **{c.name: c.process for c in children}})
+        self.meter = Meter({**stack.processes(), **{c.name: c.process for c in self._every()}})
+
+    def _every(self) -> list[Child]:
+        """Every client process, the probe too."""
+        return [*self.clients, *([self.probe] if self.probe else [])]
 
     def wait(self, event: str, timeout: float = 120) -> None:
         """Wait until every client printed ``event``."""
@@ -244,7 +247,7 @@ class Load:
 
     def send(self, line: str) -> None:
         """Tell every client ``line`` (the probe too)."""
-        for client in (*self.clients, *([self.probe] if self.probe else [])):
+        for client in self._every():
             client.send(line)
 
     def results(self, timeout: float = 120) -> dict[str, Any]:
@@ -257,7 +260,7 @@ class Load:
 
     def stop(self) -> None:
         """End the client processes."""
-        for client in (*self.clients, *([self.probe] if self.probe else [])):
+        for client in self._every():
             if client.popen.poll() is None:
                 with contextlib.suppress(OSError):
                     client.send("exit")
