@@ -685,22 +685,23 @@ async def _probe_mode(job: dict[str, Any], tracker: Tracker, conns: list[Conn]) 
     watcher = asyncio.create_task(_watch(tracker.window, lags))
     await asyncio.sleep(max(0.0, tracker.window[0] - time.monotonic()))
     began = time.monotonic()
-    pending: list[tuple[Conn, str]] = []
+    last: tuple[Conn, str] | None = None  # the generation last asked for
+
+    def hold_nothing() -> None:
+        if last is not None and last[1] in tracker.requests:  # admitted, or not yet answered
+            last[0].cancel(last[1])
+
     n = 0
     while time.monotonic() < tracker.window[1]:
-        for conn, rid in pending:
-            if rid in tracker.requests:  # admitted (or not yet answered): hold nothing
-                conn.cancel(rid)
+        hold_nothing()
         conn, rid = conns[n % len(conns)], f"{prefix}{n}"
-        pending = [(conn, rid)]
+        last = (conn, rid)
         tracker.begin(rid, time.monotonic())
         conn.generate(rid, spec.prompt(rid))
         tracker.hints.clear()  # (the probe does not back off: it times, it is not a user)
         n += 1
         await asyncio.sleep(max(0.0, began + n * spacing - time.monotonic()))
-    for conn, rid in pending:
-        if rid in tracker.requests:
-            conn.cancel(rid)
+    hold_nothing()
     await asyncio.sleep(0.2)  # the last answers
     watcher.cancel()
     return {

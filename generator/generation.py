@@ -493,7 +493,7 @@ class Generation:
 
     def _report(self, end: pb.Done | pb.Error, finish: str | None) -> None:
         """Tell the generation's end, once: its one log line, the end of its span, its
-        metrics."""
+        metrics, and its owner (``on_end``: it no longer counts against the capacity)."""
         first_token_at = self._answer_at
         ttft_ms = None if first_token_at is None else self._elapsed_ms(first_token_at)
         usage = end.usage
