@@ -128,6 +128,18 @@ class Conversation:
             if frame["type"] in TERMINAL and frame.get("requestId") == request_id:
                 return frame
 
+    async def first_token(self, request_id: str) -> dict[str, Any] | None:
+        """Wait for the generation's first token (None), or its terminal frame if it ended
+        before one — refused under load (``too_many_requests``) or failed upstream."""
+        while True:
+            frame = await self.recv()
+            if frame.get("requestId") != request_id:
+                continue
+            if frame["type"] == "ai:token":
+                return None
+            if frame["type"] in TERMINAL:
+                return frame
+
     def settled(self) -> None:
         """The conversation is over cleanly: nothing may be left running."""
         if self.lifecycle.running:
@@ -136,6 +148,25 @@ class Conversation:
 
 def _outcome(frame: dict[str, Any]) -> str:
     return "done" if frame["type"] == "ai:done" else f"error:{frame.get('code')}"
+
+
+async def _read_slowly(c: Conversation, request_id: str, rng: random.Random) -> str:
+    """Stop reading for a few seconds, as a stuck tab would, then read on: the outcome."""
+    transport = c.ws.transport
+    transport.pause_reading()
+    await asyncio.sleep(rng.uniform(2.0, 4.0))
+    transport.resume_reading()
+    # Cut off: its error frame, then the close (1008) — or, when the pause outlasted the close
+    # timeout, the socket is gone (1006). When the socket buffers absorbed it all, the answer
+    # simply ends.
+    try:
+        outcome = "slow_reader:" + _outcome(await c.until_end(request_id))
+        if outcome.endswith("slow_consumer"):
+            await c.ws.wait_closed()
+            outcome += f":close_{c.ws.close_code}"
+    except ConnectionClosed:
+        outcome = f"slow_reader:dropped:close_{c.ws.close_code}"
+    return outcome
 
 
 async def _act(url: str, books: Books, rng: random.Random, kind: str) -> None:
@@ -161,37 +192,27 @@ async def _act(url: str, books: Books, rng: random.Random, kind: str) -> None:
         elif kind == "cancel":
             rid = c.new_id()
             await c.generate(rid, _directive({"tokens": 10_000, "interval": 0.01}))
-            while (await c.recv())["type"] != "ai:token":
-                pass
-            await ws.send(orjson.dumps({"type": "ai:cancel", "requestId": rid}).decode())
-            books.outcomes[_outcome(await c.until_end(rid))] += 1
+            if ended := await c.first_token(rid):
+                books.outcomes[_outcome(ended)] += 1
+            else:
+                await ws.send(orjson.dumps({"type": "ai:cancel", "requestId": rid}).decode())
+                books.outcomes[_outcome(await c.until_end(rid))] += 1
             c.settled()
         elif kind == "close":
             rid = c.new_id()
             await c.generate(rid, _directive({"tokens": 10_000, "interval": 0.01}))
-            while (await c.recv())["type"] != "ai:token":
-                pass
-            books.outcomes["closed_mid_stream"] += 1  # the socket closes leaving the with block
+            ended = await c.first_token(rid)
+            # the socket closes leaving the with block
+            books.outcomes[_outcome(ended) if ended else "closed_mid_stream"] += 1
         elif kind == "slow":
             rid = c.new_id()
             # 20 MB as fast as the upstream can: more than the kernel's socket buffers hold
             await c.generate(rid, _directive({"tokens": 20_000, "text": "x" * 1000}))
-            while (await c.recv())["type"] != "ai:token":
-                pass
-            ws.transport.pause_reading()  # stop reading, as a stuck tab would
-            await asyncio.sleep(rng.uniform(2.0, 4.0))
-            ws.transport.resume_reading()
-            # Cut off: its error frame, then the close (1008) — or, when the pause outlasted the
-            # close timeout, the socket is gone (1006). When the socket buffers absorbed it all,
-            # the answer simply ends.
-            try:
-                outcome = "slow_reader:" + _outcome(await c.until_end(rid))
-                if outcome.endswith("slow_consumer"):
-                    await ws.wait_closed()
-                    outcome += f":close_{ws.close_code}"
-            except ConnectionClosed:
-                outcome = f"slow_reader:dropped:close_{ws.close_code}"
-            books.outcomes[outcome] += 1
+            if ended := await c.first_token(rid):
+                books.outcomes[_outcome(ended)] += 1
+                c.settled()
+            else:
+                books.outcomes[await _read_slowly(c, rid, rng)] += 1
         else:
             rid = c.new_id()
             await c.generate(rid, _directive(rng.choice(FAULTS)))
